@@ -1,0 +1,63 @@
+"""The wav2vec 2.0 objective: InfoNCE over cosine similarity, diversity loss."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+_GATHER_ABOVE = 16_384  # masked frames beyond which the M x M similarity matrix is not built
+
+
+def contrastive_logits(context: torch.Tensor, targets: torch.Tensor, negatives: torch.Tensor,
+                       valid: torch.Tensor, codes: torch.Tensor,
+                       temperature: float) -> torch.Tensor:
+    """Logits (M, 1 + K) in fp32: column 0 the positive, then the K distractors.
+
+    context: (M, F) context vectors at the masked frames; targets: (M, F) their quantized
+    targets; negatives: (M, K) indices into the M targets; valid: (M, K) bool; codes: (M, G)
+    the quantizer's choices, used to find distractors identical to the positive (logit -inf).
+    """
+    with torch.autocast(device_type=context.device.type, enabled=False):
+        c = F.normalize(context.float(), dim=-1, eps=1e-8)  # (M, F)
+        t = F.normalize(targets.float(), dim=-1, eps=1e-8)  # (M, F)
+        positive = (c * t).sum(-1, keepdim=True)  # (M, 1)
+        if c.shape[0] <= _GATHER_ABOVE:
+            similarity = c @ t.T  # (M, M): cheaper than gathering M x K x F targets
+            negative = similarity.gather(1, negatives)  # (M, K)
+        else:
+            negative = torch.einsum("mf,mkf->mk", c, t[negatives])
+        same = (codes[negatives] == codes[:, None, :]).all(-1)  # (M, K)
+        negative = negative.masked_fill(same | ~valid, float("-inf"))
+        return torch.cat([positive, negative], dim=-1) / temperature
+
+
+def contrastive_accuracy(logits: torch.Tensor) -> torch.Tensor:
+    """Number of frames (as a float tensor) whose positive ranks first, not counting rows where
+    all logits are equal (fairseq's definition)."""
+    best = logits.argmax(-1) == 0
+    worst = logits.argmin(-1) == 0
+    return (best & ~worst).sum().float()
+
+
+def diversity_loss(prob_perplexity: torch.Tensor, groups: int, codes: int) -> torch.Tensor:
+    """(GV - perplexity) / GV: 0 when every code of every group is used equally often."""
+    total = groups * codes
+    return (total - prob_perplexity) / total
+
+
+def feature_penalty(features: torch.Tensor, valid: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sum of squared conv features over valid frames, and how many values were summed.
+
+    features: (B, T, C) before the layer norm; valid: (B, T) bool. The penalty is sum / count.
+    """
+    squares = features.float().pow(2)  # (B, T, C)
+    if valid is None:
+        return squares.sum(), torch.tensor(float(squares.numel()), device=features.device)
+    squares = squares * valid[..., None]
+    return squares.sum(), valid.sum().float() * features.shape[-1]
+
+
+def cross_entropy_sum(logits: torch.Tensor) -> torch.Tensor:
+    """Sum over rows of -log softmax at column 0 (the positive)."""
+    target = torch.zeros(logits.shape[0], dtype=torch.long, device=logits.device)
+    return F.cross_entropy(logits, target, reduction="sum")

@@ -1,0 +1,118 @@
+"""Feature encoder: a stack of 1-D convolutions from the raw waveform to latent frames z."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from torch import nn
+
+from audio_ssl.config import ConvSpec, FeatureEncoderConfig
+
+
+def frame_lengths(lengths: torch.Tensor, conv_layers: ConvSpec) -> torch.Tensor:
+    """Sample lengths (B,) -> frame lengths (B,) after the conv stack (valid convolutions).
+
+    The one place where samples become frames: every other length in the project derives from it.
+    """
+    for _, kernel, stride in conv_layers:
+        lengths = torch.div(lengths - kernel, stride, rounding_mode="floor") + 1
+        lengths = lengths.clamp(min=0)
+    return lengths
+
+
+def receptive_field(conv_layers: ConvSpec) -> tuple[int, int]:
+    """(receptive field, hop) in samples of the conv stack: (400, 320) for the paper's stack."""
+    field, hop = 1, 1
+    for _, kernel, stride in conv_layers:
+        field += (kernel - 1) * hop
+        hop *= stride
+    return field, hop
+
+
+class GradMultiply(torch.autograd.Function):
+    """Identity forward; gradient multiplied by ``scale`` backward."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, scale: float) -> torch.Tensor:
+        ctx.scale = scale
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        return grad * ctx.scale, None
+
+
+class MaskedGroupNorm(nn.GroupNorm):
+    """GroupNorm with one group per channel whose statistics skip padded frames.
+
+    With no padding it equals ``nn.GroupNorm(C, C)``; with padding each utterance is normalised
+    over its own frames only, so a padded batch gives the same values as items one by one
+    (the padding dependence of fairseq#3227 / transformers#21534 does not arise).
+    """
+
+    def forward(self, x: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
+        # x: (B, C, T); valid: (B, T) bool, True = real frame
+        if valid is None or bool(valid.all()):
+            return super().forward(x)
+        w = valid[:, None, :].to(x.dtype)  # (B, 1, T)
+        count = w.sum(-1, keepdim=True).clamp(min=1)  # (B, 1, 1)
+        mean = (x * w).sum(-1, keepdim=True) / count  # (B, C, 1)
+        var = ((x - mean).pow(2) * w).sum(-1, keepdim=True) / count
+        x = (x - mean) * torch.rsqrt(var + self.eps)
+        return x * self.weight[None, :, None] + self.bias[None, :, None]
+
+
+class ConvLayer(nn.Module):
+    def __init__(self, in_channels: int, channels: int, kernel: int, stride: int, bias: bool,
+                 norm: str | None):
+        super().__init__()
+        self.kernel, self.stride = kernel, stride
+        self.conv = nn.Conv1d(in_channels, channels, kernel, stride=stride, bias=bias)
+        if norm == "group":
+            self.norm: nn.Module | None = MaskedGroupNorm(channels, channels, affine=True)
+        elif norm == "layer":
+            self.norm = nn.LayerNorm(channels, elementwise_affine=True)
+        else:
+            self.norm = None
+
+    def forward(self, x: torch.Tensor, lengths: torch.Tensor | None) -> torch.Tensor:
+        # x: (B, C_in, S_in) -> (B, C, S_out)
+        x = self.conv(x)
+        if isinstance(self.norm, MaskedGroupNorm):
+            valid = None
+            if lengths is not None:
+                valid = torch.arange(x.shape[-1], device=x.device)[None, :] < lengths[:, None]
+            x = self.norm(x, valid)
+        elif isinstance(self.norm, nn.LayerNorm):
+            x = self.norm(x.transpose(1, 2)).transpose(1, 2)
+        return F.gelu(x)
+
+
+class FeatureEncoder(nn.Module):
+    """Raw waveform (B, S) -> latent frames z (B, T, C)."""
+
+    def __init__(self, cfg: FeatureEncoderConfig):
+        super().__init__()
+        self.cfg = cfg
+        layers, in_channels = [], 1
+        for i, (channels, kernel, stride) in enumerate(cfg.conv_layers):
+            norm = "layer" if cfg.norm == "layer" else ("group" if i == 0 else None)
+            layers.append(ConvLayer(in_channels, channels, kernel, stride, cfg.conv_bias, norm))
+            in_channels = channels
+        self.layers = nn.ModuleList(layers)
+        self.out_channels = in_channels
+
+    def frame_lengths(self, lengths: torch.Tensor) -> torch.Tensor:
+        return frame_lengths(lengths, self.cfg.conv_layers)
+
+    def forward(self, waveforms: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
+        x = rearrange(waveforms, "b s -> b 1 s")
+        layer_lengths = lengths
+        for layer in self.layers:
+            if layer_lengths is not None:
+                layer_lengths = frame_lengths(layer_lengths, ((0, layer.kernel, layer.stride),))
+            x = layer(x, layer_lengths)  # (B, C, T_i)
+        if self.training and self.cfg.grad_scale != 1.0:
+            x = GradMultiply.apply(x, self.cfg.grad_scale)
+        return rearrange(x, "b c t -> b t c")

@@ -1,0 +1,132 @@
+"""wav2vec 2.0 pretraining head: quantized targets, distractors and the loss."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from audio_ssl.config import ModelConfig
+from audio_ssl.losses.contrastive import (
+    contrastive_accuracy,
+    contrastive_logits,
+    cross_entropy_sum,
+    diversity_loss,
+    feature_penalty,
+)
+from audio_ssl.models.masking import compute_span_mask, sample_negatives
+from audio_ssl.models.quantizer import GumbelQuantizer, perplexity
+from audio_ssl.models.wav2vec2 import Wav2Vec2Model
+
+
+@dataclass
+class PretrainOutput:
+    """Loss to back-propagate and the batch's statistics (global across DDP ranks)."""
+
+    loss: torch.Tensor  # scalar to call backward on (scaled for DDP's gradient averaging)
+    total: torch.Tensor  # reported loss = contrastive + a * diversity + b * feature_penalty
+    contrastive: torch.Tensor  # mean over masked frames of -log p(positive)
+    diversity: torch.Tensor
+    feature_penalty: torch.Tensor
+    accuracy: torch.Tensor  # share of masked frames whose positive ranks first
+    code_perplexity: torch.Tensor
+    prob_perplexity: torch.Tensor
+    num_masked: torch.Tensor  # masked frames in the whole (global) batch
+    masked_fraction: torch.Tensor  # masked / valid frames
+    logits: torch.Tensor  # (M, 1 + K) this rank's logits
+    mask: torch.Tensor  # (B, T)
+
+
+def _world() -> int:
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+def _global_sum(x: torch.Tensor) -> torch.Tensor:
+    """Sum of a detached tensor over DDP ranks (itself without DDP)."""
+    x = x.detach().clone()
+    if _world() > 1:
+        dist.all_reduce(x)
+    return x
+
+
+def _with_global_value(local: torch.Tensor) -> torch.Tensor:
+    """The global sum's value with the gradient of the local term."""
+    return local - local.detach() + _global_sum(local)
+
+
+class Wav2Vec2ForPretraining(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.backbone = Wav2Vec2Model(cfg)
+        channels = self.backbone.feature_encoder.out_channels
+        self.dropout_features = nn.Dropout(cfg.dropout_features)
+        self.quantizer = GumbelQuantizer(channels, cfg.quantizer)
+        self.project_q = nn.Linear(cfg.quantizer.dim, cfg.final_dim)
+        self.final_proj = nn.Linear(cfg.context.dim, cfg.final_dim)
+
+    def forward(self, waveforms: torch.Tensor, lengths: torch.Tensor | None = None, *,
+                step: int = 0, mask: torch.Tensor | None = None,
+                negatives: tuple[torch.Tensor, torch.Tensor] | None = None,
+                generator: torch.Generator | None = None) -> PretrainOutput:
+        """waveforms: (B, S), lengths: (B,). ``mask`` (B, T) and ``negatives`` ((M, K) indices,
+        (M, K) valid) override the random ones, for exact tests. ``step`` sets the Gumbel
+        temperature. Random draws (mask, distractors, LayerDrop) come from ``generator``."""
+        cfg = self.cfg
+        batch, samples = waveforms.shape
+        if lengths is None:
+            lengths = torch.full((batch,), samples, dtype=torch.long, device=waveforms.device)
+        frames = self.backbone.frame_lengths(lengths)
+        num_frames = int(self.backbone.frame_lengths(torch.tensor([samples]))[0])
+        if mask is None:
+            gen_device = generator.device if generator is not None else waveforms.device
+            mask = compute_span_mask(frames.to(gen_device), num_frames, cfg.mask, generator)
+            mask = mask.to(waveforms.device)
+        out = self.backbone(waveforms, lengths, mask=mask, generator=generator)
+
+        # targets and predictions at the masked frames only: (M, ...)
+        quantized = self.quantizer(self.dropout_features(out.features[mask]),
+                                   cfg.quantizer.temperature(step))
+        targets = self.project_q(quantized.quantized)  # (M, F)
+        context = self.final_proj(out.context[mask])  # (M, F)
+        if negatives is None:
+            gen_mask = mask.to(generator.device) if generator is not None else mask
+            indices, valid = sample_negatives(gen_mask, cfg.loss.num_negatives, generator)
+            negatives = (indices.to(mask.device), valid.to(mask.device))
+        logits = contrastive_logits(context, targets, negatives[0], negatives[1], quantized.codes,
+                                    cfg.loss.logit_temperature)  # (M, 1 + K)
+
+        # global normalisation: every term is a global sum over a global count
+        world = _world()
+        num_masked = _global_sum(torch.tensor(float(logits.shape[0]), device=logits.device))
+        ce_sum = cross_entropy_sum(logits)
+        prob_marginal = _with_global_value(quantized.prob_sum) / num_masked.clamp(min=1)
+        prob_perplexity = perplexity(prob_marginal)
+        code_perplexity = perplexity(_global_sum(quantized.code_sum) / num_masked.clamp(min=1))
+        diversity = diversity_loss(prob_perplexity, cfg.quantizer.groups, cfg.quantizer.codes)
+        valid_frames = None if out.padding_mask is None else ~out.padding_mask
+        sq_sum, sq_count = feature_penalty(out.raw_features, valid_frames)
+        penalty_count = _global_sum(sq_count)
+
+        w = cfg.loss
+        contrastive_local = ce_sum / num_masked.clamp(min=1)
+        penalty_local = sq_sum / penalty_count
+        # DDP averages gradients over ranks, so each rank's objective is its share of the global
+        # one times the world size; the diversity term has the global value and the gradient of
+        # this rank's frames (see _with_global_value).
+        loss = world * (contrastive_local + w.diversity_weight * diversity
+                        + w.feature_penalty_weight * penalty_local)
+        contrastive = _global_sum(ce_sum) / num_masked.clamp(min=1)
+        penalty = _global_sum(sq_sum) / penalty_count
+        total = contrastive + w.diversity_weight * diversity.detach() + w.feature_penalty_weight * penalty
+        correct = _global_sum(contrastive_accuracy(logits.detach()))
+        valid_count = _global_sum(frames.sum().float())
+        return PretrainOutput(
+            loss=loss, total=total, contrastive=contrastive, diversity=diversity.detach(),
+            feature_penalty=penalty, accuracy=correct / num_masked.clamp(min=1),
+            code_perplexity=code_perplexity, prob_perplexity=prob_perplexity.detach(),
+            num_masked=num_masked, masked_fraction=num_masked / valid_count.clamp(min=1),
+            logits=logits.detach(), mask=mask,
+        )

@@ -1,0 +1,78 @@
+"""Gumbel-softmax product quantizer (q): G groups x V codevectors, hard straight-through."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from torch import nn
+
+from audio_ssl.config import QuantizerConfig
+
+
+def perplexity(probs: torch.Tensor) -> torch.Tensor:
+    """Sum over groups of exp(entropy) of the marginal distribution. probs: (G, V) marginals."""
+    entropy = -(probs * torch.log(probs + 1e-7)).sum(-1)  # (G,)
+    return torch.exp(entropy).sum()
+
+
+@dataclass
+class QuantizerOutput:
+    quantized: torch.Tensor  # (N, dim) codevectors (straight-through in training)
+    codes: torch.Tensor  # (N, G) int64 chosen entry per group
+    prob_sum: torch.Tensor  # (G, V) sum over the N frames of softmax(logits), no noise, fp32
+    code_sum: torch.Tensor  # (G, V) counts of the hard choices, fp32
+    count: int  # N
+
+    @property
+    def prob_perplexity(self) -> torch.Tensor:
+        return perplexity(self.prob_sum / max(self.count, 1))
+
+    @property
+    def code_perplexity(self) -> torch.Tensor:
+        return perplexity(self.code_sum / max(self.count, 1))
+
+
+class GumbelQuantizer(nn.Module):
+    def __init__(self, in_dim: int, cfg: QuantizerConfig):
+        super().__init__()
+        if cfg.dim % cfg.groups:
+            raise ValueError(f"quantizer dim {cfg.dim} is not divisible by groups {cfg.groups}")
+        self.cfg = cfg
+        self.groups, self.codes = cfg.groups, cfg.codes
+        self.weight_proj = nn.Linear(in_dim, cfg.groups * cfg.codes)
+        self.codevectors = nn.Parameter(torch.empty(1, cfg.groups * cfg.codes, cfg.dim // cfg.groups))
+        nn.init.normal_(self.weight_proj.weight, mean=0.0, std=1.0)
+        nn.init.zeros_(self.weight_proj.bias)
+        if cfg.codebook_init == "uniform":
+            nn.init.uniform_(self.codevectors)
+        else:
+            nn.init.normal_(self.codevectors)
+
+    def forward(self, x: torch.Tensor, temperature: float) -> QuantizerOutput:
+        """x: (N, C) features of the frames to quantize -> codevectors (N, dim)."""
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            logits = self.weight_proj(x.float())  # (N, G*V) fp32
+            logits = rearrange(logits, "n (g v) -> n g v", g=self.groups)  # (N, G, V)
+            probs = logits.softmax(-1)  # (N, G, V), no noise: for the diversity loss
+            if self.training:
+                gumbel = -torch.empty_like(logits).exponential_().log()
+                soft = ((logits + gumbel) / temperature).softmax(-1)
+                codes = soft.argmax(-1)  # (N, G)
+                hard = F.one_hot(codes, self.codes).to(soft.dtype)
+                weights = hard - soft.detach() + soft  # straight-through
+            else:
+                codes = logits.argmax(-1)
+                hard = F.one_hot(codes, self.codes).to(logits.dtype)
+                weights = hard
+            book = rearrange(self.codevectors.float(), "1 (g v) d -> g v d", g=self.groups)
+            quantized = torch.einsum("ngv,gvd->ngd", weights, book)  # (N, G, d)
+        return QuantizerOutput(
+            quantized=rearrange(quantized, "n g d -> n (g d)"),
+            codes=codes,
+            prob_sum=probs.sum(0),
+            code_sum=hard.detach().sum(0),
+            count=x.shape[0],
+        )

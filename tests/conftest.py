@@ -1,0 +1,39 @@
+"""Shared fixtures: tiny configurations and the shared data folder."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import torch
+
+from audio_ssl import config
+
+SHARED = Path(os.environ.get("AUDIO_SSL_SHARED", Path(__file__).resolve().parents[1] / ".." / "shared")).resolve()
+DATA = SHARED / "data"
+
+torch.set_num_threads(min(2, torch.get_num_threads()))
+
+
+def small_model_config(norm: str = "layer", layer_norm_first: bool = True) -> config.ModelConfig:
+    """A model of a few hundred thousand parameters, no dropout: fast and deterministic."""
+    cfg = config.preset("tiny").model
+    return replace(
+        cfg,
+        encoder=replace(cfg.encoder, conv_layers=((32, 10, 5),) + ((32, 3, 2),) * 4 + ((32, 2, 2),) * 2,
+                        norm=norm),
+        context=replace(cfg.context, dim=64, layers=2, heads=4, ffn_dim=128, pos_conv_kernel=16,
+                        pos_conv_groups=4, layer_norm_first=layer_norm_first, dropout=0.0,
+                        attention_dropout=0.0, layer_drop=0.0),
+        quantizer=replace(cfg.quantizer, groups=2, codes=16, dim=32),
+        final_dim=32, dropout_input=0.0, dropout_features=0.0,
+    )
+
+
+@pytest.fixture
+def data_dir() -> Path:
+    if not DATA.is_dir():
+        pytest.skip(f"shared data not found at {DATA}")
+    return DATA

@@ -1,0 +1,50 @@
+import pytest
+import torch
+
+from audio_ssl import config
+from audio_ssl.models import Wav2Vec2ForPretraining, Wav2Vec2Model
+from tests.conftest import small_model_config
+
+
+@pytest.mark.parametrize("norm,pre", [("group", False), ("layer", True)])
+def test_padded_batch_equals_items_one_by_one(norm, pre):
+    torch.manual_seed(0)
+    model = Wav2Vec2Model(small_model_config(norm, pre)).eval()
+    lengths = torch.tensor([16_000, 11_000, 6_400])
+    batch = torch.zeros(3, 16_000)
+    items = [torch.randn(int(n)) for n in lengths]
+    for i, item in enumerate(items):
+        batch[i, : len(item)] = item
+    batch[1, 11_000:] = 3.0  # garbage in the padding must not matter
+    with torch.no_grad():
+        out = model(batch, lengths, return_layers=True)
+        for i, item in enumerate(items):
+            single = model(item[None], return_layers=True)
+            t = single.context.shape[1]
+            assert int(out.frame_lengths[i]) == t
+            torch.testing.assert_close(out.context[i, :t], single.context[0], atol=1e-5, rtol=1e-4)
+            for a, b in zip(out.hidden_states, single.hidden_states):
+                torch.testing.assert_close(a[i, :t], b[0], atol=1e-5, rtol=1e-4)
+
+
+def test_base_preset_matches_hf_parameter_count():
+    model = Wav2Vec2ForPretraining(config.preset("base").model)
+    assert sum(p.numel() for p in model.parameters()) == 95_044_608  # HF Wav2Vec2ForPreTraining
+
+
+def test_tiny_preset_is_a_few_million_parameters():
+    n = sum(p.numel() for p in Wav2Vec2ForPretraining(config.preset("tiny").model).parameters())
+    assert 1e6 < n < 10e6
+
+
+def test_mask_embedding_replaces_masked_frames():
+    torch.manual_seed(0)
+    model = Wav2Vec2Model(small_model_config()).eval()
+    x = torch.randn(1, 8000)
+    t = int(model.frame_lengths(torch.tensor([8000]))[0])
+    mask = torch.zeros(1, t, dtype=torch.bool)
+    mask[0, 5:10] = True
+    with torch.no_grad():
+        a = model(x, mask=mask).context
+        b = model(x).context
+    assert not torch.allclose(a, b)
