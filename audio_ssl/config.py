@@ -91,6 +91,7 @@ class ModelConfig:
     final_dim: int = 256  # shared space of context outputs and quantized targets
     dropout_input: float = 0.1  # on projected features before masking
     dropout_features: float = 0.1  # on the features fed to the quantizer
+    detach_targets: bool = False  # True: the quantizer's input carries no gradient to the encoder
 
 
 @dataclass(frozen=True)
@@ -113,6 +114,7 @@ class OptimConfig:
     weight_decay: float = 0.01
     warmup_fraction: float = 0.08
     grad_clip: float = 10.0
+    encoder_lr_scale: float = 1.0  # learning rate of the feature encoder relative to the rest
 
 
 @dataclass(frozen=True)

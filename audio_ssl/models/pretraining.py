@@ -87,8 +87,10 @@ class Wav2Vec2ForPretraining(nn.Module):
         out = self.backbone(waveforms, lengths, mask=mask, generator=generator)
 
         # targets and predictions at the masked frames only: (M, ...)
-        quantized = self.quantizer(self.dropout_features(out.features[mask]),
-                                   cfg.quantizer.temperature(step))
+        features = out.features[mask]  # (M, C)
+        if cfg.detach_targets:
+            features = features.detach()
+        quantized = self.quantizer(self.dropout_features(features), cfg.quantizer.temperature(step))
         targets = self.project_q(quantized.quantized)  # (M, F)
         context = self.final_proj(out.context[mask])  # (M, F)
         if negatives is None:

@@ -1,0 +1,1 @@
+"""Lightning tasks: pretraining; LR schedules; the collapse watch."""

@@ -1,0 +1,65 @@
+"""Collapse watch: the two failures users of the peers meet most, caught while training."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+
+@dataclass
+class CollapseWatch:
+    """Feed it each step's contrastive loss and code perplexity; it returns warnings.
+
+    - *no learning signal*: the contrastive loss stays within ``tolerance`` of log(K + 1), a
+      uniform guess among the candidates (fairseq#3661, #3718, #4530);
+    - *codebook collapse*: the code perplexity falls towards G, the number of groups, i.e. one
+      code per group is used for everything (fairseq#3687, transformers#14387).
+
+    A symptom must hold for ``patience`` consecutive steps (after ``grace`` steps of warm-up) to
+    warn; each warning is given once until the symptom clears.
+    """
+
+    num_negatives: int
+    groups: int
+    codes: int
+    patience: int = 200
+    grace: int = 500
+    tolerance: float = 0.02
+    _streak: dict[str, int] = field(default_factory=lambda: {"plateau": 0, "collapse": 0})
+    _warned: set[str] = field(default_factory=set)
+
+    @property
+    def uniform_loss(self) -> float:
+        return math.log(self.num_negatives + 1)
+
+    def update(self, step: int, contrastive: float, code_perplexity: float) -> list[str]:
+        symptoms = {
+            "plateau": abs(contrastive - self.uniform_loss) < self.tolerance,
+            "collapse": code_perplexity < 2.0 * self.groups,
+        }
+        warnings = []
+        for name, present in symptoms.items():
+            self._streak[name] = self._streak[name] + 1 if present else 0
+            if not present:
+                self._warned.discard(name)
+            elif (step >= self.grace and self._streak[name] >= self.patience
+                  and name not in self._warned):
+                self._warned.add(name)
+                warnings.append(self._message(name, step, contrastive, code_perplexity))
+        return warnings
+
+    def _message(self, name: str, step: int, loss: float, ppl: float) -> str:
+        if name == "plateau":
+            return (
+                f"collapse watch (step {step}): the contrastive loss has stayed at {loss:.3f} for "
+                f"{self._streak[name]} steps, log(K+1) = {self.uniform_loss:.3f} for K = "
+                f"{self.num_negatives}: the model guesses uniformly among the candidates and is "
+                "not learning. Usual remedies: a lower learning rate or longer warm-up, more audio "
+                "per update, a faster Gumbel temperature decay on small models."
+            )
+        return (
+            f"collapse watch (step {step}): code perplexity {ppl:.1f} is near G = {self.groups} "
+            f"(of {self.groups * self.codes} codes): the quantizer uses almost one code per "
+            "group, so the contrastive task becomes trivial. Usual remedies: a larger diversity "
+            "weight, a higher final Gumbel temperature, a lower learning rate."
+        )

@@ -1,0 +1,178 @@
+"""Self-supervised pretraining with Lightning: the module stays thin (forward, loss, log)."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from lightning.fabric.plugins.io import TorchCheckpointIO
+from lightning.pytorch.utilities import rank_zero_only
+
+from audio_ssl.config import PretrainConfig, from_dict, to_dict
+from audio_ssl.models.pretraining import Wav2Vec2ForPretraining
+from audio_ssl.tasks.monitor import CollapseWatch
+from audio_ssl.tasks.schedules import warmup_linear
+
+CONFIG_KEY = "audio_ssl_config"
+
+
+def step_seed(seed: int, step: int, rank: int) -> int:
+    """A seed that is a pure function of (run seed, update, rank): exact resume needs no RNG
+    state in the checkpoint."""
+    return (seed * 1_000_003 + step * 9_176 + rank * 7_919) % (2**63 - 1)
+
+
+def _no_decay(name: str, param: torch.nn.Parameter) -> bool:
+    return param.ndim < 2 or name.endswith("mask_embedding") or "codevectors" in name
+
+
+class PretrainTask(L.LightningModule):
+    def __init__(self, cfg: PretrainConfig, output_dir: str | Path | None = None):
+        super().__init__()
+        self.cfg = cfg
+        self.model = Wav2Vec2ForPretraining(cfg.model)
+        self.output_dir = Path(output_dir) if output_dir else None
+        self.batches_seen = 0  # data position: batches consumed by training_step on this rank
+        self.first_metrics: dict[str, float] | None = None
+        self.last_metrics: dict[str, float] = {}
+        self.warnings: list[str] = []
+        self._last_time: float | None = None
+        q = cfg.model.quantizer
+        self.watch = CollapseWatch(cfg.model.loss.num_negatives, q.groups, q.codes,
+                                   patience=cfg.train.collapse_patience)
+
+    # -- training ------------------------------------------------------------------------------
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor | None:
+        self.batches_seen += 1
+        for failure in batch.failures:
+            self._record_failure(failure)
+        if batch.waveforms.shape[0] == 0:
+            return None
+        step = self.global_step
+        seed = step_seed(self.cfg.train.seed, step, self.global_rank)
+        torch.manual_seed(seed)  # dropout and Gumbel noise
+        generator = torch.Generator(device=self.device).manual_seed(seed)
+        out = self.model(batch.waveforms, batch.lengths, step=step, generator=generator)
+        now = time.perf_counter()
+        seconds = float(batch.lengths.sum()) / self.cfg.data.sample_rate * self.trainer.world_size
+        metrics = {
+            "train/loss": out.total,
+            "train/contrastive": out.contrastive,
+            "train/diversity": out.diversity,
+            "train/feature_penalty": out.feature_penalty,
+            "train/accuracy": out.accuracy,
+            "train/code_perplexity": out.code_perplexity,
+            "train/prob_perplexity": out.prob_perplexity,
+            "train/gumbel_temperature": self.cfg.model.quantizer.temperature(step),
+            "train/lr": self.cfg.optim.lr * warmup_linear(step, self.cfg.train.max_steps,
+                                                          self.cfg.optim.warmup_fraction),
+            "train/masked_fraction": out.masked_fraction,
+        }
+        if self._last_time is not None:
+            metrics["train/audio_seconds_per_second"] = seconds / max(now - self._last_time, 1e-9)
+        self._last_time = now
+        shown = {"train/loss", "train/accuracy", "train/code_perplexity"}
+        for name, value in metrics.items():
+            self.log(name, value, prog_bar=name in shown, batch_size=batch.waveforms.shape[0])
+        self._after_step(step, {k: float(v) for k, v in metrics.items()})
+        return out.loss
+
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        grads = [p.grad.detach().float().norm() for p in self.parameters() if p.grad is not None]
+        if grads:
+            norm = torch.stack(grads).norm()
+            self.log("train/grad_norm", norm)
+            self.last_metrics["train/grad_norm"] = float(norm)
+
+    def configure_optimizers(self):
+        o = self.cfg.optim
+        groups: dict[tuple[bool, bool], list[torch.nn.Parameter]] = {}
+        for name, param in self.model.named_parameters():
+            key = (_no_decay(name, param), name.startswith("backbone.feature_encoder."))
+            groups.setdefault(key, []).append(param)
+        optimizer = torch.optim.AdamW(
+            [{"params": params, "weight_decay": 0.0 if no_decay else o.weight_decay,
+              "lr": o.lr * (o.encoder_lr_scale if encoder else 1.0)}
+             for (no_decay, encoder), params in sorted(groups.items())],
+            lr=o.lr, betas=o.betas, eps=o.eps,
+        )
+        total = self.cfg.train.max_steps
+        scheduler = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda s: warmup_linear(s, total, o.warmup_fraction)
+        )
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    # -- bookkeeping ---------------------------------------------------------------------------
+    def _after_step(self, step: int, metrics: dict[str, float]) -> None:
+        if self.first_metrics is None:
+            self.first_metrics = dict(metrics)
+        self.last_metrics.update(metrics)
+        for message in self.watch.update(step, metrics["train/contrastive"],
+                                         metrics["train/code_perplexity"]):
+            self.warnings.append(message)
+            if self.global_rank == 0:
+                warnings.warn(message, stacklevel=1)
+        if self.output_dir is not None and (step % self.cfg.train.log_every == 0):
+            self._append_jsonl("metrics.jsonl", {"step": step, **metrics})
+
+    @rank_zero_only
+    def _append_jsonl(self, name: str, record: dict[str, Any]) -> None:
+        with open(self.output_dir / name, "a") as f:
+            f.write(json.dumps(record) + "\n")
+
+    def _record_failure(self, failure: Any) -> None:
+        if self.output_dir is not None:
+            self._append_jsonl("decode_failures.jsonl",
+                               {"step": self.global_step, "path": failure.path,
+                                "reason": failure.reason})
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint[CONFIG_KEY] = to_dict(self.cfg)
+        checkpoint["batches_seen"] = self.batches_seen
+        checkpoint["collapse_watch"] = {"streak": dict(self.watch._streak),
+                                        "warned": sorted(self.watch._warned)}
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self.batches_seen = int(checkpoint.get("batches_seen", 0))
+        state = checkpoint.get("collapse_watch")
+        if state:
+            self.watch._streak.update(state["streak"])
+            self.watch._warned = set(state["warned"])
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Writes to a temporary name in the same folder, fsyncs, then renames: a kill at any
+    moment leaves either the old checkpoint or the new one, never a truncated file."""
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options=None) -> None:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+        with open(tmp, "wb") as f:
+            torch.save(checkpoint, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+
+
+def load_pretrained(path: str | Path, map_location: str = "cpu") -> Wav2Vec2ForPretraining:
+    """Rebuild a pretraining model from one of our checkpoints (config inside)."""
+    checkpoint = torch.load(path, map_location=map_location, weights_only=False)
+    if CONFIG_KEY not in checkpoint:
+        raise ValueError(f"{path} is not an audio_ssl checkpoint: it has no {CONFIG_KEY!r} entry")
+    cfg = from_dict(checkpoint[CONFIG_KEY])
+    model = Wav2Vec2ForPretraining(cfg.model)
+    state = {k.removeprefix("model."): v for k, v in checkpoint["state_dict"].items()}
+    model.load_state_dict(state)
+    return model
+
+
+def uniform_loss(cfg: PretrainConfig) -> float:
+    return math.log(cfg.model.loss.num_negatives + 1)

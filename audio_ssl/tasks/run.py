@@ -1,0 +1,167 @@
+"""One function behind `audio-ssl pretrain`: folder in, checkpoints and logs out."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import ModelCheckpoint, TQDMProgressBar
+from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+
+from audio_ssl.config import PretrainConfig, dump
+from audio_ssl.data import make_dataloader, scan, write_rejected
+from audio_ssl.tasks.pretrain import AtomicCheckpointIO, PretrainTask
+
+log = logging.getLogger("audio_ssl")
+
+
+class PretrainData(L.LightningDataModule):
+    """Holds the scanned items; builds this rank's loader at the task's data position."""
+
+    def __init__(self, items: list, cfg: PretrainConfig):
+        super().__init__()
+        self.items, self.cfg = items, cfg
+
+    def train_dataloader(self):
+        trainer = self.trainer
+        position = trainer.lightning_module.batches_seen  # restored before loaders are built
+        loader, _ = make_dataloader(
+            self.items, self.cfg.data, seed=self.cfg.train.seed, rank=trainer.global_rank,
+            world_size=trainer.world_size, position=position,
+        )
+        return loader
+
+
+@dataclass
+class PretrainResult:
+    output_dir: Path
+    last_checkpoint: Path | None
+    steps: int
+    files: int
+    hours: float
+    rejected: int
+    first: dict[str, float]
+    last: dict[str, float]
+    warnings: list[str]
+    seconds: float
+
+    def summary(self) -> str:
+        def row(name: str) -> str:
+            a, b = self.first.get(name), self.last.get(name)
+            if a is None or b is None:
+                return ""
+            return f"  {name.removeprefix('train/'):<22} {a:>9.3f} -> {b:>9.3f}\n"
+
+        text = (
+            f"pretrained {self.steps} steps on {self.files} files ({self.hours:.2f} h of audio) "
+            f"in {self.seconds / 60:.1f} min; {self.rejected} file(s) skipped\n"
+            "what was learned (first logged step -> last):\n"
+        )
+        for name in ("train/contrastive", "train/accuracy", "train/code_perplexity",
+                     "train/prob_perplexity", "train/gumbel_temperature"):
+            text += row(name)
+        text += (
+            f"  (a uniform guess among the candidates scores contrastive = "
+            f"{math.log(101):.3f}, accuracy ~ 0.01)\n"
+            f"outputs in {self.output_dir}:\n"
+            f"  checkpoint  {self.last_checkpoint}\n"
+            f"  config      {self.output_dir / 'config.yaml'}\n"
+            f"  metrics     {self.output_dir / 'metrics.jsonl'} (and logs/ for CSV and TensorBoard)\n"
+            f"  skipped     {self.output_dir / 'rejected.jsonl'} (and decode_failures.jsonl)\n"
+        )
+        for w in self.warnings:
+            text += f"warning: {w}\n"
+        return text
+
+
+def find_last_checkpoint(output_dir: Path) -> Path | None:
+    last = output_dir / "checkpoints" / "last.ckpt"
+    return last if last.is_file() else None
+
+
+def pretrain(data: str | Path, cfg: PretrainConfig, output_dir: str | Path, *,
+             resume: bool = False, progress: bool = True,
+             accelerator: str = "auto") -> PretrainResult:
+    start = time.perf_counter()
+    output = Path(output_dir)
+    output.mkdir(parents=True, exist_ok=True)
+    ckpt_path = find_last_checkpoint(output) if resume else None
+    if resume and ckpt_path is None:
+        raise FileNotFoundError(f"--resume: no checkpoint to resume in {output / 'checkpoints'}")
+    if not resume and find_last_checkpoint(output) is not None:
+        raise FileExistsError(
+            f"{output} already holds a run (checkpoints/last.ckpt): pass --resume to continue it "
+            "or choose another --output"
+        )
+
+    items, rejected = scan(data, progress=progress, min_samples=cfg.data.min_samples,
+                           sample_rate=cfg.data.sample_rate)
+    write_rejected(rejected, output / "rejected.jsonl")
+    dump(cfg, output / "config.yaml")
+    hours = sum(item.duration for item in items) / 3600
+    log.info("%d usable files (%.2f h), %d skipped (listed in %s)", len(items), hours,
+             len(rejected), output / "rejected.jsonl")
+
+    use_gpu = accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available())
+    precision = cfg.train.precision
+    if precision == "auto":
+        precision = "bf16-mixed" if use_gpu else "32-true"
+    elif precision == "32":
+        precision = "32-true"
+    multi = cfg.train.devices > 1 or cfg.train.num_nodes > 1
+    task = PretrainTask(cfg, output)
+    trainer = L.Trainer(
+        accelerator=accelerator,
+        devices=cfg.train.devices,
+        num_nodes=cfg.train.num_nodes,
+        strategy="ddp" if multi else "auto",
+        precision=precision,
+        max_steps=cfg.train.max_steps,
+        gradient_clip_val=cfg.optim.grad_clip or None,
+        accumulate_grad_batches=cfg.train.accumulate_grad_batches,
+        use_distributed_sampler=False,
+        limit_val_batches=0,
+        num_sanity_val_steps=0,
+        log_every_n_steps=cfg.train.log_every,
+        enable_progress_bar=progress,
+        enable_model_summary=progress,
+        default_root_dir=output,
+        logger=[CSVLogger(output, name="logs", version="csv"),
+                TensorBoardLogger(output, name="logs", version="tensorboard")],
+        callbacks=[
+            ModelCheckpoint(dirpath=output / "checkpoints", filename="step={step:07d}",
+                            auto_insert_metric_name=False, every_n_train_steps=cfg.train.checkpoint_every,
+                            save_top_k=-1, save_last=True),
+        ] + ([TQDMProgressBar(refresh_rate=max(1, cfg.train.log_every // 2))] if progress else []),
+        plugins=[AtomicCheckpointIO()],
+    )
+    trainer.fit(task, datamodule=PretrainData(items, cfg), ckpt_path=ckpt_path)
+    result = PretrainResult(
+        output_dir=output, last_checkpoint=find_last_checkpoint(output), steps=trainer.global_step,
+        files=len(items), hours=hours, rejected=len(rejected), first=task.first_metrics or {},
+        last=task.last_metrics, warnings=task.warnings, seconds=time.perf_counter() - start,
+    )
+    if trainer.global_rank == 0:
+        summary = {k: v for k, v in vars(result).items() if k not in ("output_dir", "last_checkpoint")}
+        summary.update(output_dir=str(output), last_checkpoint=str(result.last_checkpoint))
+        (output / "summary.json").write_text(json.dumps(summary, indent=2))
+    return result
+
+
+def with_overrides(cfg: PretrainConfig, *, max_steps: int | None = None,
+                   devices: int | None = None, num_nodes: int | None = None) -> PretrainConfig:
+    train: dict[str, Any] = {}
+    if max_steps is not None:
+        train["max_steps"] = max_steps
+    if devices is not None:
+        train["devices"] = devices
+    if num_nodes is not None:
+        train["num_nodes"] = num_nodes
+    return replace(cfg, train=replace(cfg.train, **train)) if train else cfg

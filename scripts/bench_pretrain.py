@@ -1,0 +1,189 @@
+"""Training-step throughput and peak memory: audio_ssl against HF Wav2Vec2ForPreTraining.
+
+Both models get the same configuration, batch and dtype in one process: forward, backward and an
+AdamW step per iteration. HF's masks and distractors are made outside the timed region (as its
+example script does in the data collator); ours are made on the device inside the step. Timings
+alternate between the two models so that drift on a shared machine affects both alike.
+
+Prints one JSON line per measurement and one with the ratios, e.g.
+
+    python scripts/bench_pretrain.py --preset tiny --batch 8 --seconds 2
+    python scripts/bench_pretrain.py --preset base --batch 2 --seconds 4
+    python scripts/bench_pretrain.py --preset base --batch 8 --seconds 11 --device cuda   # GPU
+
+Peak memory: on CUDA torch.cuda.max_memory_allocated; on the CPU the growth of the peak resident
+set of a spawned child that builds both models and runs two steps of one (the only way to separate the two models' peaks
+within one run).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing
+import os
+import platform
+import resource
+import statistics
+import sys
+import time
+from dataclasses import replace
+
+import torch
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+
+from audio_ssl import config  # noqa: E402
+from audio_ssl.interop.hf import hf_config  # noqa: E402
+from audio_ssl.models import Wav2Vec2ForPretraining, frame_lengths  # noqa: E402
+
+
+def _hf_inputs(cfg, batch: int, samples: int, device):
+    from transformers.models.wav2vec2.modeling_wav2vec2 import (
+        _compute_mask_indices,
+        _sample_negative_indices,
+    )
+
+    frames = int(frame_lengths(torch.tensor([samples]), cfg.encoder.conv_layers)[0])
+    mask = _compute_mask_indices((batch, frames), mask_prob=cfg.mask.prob * cfg.mask.length,
+                                 mask_length=cfg.mask.length, min_masks=cfg.mask.min_masks)
+    negatives = _sample_negative_indices((batch, frames), cfg.loss.num_negatives, mask)
+    return (torch.tensor(mask, device=device, dtype=torch.bool),
+            torch.tensor(negatives, device=device, dtype=torch.long))
+
+
+def make_steps(cfg: config.ModelConfig, batch: int, samples: int, device: torch.device,
+               dtype: torch.dtype, only: str | None = None):
+    """Build both models (or ``only`` one) and return {name: step function}."""
+    from transformers import Wav2Vec2ForPreTraining
+
+    torch.manual_seed(0)
+    ours = Wav2Vec2ForPretraining(cfg).to(device).train() if only != "hf" else None
+    hf = None
+    if only != "audio_ssl":
+        hf = Wav2Vec2ForPreTraining(hf_config(cfg, attn_implementation="sdpa")).to(device).train()
+        hf.set_gumbel_temperature(cfg.quantizer.temperature_start)
+    x = torch.randn(batch, samples, device=device)
+    lengths = torch.full((batch,), samples, device=device)
+    mask, negatives = _hf_inputs(cfg, batch, samples, device)
+    autocast = dtype != torch.float32
+    opt_ours = torch.optim.AdamW(ours.parameters(), lr=1e-4) if ours is not None else None
+    opt_hf = torch.optim.AdamW(hf.parameters(), lr=1e-4) if hf is not None else None
+    generator = torch.Generator(device=device).manual_seed(0)
+
+    def step_ours():
+        with torch.autocast(device.type, dtype=dtype, enabled=autocast):
+            out = ours(x, lengths, step=0, generator=generator)
+        opt_ours.zero_grad(set_to_none=True)
+        out.loss.backward()
+        opt_ours.step()
+
+    def step_hf():
+        with torch.autocast(device.type, dtype=dtype, enabled=autocast):
+            out = hf(x, mask_time_indices=mask, sampled_negative_indices=negatives)
+        opt_hf.zero_grad(set_to_none=True)
+        out.loss.backward()
+        opt_hf.step()
+
+    steps = {"audio_ssl": step_ours, "hf": step_hf}
+    return steps if only is None else {only: steps[only]}
+
+
+def _sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def time_steps(steps, device, warmup: int, repeats: int) -> dict[str, list[float]]:
+    for fn in steps.values():
+        for _ in range(warmup):
+            fn()
+    times: dict[str, list[float]] = {name: [] for name in steps}
+    for _ in range(repeats):
+        for name, fn in steps.items():  # alternate
+            _sync(device)
+            t = time.perf_counter()
+            fn()
+            _sync(device)
+            times[name].append(time.perf_counter() - t)
+    return times
+
+
+def peak_memory(args, cfg, name: str, device, dtype) -> float:
+    """Peak memory of `name`'s training step, in MiB."""
+    if device.type == "cuda":
+        steps = make_steps(cfg, args.batch, int(args.seconds * 16_000), device, dtype, only=name)
+        steps[name]()  # allocate optimizer state
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        steps[name]()
+        torch.cuda.synchronize()
+        return torch.cuda.max_memory_allocated() / 2**20
+    # a fresh (spawned, not forked: OpenMP does not survive fork) process per side
+    ctx = multiprocessing.get_context("spawn")
+    queue = ctx.Queue()
+    proc = ctx.Process(target=_child_peak, args=(queue, args, cfg, name, dtype))
+    proc.start()
+    value = queue.get()
+    proc.join()
+    return value
+
+
+def _child_peak(queue, args, cfg, name, dtype) -> None:
+    torch.set_num_threads(args.threads)
+    steps = make_steps(cfg, args.batch, int(args.seconds * 16_000), torch.device("cpu"), dtype,
+                       only=name)
+    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    steps[name]()
+    steps[name]()
+    queue.put((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base) / 1024)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--preset", default="tiny", choices=sorted(config.PRESETS))
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--seconds", type=float, default=2.0)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--dtype", default=None, choices=["fp32", "bf16"],
+                        help="default: bf16 on CUDA, fp32 on the CPU")
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--no-memory", action="store_true")
+    parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    args = parser.parse_args()
+
+    device = torch.device(args.device)
+    torch.set_num_threads(args.threads)
+    dtype_name = args.dtype or ("bf16" if device.type == "cuda" else "fp32")
+    dtype = torch.bfloat16 if dtype_name == "bf16" else torch.float32
+    cfg = config.preset(args.preset).model
+    # same configuration on both sides: no LayerDrop (HF's skips layers the same way, but the
+    # draws differ), dropout as in the preset
+    cfg = replace(cfg, context=replace(cfg.context, layer_drop=0.0))
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    steps = make_steps(cfg, args.batch, int(args.seconds * 16_000), device, dtype)
+    times = time_steps(steps, device, args.warmup, args.repeats)
+    audio = args.batch * args.seconds
+    common = {"preset": args.preset, "batch": args.batch, "seconds": args.seconds,
+              "device": torch.cuda.get_device_name() if device.type == "cuda" else platform.processor() or "cpu",
+              "threads": torch.get_num_threads(), "dtype": dtype_name, "torch": torch.__version__}
+    results = {}
+    for name, ts in times.items():
+        median = statistics.median(ts)
+        results[name] = {"impl": name, **common, "step_s": round(median, 4),
+                         "audio_s_per_s": round(audio / median, 2)}
+        if not args.no_memory:
+            results[name]["peak_mib"] = round(peak_memory(args, cfg, name, device, dtype), 1)
+        print(json.dumps(results[name]), flush=True)
+    ratio = {"ratio": "audio_ssl/hf", **common,
+             "speedup": round(results["audio_ssl"]["audio_s_per_s"] / results["hf"]["audio_s_per_s"], 3)}
+    if not args.no_memory:
+        ratio["memory"] = round(results["audio_ssl"]["peak_mib"] / max(results["hf"]["peak_mib"], 1e-6), 3)
+    print(json.dumps(ratio), flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,131 @@
+"""`audio-ssl pretrain` end to end on ../shared/data/tiny: outputs, bad files, exact resume."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from audio_ssl.cli import main
+
+FAST = """
+train: {log_every: 1, checkpoint_every: 3}
+data: {num_workers: 0, max_batch_samples: 64000, max_crop_samples: 16000}
+"""
+
+
+def _config(tmp_path: Path, text: str = FAST) -> Path:
+    path = tmp_path / "fast.yaml"
+    path.write_text(text)
+    return path
+
+
+def _metrics(run: Path) -> dict[int, dict]:
+    rows = {}
+    for line in (run / "metrics.jsonl").read_text().splitlines():
+        row = json.loads(line)
+        rows[row["step"]] = row  # a resumed run re-logs the steps after its checkpoint
+    return rows
+
+
+@pytest.mark.slow
+def test_cli_pretrains_on_tiny(tmp_path, data_dir, capsys):
+    run = tmp_path / "run"
+    code = main(["pretrain", str(data_dir / "tiny"), "--output", str(run), "--max-steps", "4",
+                 "--config", str(_config(tmp_path)), "--no-progress"])
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert "pretrained 4 steps on 23 files" in printed and "checkpoint" in printed
+    assert (run / "checkpoints" / "last.ckpt").is_file()
+    assert (run / "checkpoints" / "step=0000003.ckpt").is_file()
+    assert "max_steps: 4" in (run / "config.yaml").read_text()
+    rows = _metrics(run)
+    assert sorted(rows) == [0, 1, 2, 3]
+    for key in ("train/loss", "train/contrastive", "train/diversity", "train/feature_penalty",
+                "train/accuracy", "train/code_perplexity", "train/prob_perplexity",
+                "train/gumbel_temperature", "train/lr", "train/masked_fraction"):
+        assert np.isfinite(rows[3][key]), key
+    assert 0.3 < rows[3]["train/masked_fraction"] < 0.7
+    assert (run / "logs" / "csv" / "metrics.csv").is_file()
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["steps"] == 4 and summary["files"] == 23
+    # a second run into the same folder without --resume is refused, not overwritten
+    assert main(["pretrain", str(data_dir / "tiny"), "--output", str(run), "--max-steps", "4",
+                 "--config", str(_config(tmp_path)), "--no-progress"]) == 2
+
+
+@pytest.mark.slow
+def test_bad_files_are_skipped_and_listed(tmp_path, data_dir):
+    corpus = tmp_path / "corpus"
+    (corpus / "sub").mkdir(parents=True)
+    for src in sorted((data_dir / "tiny" / "audio").glob("*.flac"))[:4]:
+        shutil.copy(src, corpus / "sub" / src.name)
+    (corpus / "corrupt.wav").write_bytes(b"RIFF\x00\x00\x00\x00WAVEnot really audio")
+    (corpus / "empty.flac").write_bytes(b"")
+    sf.write(corpus / "short.wav", np.zeros(800, dtype=np.float32), 16000)
+    (corpus / "notes.txt").write_text("not audio, not scanned")
+    run = tmp_path / "run"
+    assert main(["pretrain", str(corpus), "--output", str(run), "--max-steps", "2",
+                 "--config", str(_config(tmp_path)), "--no-progress"]) == 0
+    rejected = {Path(r["path"]).name: r["reason"]
+                for r in map(json.loads, (run / "rejected.jsonl").read_text().splitlines())}
+    assert set(rejected) == {"corrupt.wav", "empty.flac", "short.wav"}
+    assert "short" in rejected["short.wav"]
+
+
+def test_folder_without_usable_audio_is_a_clear_error(tmp_path, capsys):
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "bad.wav").write_bytes(b"garbage")
+    code = main(["pretrain", str(tmp_path / "data"), "--output", str(tmp_path / "run"),
+                 "--no-progress"])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "bad.wav" in err and str(tmp_path / "data") in err
+
+
+def _cli(args: list[str]) -> subprocess.Popen:
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    return subprocess.Popen([sys.executable, "-m", "audio_ssl.cli", *args], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+
+@pytest.mark.slow
+def test_resume_after_a_kill_gives_the_same_losses(tmp_path, data_dir):
+    cfg = _config(tmp_path)
+    common = [str(data_dir / "tiny"), "--config", str(cfg), "--no-progress", "--max-steps", "9"]
+    straight, killed = tmp_path / "straight", tmp_path / "killed"
+    ref = _cli(["pretrain", *common, "--output", str(straight)])
+
+    victim = _cli(["pretrain", *common, "--output", str(killed)])
+    checkpoint = killed / "checkpoints" / "step=0000006.ckpt"
+    deadline = time.time() + 300
+    while not checkpoint.exists() and victim.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    victim.send_signal(signal.SIGKILL)
+    victim.wait()
+    assert checkpoint.exists(), victim.stderr.read()[-2000:]
+    # nothing half-written: every checkpoint present loads
+    import torch
+
+    for path in (killed / "checkpoints").glob("*.ckpt"):
+        torch.load(path, map_location="cpu", weights_only=False)
+    assert ref.wait() == 0, ref.stderr.read()[-2000:]
+
+    resumed = _cli(["pretrain", *common, "--output", str(killed), "--resume"])
+    assert resumed.wait() == 0, resumed.stderr.read()[-2000:]
+    a, b = _metrics(straight), _metrics(killed)
+    assert sorted(a) == sorted(b) == list(range(9))
+    last_saved = max(int(p.stem.split("=")[1]) for p in (killed / "checkpoints").glob("step=*.ckpt"))
+    assert last_saved == 9
+    for step in range(6, 9):  # the steps run after the resume
+        for key in ("train/loss", "train/accuracy", "train/code_perplexity", "train/lr"):
+            assert b[step][key] == pytest.approx(a[step][key], rel=1e-5, abs=1e-6), (step, key)
