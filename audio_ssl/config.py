@@ -155,8 +155,11 @@ def _tiny() -> PretrainConfig:
                 layer_drop=0.0, layer_norm_first=True, pos_conv_kernel=64, pos_conv_groups=16,
             ),
             quantizer=QuantizerConfig(
-                groups=2, codes=64, dim=128, temperature_decay=0.9995, codebook_init="normal",
+                groups=2, codes=320, dim=128, temperature_decay=0.9995, codebook_init="normal",
             ),
+            # small models collapse to one code per group within ~30 updates at the base
+            # weight (measured on ../shared/data); a strong diversity term keeps codes in use
+            loss=LossConfig(diversity_weight=1.0),
             final_dim=128,
             dropout_input=0.0,
             dropout_features=0.0,
@@ -165,7 +168,7 @@ def _tiny() -> PretrainConfig:
             normalize=True, max_batch_samples=8 * 32_000, max_crop_samples=32_000,
             min_samples=8_000, num_buckets=4,
         ),
-        optim=OptimConfig(lr=2e-3, warmup_fraction=0.05, grad_clip=5.0),
+        optim=OptimConfig(lr=5e-4, warmup_fraction=0.1, grad_clip=5.0),
         train=TrainConfig(max_steps=2000, checkpoint_every=250, log_every=10),
     )
 

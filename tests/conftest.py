@@ -28,7 +28,7 @@ def small_model_config(norm: str = "layer", layer_norm_first: bool = True) -> co
                         pos_conv_groups=4, layer_norm_first=layer_norm_first, dropout=0.0,
                         attention_dropout=0.0, layer_drop=0.0),
         quantizer=replace(cfg.quantizer, groups=2, codes=16, dim=32),
-        final_dim=32, dropout_input=0.0, dropout_features=0.0,
+        loss=config.LossConfig(), final_dim=32, dropout_input=0.0, dropout_features=0.0,
     )
 
 

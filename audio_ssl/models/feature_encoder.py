@@ -69,6 +69,7 @@ class ConvLayer(nn.Module):
         super().__init__()
         self.kernel, self.stride = kernel, stride
         self.conv = nn.Conv1d(in_channels, channels, kernel, stride=stride, bias=bias)
+        nn.init.kaiming_normal_(self.conv.weight)  # fairseq and HF: keeps activations O(1)
         if norm == "group":
             self.norm: nn.Module | None = MaskedGroupNorm(channels, channels, affine=True)
         elif norm == "layer":

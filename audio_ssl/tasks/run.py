@@ -116,6 +116,7 @@ def pretrain(data: str | Path, cfg: PretrainConfig, output_dir: str | Path, *,
     elif precision == "32":
         precision = "32-true"
     multi = cfg.train.devices > 1 or cfg.train.num_nodes > 1
+    torch.manual_seed(cfg.train.seed)  # the same initial weights for the same seed
     task = PretrainTask(cfg, output)
     trainer = L.Trainer(
         accelerator=accelerator,

@@ -124,8 +124,7 @@ def test_resume_after_a_kill_gives_the_same_losses(tmp_path, data_dir):
     assert resumed.wait() == 0, resumed.stderr.read()[-2000:]
     a, b = _metrics(straight), _metrics(killed)
     assert sorted(a) == sorted(b) == list(range(9))
-    last_saved = max(int(p.stem.split("=")[1]) for p in (killed / "checkpoints").glob("step=*.ckpt"))
-    assert last_saved == 9
+    assert (killed / "checkpoints" / "step=0000009.ckpt").is_file()
     for step in range(6, 9):  # the steps run after the resume
         for key in ("train/loss", "train/accuracy", "train/code_perplexity", "train/lr"):
             assert b[step][key] == pytest.approx(a[step][key], rel=1e-5, abs=1e-6), (step, key)
