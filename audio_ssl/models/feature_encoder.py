@@ -103,17 +103,51 @@ class FeatureEncoder(nn.Module):
             in_channels = channels
         self.layers = nn.ModuleList(layers)
         self.out_channels = in_channels
+        # Channels-last path for narrow layer-norm encoders on the CPU: frames stay (B, T, C), so
+        # the layer norms need no transposes and oneDNN runs the convs in NHWC. Measured on 2
+        # cores (fwd + bwd, 7 layers): 128 channels 376 -> 229 ms, 256 channels 1177 -> 1034 ms;
+        # at 512 channels NHWC was 2x slower, so wide encoders keep the plain path.
+        self.channels_last = cfg.norm == "layer" and max(c for c, _, _ in cfg.conv_layers) <= 256
 
     def frame_lengths(self, lengths: torch.Tensor) -> torch.Tensor:
         return frame_lengths(lengths, self.cfg.conv_layers)
 
     def forward(self, waveforms: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
+        if self.channels_last and waveforms.device.type == "cpu":
+            x = self._forward_channels_last(waveforms)  # (B, T, C)
+        else:
+            x = rearrange(self._forward_channels_first(waveforms, lengths), "b c t -> b t c")
+        if self.training and self.cfg.grad_scale != 1.0:
+            x = GradMultiply.apply(x, self.cfg.grad_scale)
+        return x
+
+    def _forward_channels_first(self, waveforms: torch.Tensor,
+                                lengths: torch.Tensor | None) -> torch.Tensor:
         x = rearrange(waveforms, "b s -> b 1 s")
         layer_lengths = lengths
         for layer in self.layers:
             if layer_lengths is not None:
                 layer_lengths = frame_lengths(layer_lengths, ((0, layer.kernel, layer.stride),))
             x = layer(x, layer_lengths)  # (B, C, T_i)
-        if self.training and self.cfg.grad_scale != 1.0:
-            x = GradMultiply.apply(x, self.cfg.grad_scale)
-        return rearrange(x, "b c t -> b t c")
+        return x
+
+    def _forward_channels_last(self, waveforms: torch.Tensor) -> torch.Tensor:
+        """Layer-norm encoders only (per-frame norms: padding needs no lengths)."""
+        first = self.layers[0]
+        waveforms = waveforms.contiguous()
+        batch, samples = waveforms.shape
+        frames = (samples - first.kernel) // first.stride + 1
+        windows = waveforms.as_strided((batch, frames, first.kernel),
+                                       (samples, first.stride, 1))  # (B, T_0, k), a view
+        weight = rearrange(first.conv.weight, "c 1 k -> k c")
+        x = windows @ weight  # (B, T_0, C): layer 0 as a matmul (one input channel)
+        if first.conv.bias is not None:
+            x = x + first.conv.bias
+        x = F.gelu(first.norm(x))
+        for layer in self.layers[1:]:
+            h = rearrange(x, "b t c -> b c 1 t")  # a view with NHWC memory
+            w = rearrange(layer.conv.weight, "o i k -> o i 1 k").contiguous(
+                memory_format=torch.channels_last)
+            y = F.conv2d(h, w, layer.conv.bias, stride=(1, layer.stride))  # (B, C, 1, T_i) NHWC
+            x = F.gelu(layer.norm(rearrange(y, "b c 1 t -> b t c")))  # (B, T_i, C)
+        return x

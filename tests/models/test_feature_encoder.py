@@ -34,3 +34,23 @@ def test_gradient_into_the_encoder_is_scaled():
     b(x).sum().backward()
     ga, gb = a.layers[0].conv.weight.grad, b.layers[0].conv.weight.grad
     assert torch.allclose(gb, 0.1 * ga, rtol=1e-4, atol=1e-7)
+
+
+@pytest.mark.parametrize("bias", [False, True])
+def test_channels_last_path_equals_the_plain_path(bias):
+    torch.manual_seed(0)
+    cfg = FeatureEncoderConfig(conv_layers=((16, 10, 5),) + ((16, 3, 2),) * 4 + ((16, 2, 2),) * 2,
+                               norm="layer", conv_bias=bias)
+    enc = FeatureEncoder(cfg)
+    assert enc.channels_last
+    x = torch.randn(3, 8000)
+    fast = enc(x)
+    fast.square().sum().backward()
+    fast_grads = [p.grad.clone() for p in enc.parameters()]
+    enc.zero_grad()
+    enc.channels_last = False
+    plain = enc(x)
+    plain.square().sum().backward()
+    torch.testing.assert_close(fast, plain, atol=1e-5, rtol=1e-4)
+    for a, p in zip(fast_grads, enc.parameters()):
+        torch.testing.assert_close(a, p.grad, atol=1e-4, rtol=1e-3)

@@ -1,0 +1,31 @@
+from pathlib import Path
+
+import pytest
+
+from audio_ssl import config
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.parametrize("name", sorted(config.PRESETS))
+def test_resolved_config_round_trips(name, tmp_path):
+    cfg = config.preset(name)
+    config.dump(cfg, tmp_path / "config.yaml")
+    assert config.from_dict(config.to_dict(cfg)) == cfg
+    assert config.load("base", tmp_path / "config.yaml") == cfg
+
+
+def test_unknown_key_and_wrong_type_are_named():
+    with pytest.raises(ValueError, match="model.context.layerz"):
+        config.load("tiny", overrides={"model": {"context": {"layerz": 3}}})
+    with pytest.raises(ValueError, match="train.max_steps"):
+        config.load("tiny", overrides={"train": {"max_steps": "many"}})
+    with pytest.raises(ValueError, match="group.*layer"):
+        config.load("tiny", overrides={"model": {"encoder": {"norm": "batch"}}})
+    with pytest.raises(ValueError, match="unknown preset"):
+        config.preset("huge")
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "configs").glob("*.yaml")), ids=lambda p: p.name)
+def test_shipped_configs_load(path):
+    config.load("base", path)
