@@ -115,6 +115,7 @@ class OptimConfig:
     warmup_fraction: float = 0.08
     grad_clip: float = 10.0
     encoder_lr_scale: float = 1.0  # learning rate of the feature encoder relative to the rest
+    quantizer_lr_scale: float = 1.0  # learning rate of the quantizer relative to the rest
 
 
 @dataclass(frozen=True)

@@ -93,14 +93,18 @@ class PretrainTask(L.LightningModule):
 
     def configure_optimizers(self):
         o = self.cfg.optim
-        groups: dict[tuple[bool, bool], list[torch.nn.Parameter]] = {}
+        groups: dict[tuple[bool, float], list[torch.nn.Parameter]] = {}
         for name, param in self.model.named_parameters():
-            key = (_no_decay(name, param), name.startswith("backbone.feature_encoder."))
-            groups.setdefault(key, []).append(param)
+            scale = 1.0
+            if name.startswith("backbone.feature_encoder."):
+                scale = o.encoder_lr_scale
+            elif name.startswith("quantizer."):
+                scale = o.quantizer_lr_scale
+            groups.setdefault((_no_decay(name, param), scale), []).append(param)
         optimizer = torch.optim.AdamW(
             [{"params": params, "weight_decay": 0.0 if no_decay else o.weight_decay,
-              "lr": o.lr * (o.encoder_lr_scale if encoder else 1.0)}
-             for (no_decay, encoder), params in sorted(groups.items())],
+              "lr": o.lr * scale}
+             for (no_decay, scale), params in sorted(groups.items())],
             lr=o.lr, betas=o.betas, eps=o.eps,
         )
         total = self.cfg.train.max_steps

@@ -128,3 +128,14 @@ def test_resume_after_a_kill_gives_the_same_losses(tmp_path, data_dir):
     for step in range(6, 9):  # the steps run after the resume
         for key in ("train/loss", "train/accuracy", "train/code_perplexity", "train/lr"):
             assert b[step][key] == pytest.approx(a[step][key], rel=1e-5, abs=1e-6), (step, key)
+
+
+@pytest.mark.slow
+def test_cli_runs_ddp_on_two_cpu_processes_with_layer_drop(tmp_path, data_dir):
+    cfg = _config(tmp_path, FAST + "model: {context: {layer_drop: 0.5}}\n")
+    run = tmp_path / "ddp"
+    proc = _cli(["pretrain", str(data_dir / "tiny"), "--output", str(run), "--max-steps", "3",
+                 "--devices", "2", "--accelerator", "cpu", "--config", str(cfg), "--no-progress"])
+    assert proc.wait(timeout=600) == 0, proc.stderr.read()[-3000:]
+    assert sorted(_metrics(run)) == [0, 1, 2]
+    assert json.loads((run / "summary.json").read_text())["steps"] == 3
