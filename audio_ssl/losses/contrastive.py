@@ -9,13 +9,14 @@ _GATHER_ABOVE = 16_384  # masked frames beyond which the M x M similarity matrix
 
 
 def contrastive_logits(context: torch.Tensor, targets: torch.Tensor, negatives: torch.Tensor,
-                       valid: torch.Tensor, codes: torch.Tensor,
+                       valid: torch.Tensor, codes: torch.Tensor | None,
                        temperature: float) -> torch.Tensor:
     """Logits (M, 1 + K) in fp32: column 0 the positive, then the K distractors.
 
     context: (M, F) context vectors at the masked frames; targets: (M, F) their quantized
     targets; negatives: (M, K) indices into the M targets; valid: (M, K) bool; codes: (M, G)
-    the quantizer's choices, used to find distractors identical to the positive (logit -inf).
+    the quantizer's choices, used to find distractors identical to the positive (logit -inf);
+    None keeps their logits (equal to the positive's).
     """
     with torch.autocast(device_type=context.device.type, enabled=False):
         c = F.normalize(context.float(), dim=-1, eps=1e-8)  # (M, F)
@@ -26,8 +27,10 @@ def contrastive_logits(context: torch.Tensor, targets: torch.Tensor, negatives: 
             negative = similarity.gather(1, negatives)  # (M, K)
         else:
             negative = torch.einsum("mf,mkf->mk", c, t[negatives])
-        same = (codes[negatives] == codes[:, None, :]).all(-1)  # (M, K)
-        negative = negative.masked_fill(same | ~valid, float("-inf"))
+        invalid = ~valid
+        if codes is not None:
+            invalid = invalid | (codes[negatives] == codes[:, None, :]).all(-1)  # (M, K)
+        negative = negative.masked_fill(invalid, float("-inf"))
         return torch.cat([positive, negative], dim=-1) / temperature
 
 

@@ -97,7 +97,8 @@ class Wav2Vec2ForPretraining(nn.Module):
             gen_mask = mask.to(generator.device) if generator is not None else mask
             indices, valid = sample_negatives(gen_mask, cfg.loss.num_negatives, generator)
             negatives = (indices.to(mask.device), valid.to(mask.device))
-        logits = contrastive_logits(context, targets, negatives[0], negatives[1], quantized.codes,
+        codes = quantized.codes if cfg.loss.mask_identical_negatives else None
+        logits = contrastive_logits(context, targets, negatives[0], negatives[1], codes,
                                     cfg.loss.logit_temperature)  # (M, 1 + K)
 
         # global normalisation: every term is a global sum over a global count
