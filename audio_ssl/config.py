@@ -58,6 +58,7 @@ class QuantizerConfig:
     temperature_end: float = 0.5
     temperature_decay: float = 0.999995  # per update
     codebook_init: Literal["uniform", "normal"] = "uniform"  # uniform(0, 1) as in fairseq/HF
+    gumbel_noise: bool = True  # False: hard argmax of the logits, straight-through softmax
 
     def temperature(self, step: int) -> float:
         """Gumbel temperature at ``step``: a pure function of the update count."""
@@ -151,7 +152,10 @@ def _tiny() -> PretrainConfig:
     Measured on ../shared/data (scripts/pretrain_shared.py, 2 CPU cores): with a layer-norm
     encoder this size collapses to one code per group within ~30 updates at any learning rate
     from 5e-4 up, whatever the diversity weight (0.1-1.0) or the -inf rule; the group-norm
-    encoder of BASE keeps its codes in use, so tiny uses it.
+    encoder of BASE keeps its codes in use, so tiny uses it. With the feature penalty at 10,
+    Adam shrinks the conv output (the 0.1 gradient scale does not slow Adam) until, after ~1,500
+    updates, its variance is below the layer norm's eps and the targets carry nothing: tiny turns
+    the penalty off.
     """
     return PretrainConfig(
         model=ModelConfig(
@@ -166,6 +170,7 @@ def _tiny() -> PretrainConfig:
             quantizer=QuantizerConfig(
                 groups=2, codes=320, dim=128, temperature_decay=0.9995, codebook_init="normal",
             ),
+            loss=LossConfig(feature_penalty_weight=0.0),
             final_dim=128,
             dropout_input=0.0,
             dropout_features=0.0,

@@ -45,8 +45,9 @@ def main() -> None:
     window = max(1, len(steps) // 100)
     panels = [("train/contrastive", "contrastive loss (nats)"), ("train/accuracy", "accuracy"),
               ("train/code_perplexity", "code perplexity"),
+              ("train/feature_penalty", "feature penalty (log scale)"),
               ("train/gumbel_temperature", "Gumbel temperature")]
-    fig, axes = plt.subplots(1, 4, figsize=(18, 3.8))
+    fig, axes = plt.subplots(1, 5, figsize=(22, 3.8))
     for ax, (key, label) in zip(axes, panels):
         values = [rows[s][key] for s in steps]
         ax.plot(steps, values, alpha=0.3, color="tab:blue")
@@ -54,6 +55,8 @@ def main() -> None:
         ax.set_title(label)
         ax.set_xlabel("update")
         ax.grid(alpha=0.3)
+        if "penalty" in key:
+            ax.set_yscale("log")
     axes[0].axhline(math.log(101), color="tab:red", linestyle="--", label="log(101): uniform guess")
     axes[0].legend()
     summary = args.run / "summary.json"

@@ -58,8 +58,10 @@ class GumbelQuantizer(nn.Module):
             logits = rearrange(logits, "n (g v) -> n g v", g=self.groups)  # (N, G, V)
             probs = logits.softmax(-1)  # (N, G, V), no noise: for the diversity loss
             if self.training:
-                gumbel = -torch.empty_like(logits).exponential_().log()
-                soft = ((logits + gumbel) / temperature).softmax(-1)
+                noisy = logits
+                if self.cfg.gumbel_noise:
+                    noisy = logits - torch.empty_like(logits).exponential_().log()
+                soft = (noisy / temperature).softmax(-1)
                 codes = soft.argmax(-1)  # (N, G)
                 hard = F.one_hot(codes, self.codes).to(soft.dtype)
                 weights = hard - soft.detach() + soft  # straight-through
