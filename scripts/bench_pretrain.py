@@ -12,7 +12,8 @@ Prints one JSON line per measurement and one with the ratios, e.g.
     python scripts/bench_pretrain.py --preset base --batch 8 --seconds 11 --device cuda   # GPU
 
 Peak memory: on CUDA torch.cuda.max_memory_allocated; on the CPU the growth of the peak resident
-set of a spawned child that builds both models and runs two steps of one (the only way to separate the two models' peaks
+set (VmHWM) of a spawned child that builds one model and runs two steps: activations,
+gradients and optimizer state (the only way to separate the two models' peaks
 within one run).
 """
 
@@ -129,14 +130,23 @@ def peak_memory(args, cfg, name: str, device, dtype) -> float:
     return value
 
 
+def _peak_rss_mib() -> float:
+    """This process's peak resident set (VmHWM: unlike ru_maxrss it does not carry the parent's
+    peak across the exec that starts a spawned process)."""
+    for line in open("/proc/self/status"):
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 def _child_peak(queue, args, cfg, name, dtype) -> None:
     torch.set_num_threads(args.threads)
     steps = make_steps(cfg, args.batch, int(args.seconds * 16_000), torch.device("cpu"), dtype,
                        only=name)
-    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    base = _peak_rss_mib()
     steps[name]()
     steps[name]()
-    queue.put((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base) / 1024)
+    queue.put(_peak_rss_mib() - base)
 
 
 def main() -> None:
