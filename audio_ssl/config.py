@@ -8,7 +8,6 @@ files from the repository; ``configs/*.yaml`` hold overrides on top of them.
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field, fields, is_dataclass, replace
 from pathlib import Path
 from typing import Any, Literal, get_args, get_origin, get_type_hints
@@ -303,5 +302,5 @@ def dump(cfg: Any, path: str | Path) -> None:
 __all__ = [
     "FeatureEncoderConfig", "ContextConfig", "QuantizerConfig", "MaskConfig", "LossConfig",
     "ModelConfig", "DataConfig", "OptimConfig", "TrainConfig", "PretrainConfig", "PRESETS",
-    "preset", "load", "merge", "from_dict", "to_dict", "dump", "dataclasses",
+    "preset", "load", "merge", "from_dict", "to_dict", "dump",
 ]
