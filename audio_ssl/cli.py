@@ -70,14 +70,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _load_config(args: argparse.Namespace):
     from audio_ssl import config
-    from audio_ssl.tasks.run import with_overrides
 
-    cfg = config.load(args.preset, args.config)
     max_steps = args.max_steps
     if max_steps is None and getattr(args, "max_steps_default", None) and args.config is None:
         max_steps = args.max_steps_default
-    return with_overrides(cfg, max_steps=max_steps, devices=args.devices,
-                          num_nodes=args.num_nodes)
+    train = {"max_steps": max_steps, "devices": args.devices, "num_nodes": args.num_nodes}
+    return config.load(args.preset, args.config,
+                       overrides={"train": {k: v for k, v in train.items() if v is not None}})
 
 
 def _run_pretrain(args: argparse.Namespace, data: str | Path, output: Path) -> int:

@@ -48,6 +48,13 @@ class CollapseWatch:
                 warnings.append(self._message(name, step, contrastive, code_perplexity))
         return warnings
 
+    def state_dict(self) -> dict:
+        return {"streak": dict(self._streak), "warned": sorted(self._warned)}
+
+    def load_state_dict(self, state: dict) -> None:
+        self._streak.update(state["streak"])
+        self._warned = set(state["warned"])
+
     def _message(self, name: str, step: int, loss: float, ppl: float) -> str:
         if name == "plateau":
             return (

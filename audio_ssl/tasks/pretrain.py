@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import math
 import os
 import time
 import warnings
@@ -140,15 +139,13 @@ class PretrainTask(L.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint[CONFIG_KEY] = to_dict(self.cfg)
         checkpoint["batches_seen"] = self.batches_seen
-        checkpoint["collapse_watch"] = {"streak": dict(self.watch._streak),
-                                        "warned": sorted(self.watch._warned)}
+        checkpoint["collapse_watch"] = self.watch.state_dict()
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self.batches_seen = int(checkpoint.get("batches_seen", 0))
         state = checkpoint.get("collapse_watch")
         if state:
-            self.watch._streak.update(state["streak"])
-            self.watch._warned = set(state["warned"])
+            self.watch.load_state_dict(state)
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -176,7 +173,3 @@ def load_pretrained(path: str | Path, map_location: str = "cpu") -> Wav2Vec2ForP
     state = {k.removeprefix("model."): v for k, v in checkpoint["state_dict"].items()}
     model.load_state_dict(state)
     return model
-
-
-def uniform_loss(cfg: PretrainConfig) -> float:
-    return math.log(cfg.model.loss.num_negatives + 1)

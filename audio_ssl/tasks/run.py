@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import lightning as L
 import torch
@@ -51,6 +49,7 @@ class PretrainResult:
     last: dict[str, float]
     warnings: list[str]
     seconds: float
+    uniform_loss: float  # log(K + 1): the loss of a uniform guess among the candidates
 
     def summary(self) -> str:
         def row(name: str) -> str:
@@ -69,7 +68,7 @@ class PretrainResult:
             text += row(name)
         text += (
             f"  (a uniform guess among the candidates scores contrastive = "
-            f"{math.log(101):.3f}, accuracy ~ 0.01)\n"
+            f"{self.uniform_loss:.3f})\n"
             f"outputs in {self.output_dir}:\n"
             f"  checkpoint  {self.last_checkpoint}\n"
             f"  config      {self.output_dir / 'config.yaml'}\n"
@@ -148,21 +147,10 @@ def pretrain(data: str | Path, cfg: PretrainConfig, output_dir: str | Path, *,
         output_dir=output, last_checkpoint=find_last_checkpoint(output), steps=trainer.global_step,
         files=len(items), hours=hours, rejected=len(rejected), first=task.first_metrics or {},
         last=task.last_metrics, warnings=task.warnings, seconds=time.perf_counter() - start,
+        uniform_loss=task.watch.uniform_loss,
     )
     if trainer.global_rank == 0:
         summary = {k: v for k, v in vars(result).items() if k not in ("output_dir", "last_checkpoint")}
         summary.update(output_dir=str(output), last_checkpoint=str(result.last_checkpoint))
         (output / "summary.json").write_text(json.dumps(summary, indent=2))
     return result
-
-
-def with_overrides(cfg: PretrainConfig, *, max_steps: int | None = None,
-                   devices: int | None = None, num_nodes: int | None = None) -> PretrainConfig:
-    train: dict[str, Any] = {}
-    if max_steps is not None:
-        train["max_steps"] = max_steps
-    if devices is not None:
-        train["devices"] = devices
-    if num_nodes is not None:
-        train["num_nodes"] = num_nodes
-    return replace(cfg, train=replace(cfg.train, **train)) if train else cfg
