@@ -1,5 +1,6 @@
 """Model building blocks (nn.Module only; nothing here imports from data/ or tasks/)."""
 
+from audio_ssl.models.ctc import CTCOutput, Wav2Vec2ForCTC
 from audio_ssl.models.feature_encoder import FeatureEncoder, frame_lengths, receptive_field
 from audio_ssl.models.masking import compute_span_mask, sample_negatives
 from audio_ssl.models.pretraining import PretrainOutput, Wav2Vec2ForPretraining
@@ -9,4 +10,5 @@ from audio_ssl.models.wav2vec2 import BackboneOutput, Wav2Vec2Model
 __all__ = [
     "FeatureEncoder", "frame_lengths", "receptive_field", "compute_span_mask", "sample_negatives",
     "GumbelQuantizer", "Wav2Vec2Model", "BackboneOutput", "Wav2Vec2ForPretraining", "PretrainOutput",
+    "Wav2Vec2ForCTC", "CTCOutput",
 ]

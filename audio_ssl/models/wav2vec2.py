@@ -41,9 +41,12 @@ class Wav2Vec2Model(nn.Module):
 
     def forward(self, waveforms: torch.Tensor, lengths: torch.Tensor | None = None,
                 mask: torch.Tensor | None = None, generator: torch.Generator | None = None,
-                return_layers: bool = False) -> BackboneOutput:
+                return_layers: bool = False,
+                channel_mask: torch.Tensor | None = None) -> BackboneOutput:
         """waveforms: (B, S); lengths: (B,) valid samples (None = all); mask: (B, T) bool frames
-        to replace by the mask embedding (None = no masking)."""
+        to replace by the mask embedding (None = no masking); channel_mask: (B, D) bool channels
+        of the projected frames set to zero (fine-tuning's channel masking, after time masking,
+        as in fairseq and HF)."""
         batch, samples = waveforms.shape
         if lengths is None:
             lengths = torch.full((batch,), samples, dtype=torch.long, device=waveforms.device)
@@ -58,5 +61,7 @@ class Wav2Vec2Model(nn.Module):
         x = self.dropout_input(self.projection(features))  # (B, T, D)
         if mask is not None:
             x = torch.where(mask[..., None], self.mask_embedding.to(x.dtype), x)
+        if channel_mask is not None:
+            x = x.masked_fill(channel_mask[:, None, :], 0.0)
         c, states = self.context(x, padding_mask, generator=generator, return_layers=return_layers)
         return BackboneOutput(c, features, raw, padding_mask, frames, states)

@@ -14,12 +14,12 @@ import torch
 from lightning.fabric.plugins.io import TorchCheckpointIO
 from lightning.pytorch.utilities import rank_zero_only
 
-from audio_ssl.config import PretrainConfig, from_dict, to_dict
+from audio_ssl.config import PretrainConfig, to_dict
+from audio_ssl.interop import CONFIG_KEY
 from audio_ssl.models.pretraining import Wav2Vec2ForPretraining
 from audio_ssl.tasks.monitor import CollapseWatch
 from audio_ssl.tasks.schedules import warmup_linear
 
-CONFIG_KEY = "audio_ssl_config"
 
 
 def step_seed(seed: int, step: int, rank: int) -> int:
@@ -165,11 +165,9 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 
 def load_pretrained(path: str | Path, map_location: str = "cpu") -> Wav2Vec2ForPretraining:
     """Rebuild a pretraining model from one of our checkpoints (config inside)."""
-    checkpoint = torch.load(path, map_location=map_location, weights_only=False)
-    if CONFIG_KEY not in checkpoint:
-        raise ValueError(f"{path} is not an audio_ssl checkpoint: it has no {CONFIG_KEY!r} entry")
-    cfg = from_dict(checkpoint[CONFIG_KEY])
-    model = Wav2Vec2ForPretraining(cfg.model)
-    state = {k.removeprefix("model."): v for k, v in checkpoint["state_dict"].items()}
-    model.load_state_dict(state)
-    return model
+    from audio_ssl.interop import load_model
+
+    loaded = load_model(path, map_location)
+    if not isinstance(loaded.model, Wav2Vec2ForPretraining):
+        raise ValueError(f"{path} holds a {type(loaded.model).__name__}, not a pretraining model")
+    return loaded.model

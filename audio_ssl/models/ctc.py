@@ -1,0 +1,57 @@
+"""wav2vec 2.0 with a linear CTC head, for speech recognition."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from audio_ssl.config import ModelConfig
+from audio_ssl.models.wav2vec2 import Wav2Vec2Model
+
+
+@dataclass
+class CTCOutput:
+    logits: torch.Tensor  # (B, T, V) unnormalised scores over the vocabulary (blank = 0)
+    frame_lengths: torch.Tensor  # (B,)
+    padding_mask: torch.Tensor | None  # (B, T) True = padded, None when nothing is padded
+    hidden_states: list[torch.Tensor]  # as BackboneOutput.hidden_states
+
+
+class Wav2Vec2ForCTC(nn.Module):
+    """Backbone -> dropout -> linear over ``vocab_size`` tokens (index 0 is the CTC blank).
+
+    The backbone keeps the attribute name of :class:`Wav2Vec2ForPretraining`, so a pretrained
+    state dict loads into it with ``load_backbone``.
+    """
+
+    def __init__(self, cfg: ModelConfig, vocab_size: int, final_dropout: float = 0.0):
+        super().__init__()
+        if vocab_size < 2:
+            raise ValueError(f"vocab_size must be at least 2 (blank and one token), got {vocab_size}")
+        self.cfg = cfg
+        self.vocab_size = vocab_size
+        self.backbone = Wav2Vec2Model(cfg)
+        self.dropout = nn.Dropout(final_dropout)
+        self.head = nn.Linear(cfg.context.dim, vocab_size)
+
+    def load_backbone(self, state_dict: dict[str, torch.Tensor]) -> None:
+        """Load the ``backbone.*`` entries of a pretraining (or CTC) state dict."""
+        backbone = {k.removeprefix("backbone."): v for k, v in state_dict.items()
+                    if k.startswith("backbone.")}
+        if not backbone:
+            raise ValueError("state dict has no 'backbone.*' entries: not a wav2vec 2.0 model "
+                             "of this library")
+        self.backbone.load_state_dict(backbone)
+
+    def forward(self, waveforms: torch.Tensor, lengths: torch.Tensor | None = None, *,
+                mask: torch.Tensor | None = None, channel_mask: torch.Tensor | None = None,
+                generator: torch.Generator | None = None,
+                return_layers: bool = False) -> CTCOutput:
+        """waveforms: (B, S); lengths: (B,); mask (B, T) and channel_mask (B, D) as in
+        :meth:`Wav2Vec2Model.forward` (fine-tuning's SpecAugment-style masking)."""
+        out = self.backbone(waveforms, lengths, mask=mask, generator=generator,
+                            return_layers=return_layers, channel_mask=channel_mask)
+        logits = self.head(self.dropout(out.context))  # (B, T, V)
+        return CTCOutput(logits, out.frame_lengths, out.padding_mask, out.hidden_states)
