@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
 from pathlib import Path
@@ -11,8 +12,17 @@ DESCRIPTION = """\
 audio-ssl: self-supervised speech representation learning (wav2vec 2.0).
 
 commands:
-  demo       make a small speech-like corpus and pretrain a tiny model on it (no input needed)
+  demo       make a speech-like corpus, pretrain a tiny model on it, extract features,
+             fine-tune it with CTC and transcribe (no input needed)
   pretrain   pretrain a model on a folder of raw audio (any format, rate, channels, length)
+  extract    features (any layer, or quantizer codes) of every file of a folder, manifest or
+             list, from any checkpoint; resumable
+  finetune   fine-tune a pretrained model for speech recognition (CTC) on transcribed audio
+  transcribe speech to text with a fine-tuned model (greedy, or beam search with an LM)
+  evaluate   word and character error rates of a fine-tuned model on transcribed audio
+  lm         build an n-gram language model (ARPA) from a text file, for beam search
+  convert    convert a checkpoint (HF folder, fairseq .pt, torchaudio .pt, audio-ssl .ckpt) to
+             an HF folder or an audio-ssl .ckpt
 
 Run `audio-ssl COMMAND --help` for each command's options.
 """
@@ -55,17 +65,174 @@ def build_parser() -> argparse.ArgumentParser:
     _add_pretrain_options(p, "tiny")
 
     d = sub.add_parser(
-        "demo", help="make a speech-like corpus and pretrain the tiny model on it",
-        description="Generate a speech-like corpus (espeak-ng voices when espeak-ng is "
-        "installed, else a built-in formant synthesiser), then pretrain the tiny preset on it on "
-        "this machine. Takes under 10 minutes on 2 CPU cores.",
+        "demo", help="the whole workflow on a corpus it makes: pretrain, extract, fine-tune",
+        description="Generate a speech-like corpus with transcripts (espeak-ng voices when "
+        "espeak-ng is installed, else a built-in formant synthesiser), pretrain the tiny preset "
+        "on it, extract features of every file, fine-tune the pretrained model with CTC on the "
+        "corpus's train split and transcribe a few test files. About 10 minutes on 2 CPU cores.",
     )
     d.add_argument("--output", "-o", type=Path, default=Path("runs/demo"),
                    help="folder for the corpus and the run (default: runs/demo)")
     d.add_argument("--minutes", type=float, default=20.0, help="minutes of audio to generate")
+    d.add_argument("--finetune-steps", type=int, default=200,
+                   help="CTC fine-tuning updates after pretraining (0: stop after extraction)")
     _add_pretrain_options(d, "tiny")
     d.set_defaults(max_steps_default=600)
+    _add_asr_commands(sub)
+
+    c = sub.add_parser(
+        "convert", help="convert a checkpoint to an HF folder or an audio-ssl .ckpt",
+        description="Load SRC in any format audio-ssl reads (an HF wav2vec 2.0 folder, a fairseq "
+        "wav2vec 2.0 .pt -- pretraining, or fine-tuned CTC with dict.ltr.txt beside it -- a "
+        "torchaudio wav2vec2_model state dict, or an audio-ssl .ckpt) and write it to DST: "
+        "--to hf writes a folder transformers loads with from_pretrained (config.json, "
+        "model.safetensors, and the Wav2Vec2Processor files); --to audio-ssl writes a .ckpt "
+        "every audio-ssl command takes. The weights are copied unchanged.",
+    )
+    c.add_argument("src", type=Path, help="checkpoint file or HF folder")
+    c.add_argument("dst", type=Path, help="output folder (--to hf) or .ckpt file (--to audio-ssl)")
+    c.add_argument("--to", required=True, choices=["hf", "audio-ssl"], help="output format")
+    c.add_argument("--dictionary", type=Path, default=None,
+                   help="letter dictionary of a fine-tuned fairseq checkpoint (default: "
+                   "dict.ltr.txt beside it)")
+    c.add_argument("--overwrite", action="store_true", help="replace an existing DST")
+
+    e = sub.add_parser(
+        "extract", help="features of every audio file of a folder, manifest or list",
+        description="Extract features with CHECKPOINT (any format audio-ssl reads) from every "
+        "audio file of INPUT (a folder, scanned recursively, a JSONL manifest or a list of "
+        "files; decoded, mixed down and resampled to 16 kHz as for pretraining) into "
+        "OUTPUT_DIR: one file per input mirroring INPUT's tree (or --shards), and "
+        "OUTPUT_DIR/index.jsonl with each file's shape, frame rate and layers. Long files are "
+        "processed in chunks with overlap (the frame count is the whole file's). Every file is "
+        "written under a temporary name and renamed; a rerun skips complete outputs. "
+        "Unusable inputs are listed in OUTPUT_DIR/failures.jsonl and make the exit status 1.",
+    )
+    e.add_argument("checkpoint", help="model checkpoint (.ckpt, HF folder, fairseq or "
+                   "torchaudio .pt)")
+    e.add_argument("input", help="folder of audio, JSONL manifest or list of files")
+    e.add_argument("output_dir", type=Path, help="where the features go")
+    e.add_argument("--layer", default="last",
+                   help="context layer index (0 = the context network's input), 'last', 'all', "
+                   "'encoder' (conv features after their layer norm) or 'codes' (quantizer "
+                   "indices, (T, G) int64); several comma-separated, e.g. 6,last (default: last)")
+    e.add_argument("--format", default=None, choices=["npy", "pt", "safetensors"],
+                   help="one file per input (default: npy; several layers of different widths "
+                   "need pt or safetensors)")
+    e.add_argument("--dtype", default="float32", choices=["float32", "float16"],
+                   help="stored feature type (default: float32)")
+    e.add_argument("--shards", action="store_true",
+                   help="write a few large shard files and an index instead of one file per input")
+    e.add_argument("--shard-mb", type=float, default=1024.0,
+                   help="size of a shard in MB (default: 1024)")
+    e.add_argument("--chunk-seconds", type=float, default=30.0,
+                   help="long files: seconds kept per chunk (default: 30)")
+    e.add_argument("--context-seconds", type=float, default=5.0,
+                   help="long files: context computed and dropped on each side of a chunk "
+                   "(default: 5)")
+    e.add_argument("--batch-seconds", type=float, default=None,
+                   help="padded audio per forward (default: 160 on CUDA, 32 on the CPU)")
+    e.add_argument("--workers", type=int, default=None,
+                   help="decoding processes (default: all cores but two on CUDA, up to 16; "
+                   "0 on the CPU, where the model is the bottleneck)")
+    e.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda when visible)")
+    e.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"],
+                   help="auto: bf16 autocast on CUDA, fp32 on the CPU")
+    e.add_argument("--normalize", default=None, action=argparse.BooleanOptionalAction,
+                   help="zero-mean unit-variance audio (default: as the checkpoint was trained)")
+    e.add_argument("--no-fsync", action="store_true",
+                   help="do not flush each output to disk before renaming it (faster where the "
+                   "disk is slower than the model; outputs still appear whole or not at all, "
+                   "but a power cut may leave empty ones)")
+    e.add_argument("--no-progress", action="store_true", help="no progress bar")
     return parser
+
+
+def _add_decoder_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--lm", type=Path, default=None,
+                   help="n-gram LM (ARPA, from `audio-ssl lm`) for beam search; a word model "
+                   "needs --lexicon, a --unit char model works without one")
+    p.add_argument("--lexicon", type=Path, default=None,
+                   help="lexicon (word<TAB>w o r d |) for beam search: only its words are spelled")
+    p.add_argument("--beam-size", type=int, default=50, help="beam width (default: 50)")
+    p.add_argument("--lm-weight", type=float, default=2.0, help="LM weight (default: 2.0)")
+    p.add_argument("--word-score", type=float, default=0.0,
+                   help="score added per word (default: 0.0)")
+    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when visible)")
+
+
+def _add_asr_commands(sub) -> None:
+    f = sub.add_parser(
+        "finetune", help="fine-tune for speech recognition with CTC",
+        description="Fine-tune PRETRAINED (a checkpoint of `audio-ssl pretrain`, or a CTC model "
+        "to continue) on transcribed audio with CTC: a character vocabulary from the training "
+        "transcripts, time and channel masking, the feature encoder frozen, the backbone frozen "
+        "for the first ctc.freeze_updates updates, tri-stage learning rate. LABELLED is a JSONL "
+        "manifest (audio, text), a LibriSpeech-style folder (*.trans.txt) or a TSV of "
+        "path<TAB>text. Utterances that cannot be used are listed in OUTPUT/rejected.jsonl; "
+        "checkpoints/best.ckpt is the lowest validation WER.",
+    )
+    f.add_argument("pretrained", nargs="?", default=None,
+                   help="pretrained checkpoint (optional with --from-scratch)")
+    f.add_argument("--train", required=True, help="labelled training data")
+    f.add_argument("--valid", required=True, help="labelled validation data")
+    f.add_argument("--train-split", default=None,
+                   help="JSONL: use the rows whose 'split' is this (e.g. train)")
+    f.add_argument("--valid-split", default=None,
+                   help="JSONL: use the rows whose 'split' is this (e.g. test)")
+    f.add_argument("--output", "-o", type=Path, default=Path("runs/finetune"),
+                   help="run folder (default: runs/finetune)")
+    f.add_argument("--preset", choices=["tiny", "base"], default="tiny",
+                   help="fine-tuning settings (default: tiny, for CPUs; base: fairseq base_100h)")
+    f.add_argument("--config", type=Path, default=None,
+                   help="YAML file of overrides (text, ctc, data, optim, train, model sections)")
+    f.add_argument("--max-steps", type=int, default=None, help="number of updates")
+    f.add_argument("--from-scratch", action="store_true",
+                   help="the same network with random weights (a baseline)")
+    f.add_argument("--accelerator", default="auto", choices=["auto", "cpu", "gpu"])
+    f.add_argument("--resume", action="store_true",
+                   help="continue the run in --output from its last checkpoint")
+    f.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+    t = sub.add_parser(
+        "transcribe", help="speech to text with a fine-tuned model",
+        description="Transcribe audio files, folders (scanned recursively) or lists with MODEL "
+        "(a fine-tuned CTC checkpoint). Prints 'path<TAB>text' lines, or writes JSONL with "
+        "--output. Files that cannot be read are reported and skipped.",
+    )
+    t.add_argument("model", help="fine-tuned CTC checkpoint")
+    t.add_argument("inputs", nargs="+", help="audio files, folders, .jsonl or .txt lists")
+    t.add_argument("--output", "-o", type=Path, default=None,
+                   help="JSONL of {path, text, seconds} instead of text on stdout")
+    _add_decoder_options(t)
+
+    e = sub.add_parser(
+        "evaluate", help="WER and CER on transcribed audio",
+        description="Decode LABELLED (JSONL manifest, LibriSpeech-style folder or TSV) with "
+        "MODEL and print the word and character error rates; references and hypotheses are "
+        "normalised with the model's text settings. --report writes one JSONL line per "
+        "utterance (reference, hypothesis, errors).",
+    )
+    e.add_argument("model", help="fine-tuned CTC checkpoint")
+    e.add_argument("labelled", help="labelled data")
+    e.add_argument("--split", default=None, help="JSONL: the rows whose 'split' is this")
+    e.add_argument("--report", type=Path, default=None, help="per-utterance JSONL report")
+    _add_decoder_options(e)
+
+    m = sub.add_parser(
+        "lm", help="build an n-gram language model from text",
+        description="Estimate an interpolated modified Kneser-Ney n-gram model from TEXT_FILE "
+        "(one sentence a line; normalised as the default transcripts are) and write it as ARPA. "
+        "--unit word (default) for beam search with a lexicon; --unit char for lexicon-free "
+        "beam search.",
+    )
+    m.add_argument("text_file", type=Path, help="plain text, one sentence a line")
+    m.add_argument("--output", "-o", type=Path, required=True, help="ARPA file to write")
+    m.add_argument("--order", type=int, default=None,
+                   help="n-gram order (default: 3 for words, 6 for characters)")
+    m.add_argument("--unit", choices=["word", "char"], default="word")
+    m.add_argument("--lexicon", type=Path, default=None,
+                   help="also write a lexicon of the text's words here")
 
 
 def _load_config(args: argparse.Namespace):
@@ -97,6 +264,102 @@ def _run_pretrain(args: argparse.Namespace, data: str | Path, output: Path) -> i
     return 0
 
 
+def _run_asr(args: argparse.Namespace) -> int:
+    """finetune, transcribe, evaluate, lm: the commands' implementations live in tasks/ and
+    inference/."""
+    try:
+        if args.command == "finetune":
+            from audio_ssl.tasks.finetune import finetune
+
+            overrides = {"train": {"max_steps": args.max_steps}} if args.max_steps else None
+            result = finetune(args.pretrained, args.train, args.valid, args.output,
+                              preset=args.preset, config_yaml=args.config, overrides=overrides,
+                              from_scratch=args.from_scratch, train_split=args.train_split,
+                              valid_split=args.valid_split, resume=args.resume,
+                              progress=not args.no_progress, accelerator=args.accelerator)
+            from lightning.fabric.utilities.rank_zero import rank_zero_only
+
+            if rank_zero_only.rank == 0:
+                print(result.summary())
+            return 0
+        if args.command == "lm":
+            from audio_ssl.inference.lm import build_lm_file
+
+            print(build_lm_file(args.text_file, args.output, order=args.order, unit=args.unit,
+                                lexicon=args.lexicon).summary(), end="")
+            return 0
+        options = dict(lm=args.lm, lexicon=args.lexicon, beam_size=args.beam_size,
+                       lm_weight=args.lm_weight, word_score=args.word_score, device=args.device)
+        if args.command == "transcribe":
+            from audio_ssl.inference.transcribe import transcribe
+
+            result = transcribe(args.model, args.inputs, output=args.output, **options)
+            if args.output is None:
+                for t in result.transcriptions:
+                    print(f"{t.path}\t{t.text}")
+            for r in result.failed:
+                print(f"audio-ssl: skipped {r.path}: {r.reason}", file=sys.stderr)
+            print(result.summary() + (f"; written to {args.output}" if args.output else ""),
+                  file=sys.stderr)
+            return 0 if result.transcriptions or not result.failed else 1
+        from audio_ssl.inference.transcribe import evaluate
+
+        result = evaluate(args.model, args.labelled, split=args.split, report=args.report,
+                          **options)
+        print(result.summary())
+        if args.report:
+            print(f"per-utterance report: {args.report}")
+        return 0
+    except (FileNotFoundError, FileExistsError) as err:
+        print(f"audio-ssl: error: {err}", file=sys.stderr)
+        return 2
+
+
+def _run_demo(args: argparse.Namespace) -> int:
+    """Corpus -> pretrain -> extract -> fine-tune -> transcribe, each step's summary printed."""
+    from audio_ssl.data.synth import make_corpus
+
+    corpus = make_corpus(args.output / "corpus", minutes=args.minutes,
+                         progress=not args.no_progress)
+    manifest = corpus / "manifest.jsonl"
+    status = _run_pretrain(args, manifest, args.output / "pretrain")
+    if status != 0:
+        return status
+    checkpoint = args.output / "pretrain" / "checkpoints" / "last.ckpt"
+
+    from audio_ssl.inference.extract import extract_folder
+
+    print("\n== extract: features of the last layer of every file ==")
+    extracted = extract_folder(checkpoint, manifest, args.output / "features", layers="last",
+                               progress=not args.no_progress)
+    print(extracted.summary())
+    if args.finetune_steps <= 0:
+        return 0 if extracted.ok else 1
+
+    from audio_ssl.tasks.finetune import finetune
+
+    print(f"\n== fine-tune: CTC on the train split, {args.finetune_steps} updates ==")
+    steps = args.finetune_steps
+    result = finetune(checkpoint, manifest, manifest, args.output / "finetune",
+                      train_split="train", valid_split="test", progress=not args.no_progress,
+                      resume=args.resume and (args.output / "finetune" / "checkpoints" /
+                                              "last.ckpt").is_file(),
+                      accelerator=args.accelerator,
+                      overrides={"train": {"max_steps": steps, "val_every": max(1, steps // 2)},
+                                 "ctc": {"freeze_updates": min(100, steps // 4)}})
+    print(result.summary())
+    test = [json.loads(line) for line in manifest.read_text().splitlines()]
+    test = [r for r in test if r.get("split") == "test"][:3]
+    heard = result.transcribe([corpus / r["audio"] for r in test])
+    texts = {Path(t.path).resolve(): t.text for t in heard.transcriptions}
+    print("\n== transcribe: three test files (reference -> greedy transcript) ==")
+    for r in test:
+        print(f"  {r['audio']}: {r['text']!r} -> {texts.get((corpus / r['audio']).resolve())!r}")
+    print("\nAfter this short run the transcripts are rough; longer runs (`audio-ssl finetune "
+          "--help`) do better.")
+    return 0 if extracted.ok else 1
+
+
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     parser = build_parser()
@@ -107,12 +370,20 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "pretrain":
             return _run_pretrain(args, args.data, args.output)
+        if args.command == "extract":
+            from audio_ssl.inference.extract import run_extract_command
+
+            return run_extract_command(args)
+        if args.command == "convert":
+            from audio_ssl.interop.export import run_convert
+
+            return run_convert(args.src, args.dst, args.to, args.dictionary, args.overwrite)
+        if args.command in ("finetune", "transcribe", "evaluate", "lm"):
+            return _run_asr(args)
         if args.command == "demo":
             from audio_ssl.data.synth import make_corpus
 
-            corpus = make_corpus(args.output / "corpus", minutes=args.minutes,
-                                 progress=not args.no_progress)
-            return _run_pretrain(args, corpus / "manifest.jsonl", args.output / "pretrain")
+            return _run_demo(args)
     except ValueError as err:  # bad config values, bad arguments
         print(f"audio-ssl: error: {err}", file=sys.stderr)
         return 2

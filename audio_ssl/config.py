@@ -303,4 +303,149 @@ __all__ = [
     "FeatureEncoderConfig", "ContextConfig", "QuantizerConfig", "MaskConfig", "LossConfig",
     "ModelConfig", "DataConfig", "OptimConfig", "TrainConfig", "PretrainConfig", "PRESETS",
     "preset", "load", "merge", "from_dict", "to_dict", "dump",
+    "TextConfig", "CTCConfig", "FinetuneDataConfig", "FinetuneOptimConfig", "FinetuneTrainConfig",
+    "FinetuneConfig", "FINETUNE_PRESETS", "finetune_preset", "load_finetune", "finetune_from_dict",
 ]
+
+
+# ---------------------------------------------------------------------------------------------
+# Fine-tuning with CTC (speech recognition)
+
+
+@dataclass(frozen=True)
+class TextConfig:
+    """Transcript normalisation, applied alike to training targets, references and hypotheses.
+
+    In order: Unicode NFKC, lower case, accents stripped, ``to_space`` characters become spaces,
+    every character that is not a kept letter, digit or ``keep`` character is dropped, runs of
+    spaces fold into one. The defaults give the shared corpora's rule (a-z, apostrophe, space).
+    """
+
+    lowercase: bool = True
+    letters: Literal["ascii", "any"] = "ascii"  # ascii: a-z (A-Z); any: every Unicode letter
+    strip_accents: bool = True  # "café" -> "cafe" (before the letters are filtered)
+    digits: bool = False  # keep 0-9
+    keep: str = "'"  # other characters kept as they are
+    to_space: str = "-"  # characters replaced by a space
+
+
+@dataclass(frozen=True)
+class CTCConfig:
+    """The CTC head and what fine-tuning does to the backbone.
+
+    Masks follow fairseq's fine-tuning recipe (base_10h / base_100h: ``mask_prob 0.65``,
+    ``mask_length 10``, ``mask_channel_prob 0.5``, ``mask_channel_length 64``), converted to our
+    span-start probabilities: 0.65 / 10 = 0.065 and 0.5 / 64. ``min_masks`` is 0 for both: fairseq
+    forces two time spans per utterance, which would mask most of a sub-second clip.
+    """
+
+    final_dropout: float = 0.0  # on the context vectors before the linear head
+    time_mask: MaskConfig = field(default_factory=lambda: MaskConfig(prob=0.065, length=10,
+                                                                     min_masks=0))
+    channel_mask: MaskConfig = field(default_factory=lambda: MaskConfig(prob=0.5 / 64, length=64,
+                                                                        min_masks=0))
+    freeze_feature_encoder: bool = True  # fairseq feature_grad_mult 0.0
+    freeze_updates: int = 0  # updates during which only the head trains (freeze_finetune_updates)
+
+
+@dataclass(frozen=True)
+class FinetuneDataConfig:
+    sample_rate: int = 16_000
+    normalize: bool | None = None  # None: as the pretrained model was trained (its data.normalize)
+    max_batch_samples: int = 3_200_000  # padded samples per batch (B * S), per device
+    max_samples: int = 560_000  # longer utterances are skipped and reported (35 s)
+    min_samples: int = 400  # shorter ones too (one frame of the BASE conv stack)
+    num_buckets: int = 20
+    num_workers: int = 2
+
+
+@dataclass(frozen=True)
+class FinetuneOptimConfig:
+    lr: float = 3e-5
+    betas: tuple[float, float] = (0.9, 0.98)
+    eps: float = 1e-8
+    weight_decay: float = 0.0
+    stages: tuple[float, float, float] = (0.1, 0.4, 0.5)  # tri-stage: warm-up, hold, decay
+    init_scale: float = 0.01  # learning rate at step 0, relative to lr
+    final_scale: float = 0.05  # at the end of the decay
+    grad_clip: float = 0.0  # 0: no clipping (fairseq's default)
+
+
+@dataclass(frozen=True)
+class FinetuneTrainConfig:
+    max_steps: int = 80_000
+    val_every: int = 1000  # validation (greedy WER, CER) and checkpoints every N updates
+    log_every: int = 10
+    seed: int = 1
+    precision: Literal["auto", "32", "bf16-mixed"] = "auto"  # auto: bf16-mixed on GPU, fp32 on CPU
+    devices: int = 1
+    num_nodes: int = 1
+    accumulate_grad_batches: int = 1
+
+
+@dataclass(frozen=True)
+class FinetuneConfig:
+    """A fine-tuning run: the network (taken from the pretrained checkpoint), text, CTC, data,
+    optimiser and loop settings. Written beside the checkpoints and inside them."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    text: TextConfig = field(default_factory=TextConfig)
+    ctc: CTCConfig = field(default_factory=CTCConfig)
+    data: FinetuneDataConfig = field(default_factory=FinetuneDataConfig)
+    optim: FinetuneOptimConfig = field(default_factory=FinetuneOptimConfig)
+    train: FinetuneTrainConfig = field(default_factory=FinetuneTrainConfig)
+
+
+def _finetune_base() -> FinetuneConfig:
+    """fairseq's base_100h recipe (80k updates at lr 3e-5, no freezing); base_10h differs in
+    lr 5e-5, 20k updates and ``freeze_updates`` 10k."""
+    return FinetuneConfig(model=_base().model)
+
+
+def _finetune_tiny() -> FinetuneConfig:
+    """The tiny network on a CPU: minutes, not days. Higher learning rate, short schedule,
+    small padded batches; masks and schedule shape as in the paper."""
+    return FinetuneConfig(
+        model=_tiny().model,
+        ctc=CTCConfig(freeze_updates=100),
+        data=FinetuneDataConfig(max_batch_samples=320_000, max_samples=320_000, min_samples=400,
+                                num_buckets=8),
+        optim=FinetuneOptimConfig(lr=5e-4, grad_clip=5.0),
+        train=FinetuneTrainConfig(max_steps=1000, val_every=100, log_every=10),
+    )
+
+
+FINETUNE_PRESETS = {"tiny": _finetune_tiny, "base": _finetune_base}
+
+
+def finetune_preset(name: str = "tiny", model: ModelConfig | None = None) -> FinetuneConfig:
+    """Fine-tuning preset ``name`` (``tiny`` or ``base``), on the network ``model`` when given
+    (the pretrained checkpoint's)."""
+    if name not in FINETUNE_PRESETS:
+        raise ValueError(f"unknown fine-tuning preset {name!r}: expected one of "
+                         f"{sorted(FINETUNE_PRESETS)}")
+    cfg = FINETUNE_PRESETS[name]()
+    return cfg if model is None else replace(cfg, model=model)
+
+
+def load_finetune(preset_name: str = "tiny", yaml_path: str | Path | None = None,
+                  overrides: dict[str, Any] | None = None,
+                  model: ModelConfig | None = None) -> FinetuneConfig:
+    """Fine-tuning preset (on ``model``), then a YAML file of overrides, then a dict."""
+    cfg = finetune_preset(preset_name, model)
+    if yaml_path is not None:
+        path = Path(yaml_path)
+        if not path.is_file():
+            raise FileNotFoundError(f"config file {path} does not exist")
+        data = yaml.safe_load(path.read_text()) or {}
+        if not isinstance(data, dict):
+            raise ValueError(f"config file {path}: expected a mapping at the top level")
+        cfg = merge(cfg, data)
+    if overrides:
+        cfg = merge(cfg, overrides)
+    return cfg
+
+
+def finetune_from_dict(data: dict[str, Any]) -> FinetuneConfig:
+    """Rebuild a resolved fine-tuning config (as written beside its checkpoints)."""
+    return merge(FinetuneConfig(), data)

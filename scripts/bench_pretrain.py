@@ -10,6 +10,11 @@ Prints one JSON line per measurement and one with the ratios, e.g.
     python scripts/bench_pretrain.py --preset tiny --batch 8 --seconds 2
     python scripts/bench_pretrain.py --preset base --batch 2 --seconds 4
     python scripts/bench_pretrain.py --preset base --batch 8 --seconds 11 --device cuda   # GPU
+    python scripts/bench_pretrain.py --preset base --batch 2 --seconds 4 --profile  # where time goes
+
+``--profile`` adds one JSON line per model with the step's self time by kind of operator (matrix
+multiplies, convolutions, the rest), from ``torch.profiler``: it shows how much of a step is
+spent in kernels both libraries share.
 
 Peak memory: on CUDA torch.cuda.max_memory_allocated; on the CPU the growth of the peak resident
 set (VmHWM) of a spawned child that builds one model and runs two steps: activations,
@@ -149,6 +154,38 @@ def _child_peak(queue, args, cfg, name, dtype) -> None:
     queue.put(_peak_rss_mib() - base)
 
 
+OP_KINDS = {
+    "matmul": ("aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm", "aten::matmul"),
+    "conv": ("aten::convolution_backward", "aten::mkldnn_convolution", "aten::_convolution",
+             "aten::cudnn_convolution", "aten::convolution"),
+}
+
+
+def profile_steps(steps, device) -> dict[str, dict[str, float]]:
+    """Self time (s) of one step of each model by kind of operator."""
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    kinds = {}
+    for name, step in steps.items():
+        step()
+        _sync(device)
+        with profile(activities=activities) as prof:
+            step()
+            _sync(device)
+        totals = {kind: 0.0 for kind in (*OP_KINDS, "other")}
+        for event in prof.key_averages():
+            self_us = (event.self_device_time_total if device.type == "cuda"
+                       else event.self_cpu_time_total)
+            kind = next((k for k, ops in OP_KINDS.items() if event.key in ops), "other")
+            totals[kind] += self_us / 1e6
+        total = sum(totals.values())
+        kinds[name] = {"impl": name, "profile_total_s": round(total, 4),
+                       **{f"{k}_s": round(v, 4) for k, v in totals.items()},
+                       **{f"{k}_share": round(v / total, 3) for k, v in totals.items()}}
+    return kinds
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--preset", default="tiny", choices=sorted(config.PRESETS))
@@ -161,6 +198,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--no-memory", action="store_true")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    parser.add_argument("--profile", action="store_true",
+                        help="also print each model's step time by kind of operator")
     args = parser.parse_args()
 
     device = torch.device(args.device)
@@ -193,6 +232,9 @@ def main() -> None:
     if not args.no_memory:
         ratio["memory"] = round(results["audio_ssl"]["peak_mib"] / max(results["hf"]["peak_mib"], 1e-6), 3)
     print(json.dumps(ratio), flush=True)
+    if args.profile:
+        for line in profile_steps(steps, device).values():
+            print(json.dumps({**line, **common}), flush=True)
 
 
 if __name__ == "__main__":

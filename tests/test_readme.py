@@ -42,8 +42,13 @@ def test_python_api_block_runs():
 def test_demo_makes_audio_and_pretrains(tmp_path, capsys):
     out = tmp_path / "demo"
     assert main(["demo", "--output", str(out), "--minutes", "1", "--max-steps", "3",
-                 "--no-progress"]) == 0
+                 "--finetune-steps", "2", "--no-progress"]) == 0
     printed = capsys.readouterr().out
     assert "pretrained 3 steps" in printed
+    assert "failures: none" in printed  # extraction
+    assert "fine-tuned 2 steps with CTC" in printed
+    assert "reference -> greedy transcript" in printed
     assert (out / "corpus" / "manifest.jsonl").is_file()
     assert (out / "pretrain" / "checkpoints" / "last.ckpt").is_file()
+    assert (out / "features" / "index.jsonl").is_file()
+    assert (out / "finetune" / "checkpoints" / "last.ckpt").is_file()

@@ -1,62 +1,103 @@
 """Load any supported wav2vec 2.0 checkpoint into an audio_ssl model, and export to other formats.
 
 :func:`load_model` is the one entry point every command that takes a checkpoint goes through.
-It recognises this library's own checkpoints (pretraining and fine-tuned CTC). Other formats
-(HF folders, fairseq ``.pt``, torchaudio state dicts) are recognised by the importers in this
-package.
+It recognises, by content rather than by name:
+
+- this library's own checkpoints (``.ckpt``: pretraining, fine-tuned CTC, bare backbone);
+- HF folders (``config.json`` + ``model.safetensors`` or ``pytorch_model.bin``, and
+  ``vocab.json`` for CTC): :func:`~audio_ssl.interop.hf.from_hf`;
+- fairseq ``.pt`` files (pretraining, or fine-tuned CTC with ``dict.ltr.txt`` beside it), read
+  without fairseq: :func:`~audio_ssl.interop.fairseq.from_fairseq`;
+- ``torchaudio.models.wav2vec2_model`` state dicts (``.pt``/``.pth``):
+  :func:`~audio_ssl.interop.torchaudio_format.from_torchaudio`.
+
+Exports: :func:`~audio_ssl.interop.hf.save_hf` (an HF folder), :func:`~audio_ssl.interop.hf.to_hf`
+(the in-memory ``transformers`` model), :func:`~audio_ssl.interop.export.save_native`.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
-import torch
-from torch import nn
-
 from audio_ssl.config import ModelConfig, merge
+from audio_ssl.interop.common import BLANK, WORD_SEPARATOR, CheckpointError, LoadedModel
 
 CONFIG_KEY = "audio_ssl_config"  # the resolved run config (a dict with a "model" section)
 VOCAB_KEY = "audio_ssl_vocab"  # fine-tuned CTC checkpoints: list of tokens, blank first
+ARCHITECTURE_KEY = "audio_ssl_architecture"  # "Wav2Vec2Model" for backbone-only files
+FINAL_DROPOUT_KEY = "audio_ssl_final_dropout"  # CTC head dropout, when known
 
 
-@dataclass
-class LoadedModel:
-    """A model rebuilt from a checkpoint, with what came with it."""
+def _load_native(path: Path, checkpoint: dict) -> LoadedModel:
+    from audio_ssl.interop.common import build_model, load_exact
 
-    model: nn.Module  # Wav2Vec2ForPretraining, Wav2Vec2ForCTC or Wav2Vec2Model
-    config: ModelConfig
-    vocab: list[str] | None  # CTC tokens (index 0 = blank), None for models without a CTC head
-    source: str  # "audio-ssl", "hf", "fairseq" or "torchaudio"
-    path: Path
-
-
-def _load_native(path: Path, checkpoint: dict, map_location: str) -> LoadedModel:
-    from audio_ssl.models import Wav2Vec2ForCTC, Wav2Vec2ForPretraining
-
-    model_cfg = merge(ModelConfig(), checkpoint[CONFIG_KEY].get("model", {}))
+    run_cfg = checkpoint[CONFIG_KEY]
+    model_cfg = merge(ModelConfig(), run_cfg.get("model", {}))
     state = {k.removeprefix("model."): v for k, v in checkpoint["state_dict"].items()
              if k.startswith("model.")}
     vocab = checkpoint.get(VOCAB_KEY)
-    if vocab is not None:
-        model = Wav2Vec2ForCTC(model_cfg, len(vocab))
-    else:
-        model = Wav2Vec2ForPretraining(model_cfg)
-    model.load_state_dict(state)
-    return LoadedModel(model, model_cfg, list(vocab) if vocab else None, "audio-ssl", path)
+    backbone_only = checkpoint.get(ARCHITECTURE_KEY) == "Wav2Vec2Model" or (
+        vocab is None and state and not any(k.startswith("backbone.") for k in state))
+    model = build_model(model_cfg, len(vocab) if vocab is not None else None,
+                        pretraining=not backbone_only,
+                        final_dropout=float(checkpoint.get(FINAL_DROPOUT_KEY, 0.0)))
+    load_exact(model, state, str(path))
+    return LoadedModel(model, model_cfg, list(vocab) if vocab is not None else None,
+                       "audio-ssl", path, dict(run_cfg))
 
 
-def load_model(path: str | Path, map_location: str = "cpu") -> LoadedModel:
-    """Rebuild the model stored at ``path`` (file or folder), whatever its format."""
+def load_model(path: str | Path, map_location: str = "cpu",
+               dictionary: str | Path | None = None) -> LoadedModel:
+    """Rebuild the model stored at ``path`` (file or folder), whatever its format.
+
+    ``dictionary``: the letter dictionary of a fine-tuned fairseq checkpoint, when it is not
+    ``dict.ltr.txt`` beside it. ``LoadedModel.source`` says which format it was.
+    """
+    from audio_ssl.interop.fairseq import from_fairseq, is_fairseq_checkpoint
+    from audio_ssl.interop.hf import from_hf
+    from audio_ssl.interop.safe_load import safe_torch_load
+    from audio_ssl.interop.torchaudio_format import from_torchaudio_object, is_torchaudio_state
+
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"checkpoint {path} does not exist")
-    if path.is_file():
-        checkpoint = torch.load(path, map_location=map_location, weights_only=False)
-        if isinstance(checkpoint, dict) and CONFIG_KEY in checkpoint:
-            return _load_native(path, checkpoint, map_location)
+    if path.is_dir():
+        if (path / "config.json").is_file():
+            return from_hf(path)
+        raise ValueError(f"{path}: a folder must be an HF wav2vec 2.0 model (config.json + "
+                         "model.safetensors or pytorch_model.bin); no config.json there")
+    if path.name == "config.json" or path.suffix == ".safetensors" or (
+            path.suffix == ".bin" and (path.parent / "config.json").is_file()):
+        return from_hf(path.parent)
+    checkpoint = safe_torch_load(path, map_location)
+    if isinstance(checkpoint, dict):
+        if CONFIG_KEY in checkpoint:
+            return _load_native(path, checkpoint)
+        if is_fairseq_checkpoint(checkpoint):
+            return from_fairseq(path, dictionary, checkpoint=checkpoint)
+        if is_torchaudio_state(checkpoint):
+            return from_torchaudio_object(checkpoint, path=path)
+        keys = checkpoint.get("state_dict", checkpoint)
+        if isinstance(keys, dict) and any("feature_projection.projection" in str(k) for k in keys):
+            raise ValueError(f"{path}: looks like an HF state dict without its config: load the "
+                             "HF folder (config.json beside the weights) instead")
     raise ValueError(f"{path}: not a checkpoint format audio_ssl recognises (expected an "
-                     f"audio_ssl .ckpt with an {CONFIG_KEY!r} entry)")
+                     f"audio_ssl .ckpt with an {CONFIG_KEY!r} entry, an HF folder, a fairseq "
+                     "wav2vec 2.0 .pt with 'cfg' or 'args', or a torchaudio wav2vec2_model "
+                     "state dict)")
 
 
-__all__ = ["CONFIG_KEY", "VOCAB_KEY", "LoadedModel", "load_model"]
+def __getattr__(name: str):
+    """Importers and exporters, imported on first use (transformers stays optional)."""
+    lazy = {"from_hf": "hf", "save_hf": "hf", "to_hf": "hf", "from_fairseq": "fairseq",
+            "from_torchaudio": "torchaudio_format", "save_native": "export", "convert": "export"}
+    if name in lazy:
+        import importlib
+
+        return getattr(importlib.import_module(f"audio_ssl.interop.{lazy[name]}"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+__all__ = ["CONFIG_KEY", "VOCAB_KEY", "BLANK", "WORD_SEPARATOR", "CheckpointError", "LoadedModel",
+           "load_model", "from_hf", "save_hf", "to_hf", "from_fairseq", "from_torchaudio",
+           "save_native", "convert"]

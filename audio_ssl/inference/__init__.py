@@ -1,0 +1,22 @@
+"""Inference: features from a checkpoint (``extract``), for one input or a whole collection.
+
+:class:`FeatureExtractor` turns a waveform or a file into the selected layers' features;
+:func:`extract_folder` (the ``audio-ssl extract`` command) writes features of every file of a
+folder, manifest or list to disk, resumably; :func:`read_index` and :func:`load_entry` read them
+back.
+"""
+
+from audio_ssl.inference.extract import (
+    FeatureExtractor,
+    Features,
+    checkpoint_normalize,
+    extract_folder,
+)
+from audio_ssl.inference.features import LayerSelection, parse_layers
+from audio_ssl.inference.pipeline import ExtractSummary, run_extraction
+from audio_ssl.inference.writers import load_entry, read_index
+
+__all__ = [
+    "FeatureExtractor", "Features", "checkpoint_normalize", "extract_folder", "LayerSelection",
+    "parse_layers", "ExtractSummary", "run_extraction", "read_index", "load_entry",
+]

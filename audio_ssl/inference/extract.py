@@ -1,0 +1,333 @@
+"""Features from a checkpoint: one waveform or file (:class:`FeatureExtractor`), or a whole
+collection to disk (:func:`extract_folder`, the ``audio-ssl extract`` command).
+
+```python
+from audio_ssl.inference import FeatureExtractor
+
+extractor = FeatureExtractor.from_checkpoint("runs/demo/pretrain/checkpoints/last.ckpt",
+                                             layers="last")
+features = extractor("speech.flac")  # (T, D) float32 at 50 frames per second
+```
+
+Audio is decoded as for pretraining (any format libsndfile reads, mixed down to mono, resampled
+to 16 kHz) and normalised to zero mean and unit variance when the checkpoint was trained on
+normalised audio. Files longer than ``chunk_seconds + 2 * context_seconds`` are processed in
+chunks (:mod:`audio_ssl.inference.chunking`); the result has the whole file's frame count.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from audio_ssl.data.audio import NORMALIZE_EPS, audio_info, load_audio, resampled_length
+from audio_ssl.inference.chunking import (
+    Chunk,
+    Reader,
+    group_chunks,
+    group_norm_stats,
+    num_frames,
+    plan_chunks,
+    prepare_file,
+    read_chunk,
+)
+from audio_ssl.inference.features import InferenceModel, parse_layers, split_model
+
+SAMPLE_RATE = 16_000
+
+
+@dataclass
+class Features:
+    """One input's features.
+
+    Attributes:
+        arrays: {layer name: (T, ...)} on the CPU: float32 features, int64 ``codes``.
+        num_samples: length of the input at 16 kHz.
+        frame_rate: frames per second (50 for the paper's conv stack).
+    """
+
+    arrays: dict[str, torch.Tensor]
+    num_samples: int
+    frame_rate: float
+
+    @property
+    def num_frames(self) -> int:
+        return next(iter(self.arrays.values())).shape[0]
+
+
+def checkpoint_normalize(loaded) -> bool:
+    """Whether the model of a :class:`~audio_ssl.interop.LoadedModel` expects zero-mean
+    unit-variance audio: what its checkpoint says (``loaded.normalize``: the run config's
+    ``data.normalize``, HF's ``do_normalize``, fairseq's ``task.normalize``), else the
+    fairseq/HF convention that layer-norm encoders (LARGE) were trained on normalised audio and
+    group-norm ones (BASE) were not."""
+    if loaded.normalize is not None:
+        return bool(loaded.normalize)
+    return loaded.config.encoder.norm == "layer"
+
+
+class FeatureExtractor:
+    """A model in inference mode that turns audio into the selected layers' features.
+
+    Args:
+        model: Wav2Vec2ForPretraining, Wav2Vec2ForCTC or Wav2Vec2Model.
+        layers: index, list, ``last``, ``all``, ``encoder``, ``codes`` (see
+            :func:`audio_ssl.inference.features.parse_layers`).
+        device: default CUDA when available, else the CPU.
+        precision: ``auto`` (bf16 autocast on CUDA, fp32 on the CPU), ``fp32`` or ``bf16``.
+        normalize: zero-mean unit-variance audio (what the model was trained on).
+        chunk_seconds: frames kept per chunk of a long file.
+        context_seconds: context computed and dropped on each side of a chunk.
+        batch_seconds: padded audio per forward (default 160 s on CUDA, 32 s on the CPU).
+        max_batch_size: files per forward at most.
+    """
+
+    def __init__(self, model: nn.Module, *, layers: str | int | list = "last",
+                 device: str | torch.device | None = None, precision: str = "auto",
+                 normalize: bool = False, chunk_seconds: float = 30.0,
+                 context_seconds: float = 5.0, batch_seconds: float | None = None,
+                 max_batch_size: int = 64):
+        device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        if precision == "auto":
+            precision = "bf16" if device.type == "cuda" else "fp32"
+        if chunk_seconds <= 0 or context_seconds < 0:
+            raise ValueError(f"chunk_seconds must be > 0 and context_seconds >= 0, got "
+                             f"{chunk_seconds}, {context_seconds}")
+        if batch_seconds is None:
+            batch_seconds = 160.0 if device.type == "cuda" else 32.0
+        if batch_seconds <= 0 or max_batch_size < 1:
+            raise ValueError(f"batch_seconds must be > 0 and max_batch_size >= 1, got "
+                             f"{batch_seconds}, {max_batch_size}")
+        backbone, _ = split_model(model)
+        selection = parse_layers(layers, backbone.cfg.context.layers)
+        self.model = InferenceModel(model, selection, device, precision)
+        self.normalize = bool(normalize)
+        self.chunk_seconds, self.context_seconds = float(chunk_seconds), float(context_seconds)
+        self.chunk_frames = max(1, round(chunk_seconds * self.frame_rate))
+        self.context_frames = round(context_seconds * self.frame_rate)
+        self.max_batch_samples = int(batch_seconds * SAMPLE_RATE)
+        self.max_batch_size = int(max_batch_size)
+        self.checkpoint: Path | None = None
+
+    @classmethod
+    def from_checkpoint(cls, path: str | os.PathLike, *, normalize: bool | None = None,
+                        **kwargs) -> FeatureExtractor:
+        """Load any checkpoint :func:`audio_ssl.interop.load_model` reads; ``normalize=None``
+        takes the setting the model was trained with (:func:`checkpoint_normalize`). Other
+        arguments as the constructor's."""
+        from audio_ssl.interop import load_model
+
+        loaded = load_model(path)
+        if normalize is None:
+            normalize = checkpoint_normalize(loaded)
+        extractor = cls(loaded.model, normalize=normalize, **kwargs)
+        extractor.checkpoint = Path(path).absolute()
+        return extractor
+
+    # -- properties -----------------------------------------------------------------------------
+
+    @property
+    def layers(self) -> tuple[str, ...]:
+        """Output names in order (``layer_12``, ``encoder``, ``codes``, ...)."""
+        return self.model.selection.names
+
+    @property
+    def frame_rate(self) -> float:
+        return self.model.frame_rate
+
+    @property
+    def device(self) -> torch.device:
+        return self.model.device
+
+    def plan(self, num_samples: int) -> list[Chunk]:
+        """Windows of a file of ``num_samples`` samples (one for short files, [] if too short)."""
+        return plan_chunks(num_samples, self.model.cfg.encoder.conv_layers, self.chunk_frames,
+                           self.context_frames)
+
+    def num_frames(self, num_samples: int) -> int:
+        return num_frames(num_samples, self.model.cfg.encoder.conv_layers)
+
+    # -- one input ------------------------------------------------------------------------------
+
+    def __call__(self, audio: str | os.PathLike | torch.Tensor | np.ndarray,
+                 sample_rate: int | None = None) -> torch.Tensor:
+        """Features of a file or a waveform as one tensor: (T, D) for one layer, (K, T, D) for K
+        context layers (what ``--format npy`` stores). Use :meth:`extract` for ``encoder`` or
+        ``codes`` together with other layers."""
+        features = self.extract(audio, sample_rate)
+        if len(self.layers) == 1:
+            return features.arrays[self.layers[0]]
+        if not self.model.selection.stackable:
+            raise ValueError(f"layers {list(self.layers)} have different widths and do not stack "
+                             f"into one tensor: use FeatureExtractor.extract(...).arrays")
+        return torch.stack([features.arrays[n] for n in self.layers])  # (K, T, D)
+
+    def extract(self, audio: str | os.PathLike | torch.Tensor | np.ndarray,
+                sample_rate: int | None = None) -> Features:
+        """Features of one input.
+
+        Args:
+            audio: a path (decoded, mixed down and resampled to 16 kHz), or a mono waveform
+                (S,) as a tensor or array.
+            sample_rate: the waveform's rate (default 16 kHz); ignored for paths.
+        """
+        if isinstance(audio, (str, os.PathLike)):
+            path = os.fspath(audio)
+            frames, rate, _ = audio_info(path)
+            num_samples = resampled_length(frames, rate, SAMPLE_RATE)
+
+            def read(start: int, n: int) -> torch.Tensor:
+                return load_audio(path, sample_rate=SAMPLE_RATE, start=start, num_samples=n)
+
+            def whole() -> torch.Tensor:
+                return load_audio(path, sample_rate=SAMPLE_RATE, normalize=self.normalize)
+
+            what = path
+        else:
+            wav = torch.as_tensor(np.asarray(audio) if not torch.is_tensor(audio) else audio)
+            wav = wav.detach().to("cpu", torch.float32)
+            if wav.ndim == 2 and wav.shape[0] == 1:
+                wav = wav[0]
+            if wav.ndim != 1:
+                raise ValueError(f"expected a mono waveform (S,) or (1, S), got shape "
+                                 f"{tuple(wav.shape)}")
+            if sample_rate is not None and sample_rate != SAMPLE_RATE:
+                import torchaudio.functional as AF
+
+                wav = AF.resample(wav, int(sample_rate), SAMPLE_RATE)
+            num_samples = wav.numel()
+
+            def read(start: int, n: int) -> torch.Tensor:
+                return wav[start:start + n]
+
+            def whole() -> torch.Tensor:
+                if self.normalize:
+                    return F.layer_norm(wav, wav.shape, eps=NORMALIZE_EPS)
+                return wav
+
+            what = f"waveform of {num_samples} samples"
+        return self._extract_one(read, whole, num_samples, what)
+
+    def _extract_one(self, read: Reader, whole, num_samples: int, what: str) -> Features:
+        chunks = self.plan(num_samples)
+        if not chunks:
+            raise ValueError(f"{what}: {num_samples} samples at 16 kHz is shorter than the "
+                             f"model's receptive field ({self.model.receptive_field} samples): "
+                             f"no frame")
+        if len(chunks) == 1:
+            out, frames = self.model(whole()[None])  # (1, S)
+            arrays = {name: _to_cpu(a[0, : int(frames[0])]) for name, a in out.items()}
+            return Features(arrays, num_samples, self.frame_rate)
+        stats = self.long_file_stats(read, num_samples)
+        total = self.num_frames(num_samples)
+        arrays = {name: torch.empty((total, *shape), dtype=dtype)
+                  for name, (shape, dtype) in self.model.output_shapes().items()}
+        for group in group_chunks(chunks, self.max_batch_samples):
+            rows = [read_chunk(read, chunks[i], stats.mean, stats.scale) for i in group]
+            waveforms, lengths = collate(rows)
+            encoder_stats = stats.encoder_rows(len(rows))
+            out, _ = self.model(waveforms, lengths, encoder_stats)
+            for r, i in enumerate(group):
+                (k0, k1), (f0, f1) = chunks[i].keep, chunks[i].frames
+                for name, a in out.items():
+                    arrays[name][f0:f1] = _to_cpu(a[r, k0:k1])
+        return Features(arrays, num_samples, self.frame_rate)
+
+    def long_file_stats(self, read: Reader, num_samples: int) -> LongFileStats:
+        """The whole-file statistics a long file's chunks are computed with."""
+        weight, bias, kernel, stride = self.model.conv0
+        mean, scale, moments = prepare_file(read, num_samples, kernel, stride, self.normalize,
+                                            self.model.group_norm)
+        encoder = group_norm_stats(moments, weight, bias) if moments is not None else None
+        return LongFileStats(mean, scale, encoder)
+
+    # -- collections ----------------------------------------------------------------------------
+
+    def extract_folder(self, source: str | os.PathLike, output: str | os.PathLike, **kwargs):
+        """Extract every file of ``source`` into ``output``; see :func:`extract_folder`."""
+        from audio_ssl.inference.pipeline import run_extraction
+
+        return run_extraction(self, source, output, **kwargs)
+
+
+@dataclass
+class LongFileStats:
+    """Whole-file statistics of a long file: waveform ``(x - mean) * scale``; ``encoder`` (C, 2)
+    group-norm (mean, var) of the first conv layer, None for layer-norm encoders."""
+
+    mean: float
+    scale: float
+    encoder: torch.Tensor | None
+
+    def encoder_rows(self, rows: int) -> torch.Tensor | None:
+        return None if self.encoder is None else self.encoder.expand(rows, -1, -1)  # (B, C, 2)
+
+
+def collate(rows: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Waveforms (B, S) zero padded at the end, and lengths (B,)."""
+    lengths = torch.tensor([r.numel() for r in rows], dtype=torch.long)
+    waveforms = torch.zeros(len(rows), int(lengths.max()), dtype=torch.float32)
+    for i, r in enumerate(rows):
+        waveforms[i, : r.numel()] = r
+    return waveforms, lengths
+
+
+def _to_cpu(a: torch.Tensor) -> torch.Tensor:
+    return a.to("cpu", torch.int64 if a.dtype == torch.int64 else torch.float32)
+
+
+def extract_folder(checkpoint: str | os.PathLike | FeatureExtractor, source: str | os.PathLike,
+                   output: str | os.PathLike, *, layers: str | int | list = "last",
+                   device: str | None = None, precision: str = "auto",
+                   normalize: bool | None = None, chunk_seconds: float = 30.0,
+                   context_seconds: float = 5.0, batch_seconds: float | None = None,
+                   max_batch_size: int = 64, **options):
+    """Extract features of every audio file of ``source`` into ``output`` (the Python side of
+    ``audio-ssl extract``) and return an :class:`~audio_ssl.inference.pipeline.ExtractSummary`.
+
+    ``checkpoint`` is a path (any format :func:`audio_ssl.interop.load_model` reads) or a
+    :class:`FeatureExtractor` (then the model arguments here are ignored). ``options`` go to
+    :func:`audio_ssl.inference.pipeline.run_extraction`: ``fmt``, ``dtype``, ``shards``,
+    ``shard_mb``, ``num_workers``, ``progress``, ``fsync``.
+    """
+    if isinstance(checkpoint, FeatureExtractor):
+        extractor = checkpoint
+    else:
+        extractor = FeatureExtractor.from_checkpoint(
+            checkpoint, layers=layers, device=device, precision=precision, normalize=normalize,
+            chunk_seconds=chunk_seconds, context_seconds=context_seconds,
+            batch_seconds=batch_seconds, max_batch_size=max_batch_size)
+    return extractor.extract_folder(source, output, **options)
+
+
+def run_extract_command(args) -> int:
+    """``audio-ssl extract``: 0 when every input was extracted (or already was), 1 when some
+    failed (listed in failures.jsonl), 2 when nothing could start (bad input or options)."""
+    import sys
+
+    from audio_ssl.data import NoAudioError
+
+    try:
+        extractor = FeatureExtractor.from_checkpoint(
+            args.checkpoint, layers=args.layer, device=args.device, precision=args.precision,
+            normalize=args.normalize, chunk_seconds=args.chunk_seconds,
+            context_seconds=args.context_seconds, batch_seconds=args.batch_seconds)
+        summary = extractor.extract_folder(
+            args.input, args.output_dir, fmt=args.format, dtype=args.dtype, shards=args.shards,
+            shard_mb=args.shard_mb, num_workers=args.workers, progress=not args.no_progress,
+            fsync=not args.no_fsync)
+    except (FileNotFoundError, NoAudioError, RuntimeError) as err:
+        print(f"audio-ssl: error: {err}", file=sys.stderr)
+        return 2
+    print(summary.summary())
+    return 0 if summary.ok else 1
+
+
+__all__ = ["Features", "FeatureExtractor", "LongFileStats", "checkpoint_normalize", "collate",
+           "extract_folder", "run_extract_command", "SAMPLE_RATE"]

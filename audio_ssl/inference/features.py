@@ -1,0 +1,290 @@
+"""Which representations to extract, and the inference forward that computes only those.
+
+Layer names (the keys of every output):
+
+- ``layer_0`` .. ``layer_L``: the context network's input (``layer_0``, after the positional
+  convolution, = HF's ``hidden_states[0]``) and each Transformer layer's output (= HF's
+  ``hidden_states[i]``); for pre-norm models (LARGE) ``layer_L`` is after the final layer norm,
+  i.e. the context output ``c`` = HF's ``last_hidden_state`` (HF's ``hidden_states[-1]`` is
+  before that norm). ``last`` means ``layer_L``, ``all`` means ``layer_0`` .. ``layer_L``.
+- ``encoder``: the feature encoder's frames z AFTER its layer norm (the quantizer's input, HF's
+  ``extract_features``), (T, C).
+- ``codes``: the quantizer's hard choice per group (argmax of its logits, no Gumbel noise),
+  (T, G) int64; only for models that have a quantizer (pretraining checkpoints).
+
+:class:`InferenceModel` computes these from the backbone's weights up to the deepest layer
+asked for (later layers are not run), under ``torch.inference_mode``, with the faster kernels of
+:mod:`audio_ssl.inference.kernels` (the same functions; tested against the modules). One thing
+differs from ``Wav2Vec2Model.forward`` on purpose: ``encoder_stats``, with which the chunks of a
+long file are normalised by the group norm statistics of the WHOLE file (see
+:mod:`audio_ssl.inference.chunking`), so a chunk's conv features equal the whole file's.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from einops import rearrange
+from torch import nn
+from torch.nn.utils import parametrize
+
+from audio_ssl.inference.kernels import (
+    ChannelsLastEncoder,
+    FastLayer,
+    onednn_available,
+    positional_conv,
+)
+from audio_ssl.models.feature_encoder import receptive_field
+from audio_ssl.models.quantizer import GumbelQuantizer
+from audio_ssl.models.wav2vec2 import Wav2Vec2Model
+
+ENCODER, CODES = "encoder", "codes"
+
+
+def layer_name(index: int) -> str:
+    return f"layer_{index}"
+
+
+@dataclass(frozen=True)
+class LayerSelection:
+    """Output names in order, and what computing them needs."""
+
+    names: tuple[str, ...]
+    num_layers: int  # L, the context network's depth
+
+    @property
+    def context_layers(self) -> tuple[int, ...]:
+        return tuple(int(n.split("_")[1]) for n in self.names if n.startswith("layer_"))
+
+    @property
+    def deepest(self) -> int:
+        """Transformer layers to run (0: only the context network's input, -1: none at all)."""
+        return max(self.context_layers, default=-1)
+
+    @property
+    def stackable(self) -> bool:
+        """Every output is a context layer (same width): they stack into (K, T, D)."""
+        return all(n.startswith("layer_") for n in self.names)
+
+
+def parse_layers(spec: str | int | Sequence[str | int], num_layers: int) -> LayerSelection:
+    """``--layer`` -> :class:`LayerSelection`.
+
+    ``spec``: an index (0..L), ``last``, ``all``, ``encoder``, ``codes``, or several of these as
+    a list or a comma-separated string (``"encoder,6,last"``); duplicates are dropped, order kept.
+    """
+    parts: list[str | int]
+    if isinstance(spec, (str, int)):
+        parts = [p.strip() for p in str(spec).split(",")]
+    else:
+        parts = list(spec)
+    names: list[str] = []
+    for part in parts:
+        token = str(part).strip().lower()
+        if token == "last":
+            new = [layer_name(num_layers)]
+        elif token == "all":
+            new = [layer_name(i) for i in range(num_layers + 1)]
+        elif token in (ENCODER, CODES):
+            new = [token]
+        elif re.fullmatch(r"(layer_)?\d+", token):
+            index = int(token.removeprefix("layer_"))
+            if index > num_layers:
+                raise ValueError(f"layer {index} does not exist: the model's context network has "
+                                 f"{num_layers} layers (valid: 0..{num_layers}, 0 = its input)")
+            new = [layer_name(index)]
+        else:
+            raise ValueError(f"unknown layer {part!r}: expected an index 0..{num_layers}, "
+                             f"'last', 'all', 'encoder' or 'codes' (comma-separated for several)")
+        names.extend(n for n in new if n not in names)
+    if not names:
+        raise ValueError(f"no layer selected by {spec!r}")
+    return LayerSelection(tuple(names), num_layers)
+
+
+def split_model(model: nn.Module) -> tuple[Wav2Vec2Model, GumbelQuantizer | None]:
+    """(backbone, quantizer or None) of a Wav2Vec2ForPretraining, Wav2Vec2ForCTC or Wav2Vec2Model."""
+    if isinstance(model, Wav2Vec2Model):
+        return model, None
+    backbone = getattr(model, "backbone", None)
+    if not isinstance(backbone, Wav2Vec2Model):
+        raise TypeError(f"expected a wav2vec 2.0 model of audio_ssl (Wav2Vec2ForPretraining, "
+                        f"Wav2Vec2ForCTC or Wav2Vec2Model), got {type(model).__name__}")
+    quantizer = getattr(model, "quantizer", None)
+    return backbone, quantizer if isinstance(quantizer, GumbelQuantizer) else None
+
+
+class InferenceModel:
+    """The backbone (and quantizer) in eval mode on ``device``, computing ``selection`` only.
+
+    Args:
+        model: a model from :func:`audio_ssl.interop.load_model` (its ``.model``).
+        selection: the outputs to compute.
+        device: where to run.
+        precision: ``"fp32"``, or ``"bf16"`` (autocast; CUDA only).
+        kernels: ``"modules"`` (the backbone's own modules), ``"onednn"`` (CPU fp32: oneDNN
+            linear layers), ``"channels_last"`` (the CUDA path of :mod:`.kernels`), or
+            ``"auto"``: channels_last on CUDA, onednn on the CPU when available.
+    """
+
+    def __init__(self, model: nn.Module, selection: LayerSelection, device: torch.device | str,
+                 precision: str = "fp32", kernels: str = "auto"):
+        backbone, quantizer = split_model(model)
+        if CODES in selection.names and quantizer is None:
+            raise ValueError(f"layer 'codes' needs the quantizer, and this {type(model).__name__} "
+                             f"has none (only pretraining checkpoints keep it)")
+        if precision not in ("fp32", "bf16"):
+            raise ValueError(f"precision must be 'fp32' or 'bf16', got {precision!r}")
+        self.device = torch.device(device)
+        if kernels == "auto":
+            if self.device.type == "cuda":
+                kernels = "channels_last"
+            elif precision == "fp32" and onednn_available():
+                kernels = "onednn"
+            else:
+                kernels = "modules"
+        if kernels not in ("modules", "onednn", "channels_last"):
+            raise ValueError(f"kernels must be 'auto', 'modules', 'onednn' or 'channels_last', "
+                             f"got {kernels!r}")
+        self.precision, self.kernels, self.selection = precision, kernels, selection
+        self.backbone = backbone.to(self.device).eval()
+        self.quantizer = quantizer.to(self.device).eval() if quantizer is not None else None
+        self.cfg = backbone.cfg
+        self.receptive_field, self.hop = receptive_field(self.cfg.encoder.conv_layers)
+        self.compute_dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+        layers = backbone.context.layers
+        self._layers = None
+        if kernels != "modules":
+            self._layers = [FastLayer(layer, self.compute_dtype, onednn=kernels == "onednn")
+                            for layer in layers]
+        # the channels-last encoder also serves chunks (whole-file group norm statistics)
+        self._encoder = ChannelsLastEncoder(backbone.feature_encoder, self.compute_dtype,
+                                            nhwc=kernels == "channels_last")
+
+    @property
+    def group_norm(self) -> bool:
+        """The encoder normalises its first conv layer over time (needs whole-file statistics)."""
+        return self._encoder.group_norm
+
+    @property
+    def conv0(self) -> tuple[torch.Tensor, torch.Tensor | None, int, int]:
+        """(weight (C, k), bias (C,) or None, kernel, stride) of the first conv layer."""
+        enc = self._encoder
+        return enc.w0, enc.b0, enc.kernel, enc.stride
+
+    def frame_lengths(self, lengths: torch.Tensor) -> torch.Tensor:
+        return self.backbone.frame_lengths(lengths)
+
+    @property
+    def frame_rate(self) -> float:
+        return 16_000 / self.hop
+
+    def output_shapes(self) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
+        """Per output name: (shape after the time axis, dtype)."""
+        dim, channels = self.cfg.context.dim, self.backbone.feature_encoder.out_channels
+        shapes: dict[str, tuple[tuple[int, ...], torch.dtype]] = {}
+        for name in self.selection.names:
+            if name == ENCODER:
+                shapes[name] = ((channels,), torch.float32)
+            elif name == CODES:
+                shapes[name] = ((self.cfg.quantizer.groups,), torch.int64)
+            else:
+                shapes[name] = ((dim,), torch.float32)
+        return shapes
+
+    # -- forward --------------------------------------------------------------------------------
+
+    def _encode(self, waveforms: torch.Tensor, lengths: torch.Tensor, padded: bool,
+                encoder_stats: torch.Tensor | None) -> torch.Tensor:
+        """(B, S) -> conv features (B, T, C) before the layer norm."""
+        if self.kernels == "channels_last" or encoder_stats is not None:
+            return self._encoder(waveforms, lengths if padded else None, encoder_stats)
+        return self.backbone.feature_encoder(waveforms, lengths if padded else None)
+
+    def _positional(self, x: torch.Tensor) -> torch.Tensor:
+        pos_conv = self.backbone.context.pos_conv
+        if self.kernels == "channels_last":
+            return positional_conv(pos_conv, x, self.compute_dtype)
+        return pos_conv(x)
+
+    def _context_layer(self, index: int, x: torch.Tensor,
+                       attn_mask: torch.Tensor | None) -> torch.Tensor:
+        if self._layers is not None:
+            return self._layers[index](x, attn_mask)
+        return self.backbone.context.layers[index](x, attn_mask)
+
+    def _forward(self, waveforms: torch.Tensor, lengths: torch.Tensor, frames: torch.Tensor,
+                 padded: bool, encoder_stats: torch.Tensor | None) -> dict[str, torch.Tensor]:
+        """Everything on the device; ``padded`` and the shapes are known on the host, so the
+        forward queues its kernels without waiting for the device."""
+        sel, bb = self.selection, self.backbone
+        raw = self._encode(waveforms, lengths, padded, encoder_stats)  # (B, T, C)
+        num_frames = raw.shape[1]
+        padding_mask = None
+        if padded:
+            padding_mask = torch.arange(num_frames, device=raw.device)[None, :] >= frames[:, None]
+        features = bb.layer_norm(raw)  # (B, T, C)
+        out: dict[str, torch.Tensor] = {}
+        if ENCODER in sel.names:
+            out[ENCODER] = features
+        if CODES in sel.names:
+            flat = rearrange(features, "b t c -> (b t) c")
+            codes = self.quantizer(flat, 1.0).codes  # (B*T, G): eval mode, hard argmax
+            out[CODES] = rearrange(codes, "(b t) g -> b t g", b=features.shape[0])
+        if sel.deepest < 0:
+            return out
+        context = bb.context
+        wanted = set(sel.context_layers)
+        x = bb.projection(features)  # (B, T, D)
+        attn_mask = None
+        if padding_mask is not None:
+            x = x.masked_fill(padding_mask[..., None], 0.0)
+            attn_mask = rearrange(~padding_mask, "b t -> b 1 1 t")
+        x = x + self._positional(x)
+        if not context.cfg.layer_norm_first:
+            x = context.layer_norm(x)
+        if 0 in wanted:
+            out[layer_name(0)] = x
+        num_layers = len(context.layers)
+        for i in range(sel.deepest):
+            x = self._context_layer(i, x, attn_mask)
+            if i + 1 in wanted:
+                last_prenorm = i + 1 == num_layers and context.cfg.layer_norm_first
+                out[layer_name(i + 1)] = context.layer_norm(x) if last_prenorm else x
+        return out
+
+    @torch.inference_mode()
+    def __call__(self, waveforms: torch.Tensor, lengths: torch.Tensor | None = None,
+                 encoder_stats: torch.Tensor | None = None
+                 ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        """waveforms (B, S) at 16 kHz; lengths (B,) real samples (None = all); encoder_stats
+        (B, C, 2) per-row (mean, var) of the first conv layer's output to normalise with (None:
+        computed from each row's real frames, as the model does).
+
+        Returns ({name: (B, T, ...)} on ``device``, in the selection's order, frame_lengths (B,)
+        on the CPU). On CUDA the outputs may still be being computed (no synchronisation).
+        """
+        batch, samples = waveforms.shape
+        if lengths is None:
+            lengths = torch.full((batch,), samples, dtype=torch.long)
+        lengths = lengths.cpu()
+        padded = bool((lengths < samples).any())
+        num_frames = int(self.frame_lengths(torch.tensor([samples]))[0])
+        frames = self.frame_lengths(lengths).clamp(max=num_frames)  # (B,) on the host
+        waveforms = waveforms.to(self.device, non_blocking=True)
+        if encoder_stats is not None:
+            encoder_stats = encoder_stats.to(self.device, non_blocking=True)
+        autocast = self.precision == "bf16"
+        with parametrize.cached(), torch.autocast(self.device.type, dtype=torch.bfloat16,
+                                                  enabled=autocast):
+            out = self._forward(waveforms, lengths.to(self.device, non_blocking=True),
+                                frames.to(self.device, non_blocking=True), padded, encoder_stats)
+        ordered = {name: out[name] for name in self.selection.names}
+        return ordered, frames
+
+
+__all__ = ["ENCODER", "CODES", "LayerSelection", "parse_layers", "layer_name", "split_model",
+           "InferenceModel"]

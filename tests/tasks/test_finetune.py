@@ -1,0 +1,273 @@
+"""CTC fine-tuning: loss, masks, what moves at each stage, and the commands end to end."""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+
+from audio_ssl import config
+from audio_ssl.cli import main
+from audio_ssl.data.labelled import LabelledBatch
+from audio_ssl.data.text import Vocabulary, ctc_frames_needed
+from audio_ssl.interop import load_model
+from audio_ssl.losses.ctc import ctc_loss, frames_needed
+from audio_ssl.models import Wav2Vec2ForCTC, Wav2Vec2ForPretraining
+from audio_ssl.tasks.finetune import FinetuneTask
+from tests.conftest import small_model_config
+
+VOCAB = Vocabulary(("<blank>", "|", "a", "b", "c"))
+
+
+def _cfg(**ctc) -> config.FinetuneConfig:
+    """The tiny preset on the small model; channel spans of 8 of its 64 dims (the paper's 64
+    would zero them all)."""
+    cfg = config.finetune_preset("tiny", small_model_config())
+    ctc = {"channel_mask": config.MaskConfig(prob=0.5 / 8, length=8, min_masks=0), **ctc}
+    return replace(cfg, ctc=replace(cfg.ctc, **ctc))
+
+
+def _batch(batch: int = 2, samples: int = 8000) -> LabelledBatch:
+    torch.manual_seed(0)
+    targets = torch.tensor([[2, 3, 4, 1, 2], [3, 3, 0, 0, 0]][:batch])  # (B, L)
+    return LabelledBatch(
+        waveforms=torch.randn(batch, samples), lengths=torch.tensor([samples, samples - 1600][:batch]),
+        targets=targets, target_lengths=torch.tensor([5, 2][:batch]), indices=list(range(batch)))
+
+
+def test_frames_needed_matches_the_rule():
+    targets = torch.tensor([[2, 2, 3, 3, 3], [4, 5, 4, 0, 0], [2, 2, 2, 2, 0]])
+    lengths = torch.tensor([5, 3, 2])  # row 2 ends before its padding repeats
+    expected = [ctc_frames_needed(t[:n].tolist()) for t, n in zip(targets, lengths)]
+    assert frames_needed(targets, lengths).tolist() == expected == [8, 3, 3]
+
+
+def test_ctc_loss_skips_unalignable_rows_and_stays_fp32():
+    logits = torch.randn(3, 4, 5, requires_grad=True)  # (B, T, V)
+    targets = torch.tensor([[2, 3, 0], [2, 2, 2], [4, 0, 0]])
+    target_lengths = torch.tensor([2, 3, 0])  # row 1 needs 5 frames; row 2 is empty
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = ctc_loss(logits.bfloat16(), torch.tensor([4, 4, 4]), targets, target_lengths)
+    assert out.kept.tolist() == [True, False, False]
+    assert out.loss.dtype == torch.float32 and math.isfinite(out.loss.item())
+    expected = torch.nn.functional.ctc_loss(
+        logits.bfloat16().float().log_softmax(-1)[:1].transpose(0, 1), targets[:1],
+        torch.tensor([4]), torch.tensor([2]), reduction="sum")
+    assert out.loss.item() == pytest.approx(expected.item(), rel=1e-5)
+    out.loss.backward()
+    assert torch.isfinite(logits.grad).all() and bool((logits.grad[1:] == 0).all())
+    none = ctc_loss(logits, torch.tensor([1, 1, 1]), targets, target_lengths)
+    assert not none.kept.any() and none.loss.item() == 0.0
+
+
+def test_ctc_head_outputs_the_vocabulary_per_frame():
+    model = Wav2Vec2ForCTC(small_model_config(), len(VOCAB))
+    batch = _batch()
+    out = model(batch.waveforms, batch.lengths)
+    assert out.logits.shape == (2, int(out.frame_lengths[0]), len(VOCAB))
+    assert out.frame_lengths.tolist() == model.backbone.frame_lengths(batch.lengths).tolist()
+
+
+def test_fine_tuning_masks_follow_the_config():
+    task = FinetuneTask(_cfg(), VOCAB)
+    frames = torch.tensor([200, 120])
+    time_mask, channel_mask = task.masks(frames, 200, torch.Generator().manual_seed(0))
+    assert time_mask.shape == (2, 200) and channel_mask.shape == (2, 64)
+    assert not time_mask[1, 120:].any()  # padding is never masked
+    # fairseq's 0.65 spans x 10 frames -> about 1 - (1 - 0.065)^10 = 49% of the frames
+    many = task.masks(torch.full((256,), 200), 200, torch.Generator().manual_seed(1))[0]
+    assert 0.40 < float(many.float().mean()) < 0.55
+    off = FinetuneTask(_cfg(time_mask=config.MaskConfig(prob=0.0),
+                            channel_mask=config.MaskConfig(prob=0.0)), VOCAB)
+    assert off.masks(frames, 200, torch.Generator()) == (None, None)
+
+
+def _snapshot(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in model.named_parameters()}
+
+
+def _moved(before: dict[str, torch.Tensor], model: torch.nn.Module) -> set[str]:
+    return {k for k, v in model.named_parameters() if not torch.equal(before[k], v)}
+
+
+def test_the_right_parameters_move_at_each_stage():
+    task = FinetuneTask(_cfg(freeze_updates=2), VOCAB)
+    optimizer = task.configure_optimizers()["optimizer"]
+    batch = _batch()
+    moved_by_step = []
+    for step in range(4):
+        before = _snapshot(task.model)
+        optimizer.zero_grad()
+        _, _, loss = task.forward_ctc(batch, train=True, step=step,
+                                      generator=torch.Generator().manual_seed(step))
+        loss.loss.backward()
+        optimizer.step()
+        moved_by_step.append(_moved(before, task.model))
+    head = {"head.weight", "head.bias"}
+    for step in (0, 1):  # backbone frozen: only the head learns
+        assert moved_by_step[step] == head
+    for step in (2, 3):
+        moved = moved_by_step[step]
+        assert head <= moved
+        assert any(k.startswith("backbone.context.") for k in moved)
+        assert "backbone.projection.weight" in moved and "backbone.mask_embedding" in moved
+        assert not any(k.startswith("backbone.feature_encoder.") for k in moved)  # always frozen
+    assert task.lr_scale(0) == pytest.approx(0.01)  # tri-stage starts at 1% of the peak
+
+
+# ---------------------------------------------------------------------------------------------
+# End to end: finetune, transcribe, evaluate and lm on ../shared/data/tiny
+
+FAST = """
+train: {log_every: 1, val_every: 2}
+data: {num_workers: 0, max_batch_samples: 480000}
+ctc: {freeze_updates: 1, channel_mask: {prob: 0.0625, length: 8}}
+"""
+
+
+def _pretrained(tmp_path: Path) -> Path:
+    """A pretraining checkpoint of the small model, as `audio-ssl pretrain` writes them."""
+    cfg = replace(config.preset("tiny"), model=small_model_config(norm="group"))
+    torch.manual_seed(0)
+    model = Wav2Vec2ForPretraining(cfg.model)
+    path = tmp_path / "pretrained.ckpt"
+    torch.save({"audio_ssl_config": config.to_dict(cfg),
+                "state_dict": {f"model.{k}": v for k, v in model.state_dict().items()}}, path)
+    return path
+
+
+def _manifest_with_bad_rows(tmp_path: Path, data: Path) -> tuple[Path, Path]:
+    """Train / valid JSONL: tiny's rows plus one of each kind of bad input."""
+    rows = [json.loads(line) for line in (data / "tiny" / "manifest.jsonl").read_text().splitlines()]
+    for row in rows:
+        row["audio"] = str(data / "tiny" / row["audio"])
+    sf.write(tmp_path / "blip.wav", np.zeros(2000, dtype=np.float32), 16000)  # 6 frames
+    (tmp_path / "broken.flac").write_bytes(b"fLaC but not really")
+    train = [r for r in rows if r["split"] == "train"] + [
+        {"audio": str(tmp_path / "blip.wav"), "text": "much too long for six frames"},
+        {"audio": str(tmp_path / "blip.wav"), "text": "?!"},
+        {"audio": str(tmp_path / "broken.flac"), "text": "unreadable"},
+    ]
+    valid = [r for r in rows if r["split"] == "test"] + [
+        {"audio": rows[0]["audio"], "text": "quiz"},  # q and z are in no training transcript
+    ]
+    paths = tmp_path / "train.jsonl", tmp_path / "valid.jsonl"
+    for path, part in zip(paths, (train, valid)):
+        path.write_text("".join(json.dumps(r) + "\n" for r in part))
+    return paths
+
+
+@pytest.mark.slow
+def test_three_commands_end_to_end_on_tiny(tmp_path, data_dir, capsys):
+    pretrained = _pretrained(tmp_path)
+    train, valid = _manifest_with_bad_rows(tmp_path, data_dir)
+    (tmp_path / "fast.yaml").write_text(FAST)
+    run = tmp_path / "run"
+    code = main(["finetune", str(pretrained), "--train", str(train), "--valid", str(valid),
+                 "--output", str(run), "--max-steps", "3", "--config", str(tmp_path / "fast.yaml"),
+                 "--no-progress"])
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert "fine-tuned 3 steps with CTC" in printed and "best WER" in printed
+
+    # bad input: reported per utterance, never a crash or a NaN
+    reasons = {(r["split"], Path(r["path"]).name, r["reason"].split(":")[0])
+               for r in map(json.loads, (run / "rejected.jsonl").read_text().splitlines())}
+    assert ("train", "blip.wav", "transcript too long for CTC") in reasons
+    assert ("train", "blip.wav", "empty transcript after normalisation (was '?!')") in reasons
+    assert ("train", "broken.flac", "unreadable") in reasons
+    assert ("valid", "cv_00.flac", "characters outside the vocabulary") in reasons
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows if "valid/wer" in r] == [2, 3]
+    for r in rows:
+        assert all(math.isfinite(v) for v in r.values())
+    assert [r["train/backbone_frozen"] for r in rows if "train/loss" in r] == [1.0, 0.0, 0.0]
+
+    # the checkpoint: load_model rebuilds the CTC model with its vocabulary and settings
+    for name in ("best.ckpt", "last.ckpt"):
+        assert (run / "checkpoints" / name).is_file()
+    loaded = load_model(run / "checkpoints" / "last.ckpt")
+    assert isinstance(loaded.model, Wav2Vec2ForCTC)
+    assert loaded.vocab[:2] == ["<blank>", "|"] and "q" not in loaded.vocab
+    ckpt = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    assert {"model", "text", "ctc", "data", "optim", "train"} <= set(ckpt["audio_ssl_config"])
+    assert ckpt["audio_ssl_config"]["data"]["normalize"] is True  # inherited from the tiny preset
+    assert "max_steps: 3" in (run / "config.yaml").read_text()
+    # the feature encoder is exactly the pretrained one; the context network has moved
+    start = torch.load(pretrained, weights_only=False)["state_dict"]
+    state = ckpt["state_dict"]
+    for key in state:
+        if key.startswith("model.backbone.feature_encoder."):
+            assert torch.equal(state[key], start[key]), key
+    key = "model.backbone.context.layers.0.attention.q_proj.weight"
+    assert not torch.equal(state[key], start[key])
+
+    # a second run into the same folder is refused
+    assert main(["finetune", str(pretrained), "--train", str(train), "--valid", str(valid),
+                 "--output", str(run), "--no-progress"]) == 2
+    capsys.readouterr()
+
+    # transcribe: text to stdout, or JSONL; an unreadable file is reported and skipped
+    model = run / "checkpoints" / "best.ckpt"
+    clip = data_dir / "tiny" / "audio" / "cv_00.flac"
+    assert main(["transcribe", str(model), str(clip), str(tmp_path / "broken.flac")]) == 0
+    captured = capsys.readouterr()
+    assert captured.out.startswith(f"{clip}\t")
+    assert "skipped" in captured.err and "broken.flac" in captured.err
+    out = tmp_path / "hyp.jsonl"
+    assert main(["transcribe", str(model), str(data_dir / "tiny" / "audio"), "-o", str(out)]) == 0
+    lines = [json.loads(line) for line in out.read_text().splitlines()]
+    assert len(lines) == 23 and all(set(r) == {"path", "text", "seconds"} for r in lines)
+
+    # lm + evaluate with beam search and a lexicon, and greedy with a report
+    text = tmp_path / "text.txt"
+    text.write_text("".join(json.loads(line)["text"] + "\n" for line in
+                            (data_dir / "tiny" / "manifest.jsonl").read_text().splitlines()))
+    assert main(["lm", str(text), "-o", str(tmp_path / "lm.arpa"), "--order", "2",
+                 "--lexicon", str(tmp_path / "lexicon.txt")]) == 0
+    assert "2-gram model" in capsys.readouterr().out
+    tests = sum(json.loads(line)["split"] == "test" for line in
+                (data_dir / "tiny" / "manifest.jsonl").read_text().splitlines())
+    report = tmp_path / "report.jsonl"
+    assert main(["evaluate", str(model), str(data_dir / "tiny" / "manifest.jsonl"),
+                 "--split", "test", "--report", str(report)]) == 0
+    printed = capsys.readouterr().out
+    assert "WER" in printed and "CER" in printed and f"{tests} utterance(s) decoded (greedy)" in printed
+    rows = [json.loads(line) for line in report.read_text().splitlines()]
+    assert len(rows) == tests and all(r["words"] > 0 for r in rows)
+    assert main(["evaluate", str(model), str(data_dir / "tiny" / "manifest.jsonl"), "--split",
+                 "test", "--lm", str(tmp_path / "lm.arpa"), "--lexicon",
+                 str(tmp_path / "lexicon.txt"), "--beam-size", "8"]) == 0
+    assert "(beam search)" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_from_scratch_and_continuing_a_ctc_model(tmp_path, data_dir, capsys):
+    pretrained = _pretrained(tmp_path)
+    (tmp_path / "fast.yaml").write_text(FAST)
+    manifest = str(data_dir / "tiny" / "manifest.jsonl")
+    common = ["--train", manifest, "--train-split", "train", "--valid", manifest,
+              "--valid-split", "test", "--max-steps", "2", "--config",
+              str(tmp_path / "fast.yaml"), "--no-progress"]
+    assert main(["finetune", str(pretrained), "--from-scratch", "--output",
+                 str(tmp_path / "scratch"), *common]) == 0
+    assert "from random weights" in capsys.readouterr().out
+    start = torch.load(pretrained, weights_only=False)["state_dict"]
+    state = torch.load(tmp_path / "scratch" / "checkpoints" / "last.ckpt",
+                       weights_only=False)["state_dict"]
+    key = "model.backbone.feature_encoder.layers.0.conv.weight"
+    assert state[key].shape == start[key].shape and not torch.equal(state[key], start[key])
+
+    first = tmp_path / "scratch" / "checkpoints" / "last.ckpt"
+    assert main(["finetune", str(first), "--output", str(tmp_path / "more"), *common]) == 0
+    assert "from the CTC model" in capsys.readouterr().out
+    assert load_model(tmp_path / "more" / "checkpoints" / "last.ckpt").vocab == \
+        load_model(first).vocab
+    shutil.rmtree(tmp_path / "more")
