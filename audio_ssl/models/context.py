@@ -106,8 +106,9 @@ class ContextNetwork(nn.Module):
         """x: (B, T, D), padding_mask: (B, T) True = padded.
 
         Returns c (B, T, D) and, with ``return_layers``, the input to the first layer followed by
-        every layer's output (pre-norm: the last one after the final layer norm), as HF's
-        ``hidden_states``.
+        every layer's output, as HF's ``hidden_states``, except that for pre-norm models the last
+        one is after the final layer norm (HF's ``last_hidden_state``; HF's
+        ``hidden_states[-1]`` is before it).
         """
         attn_mask = None
         if padding_mask is not None and bool(padding_mask.any()):
