@@ -273,10 +273,8 @@ def merge(cfg: Any, overrides: dict[str, Any], where: str = "") -> Any:
     return replace(cfg, **changes)
 
 
-def load(preset_name: str = "tiny", yaml_path: str | Path | None = None,
-         overrides: dict[str, Any] | None = None) -> PretrainConfig:
-    """Preset, then a YAML file of overrides, then a dict of overrides."""
-    cfg = preset(preset_name)
+def _overlay(cfg: Any, yaml_path: str | Path | None, overrides: dict[str, Any] | None) -> Any:
+    """``cfg`` with a YAML file of overrides, then a dict of overrides, applied."""
     if yaml_path is not None:
         path = Path(yaml_path)
         if not path.is_file():
@@ -288,6 +286,12 @@ def load(preset_name: str = "tiny", yaml_path: str | Path | None = None,
     if overrides:
         cfg = merge(cfg, overrides)
     return cfg
+
+
+def load(preset_name: str = "tiny", yaml_path: str | Path | None = None,
+         overrides: dict[str, Any] | None = None) -> PretrainConfig:
+    """Preset, then a YAML file of overrides, then a dict of overrides."""
+    return _overlay(preset(preset_name), yaml_path, overrides)
 
 
 def from_dict(data: dict[str, Any]) -> PretrainConfig:
@@ -432,18 +436,7 @@ def load_finetune(preset_name: str = "tiny", yaml_path: str | Path | None = None
                   overrides: dict[str, Any] | None = None,
                   model: ModelConfig | None = None) -> FinetuneConfig:
     """Fine-tuning preset (on ``model``), then a YAML file of overrides, then a dict."""
-    cfg = finetune_preset(preset_name, model)
-    if yaml_path is not None:
-        path = Path(yaml_path)
-        if not path.is_file():
-            raise FileNotFoundError(f"config file {path} does not exist")
-        data = yaml.safe_load(path.read_text()) or {}
-        if not isinstance(data, dict):
-            raise ValueError(f"config file {path}: expected a mapping at the top level")
-        cfg = merge(cfg, data)
-    if overrides:
-        cfg = merge(cfg, overrides)
-    return cfg
+    return _overlay(finetune_preset(preset_name, model), yaml_path, overrides)
 
 
 def finetune_from_dict(data: dict[str, Any]) -> FinetuneConfig:
