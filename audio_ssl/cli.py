@@ -41,6 +41,11 @@ def _add_pretrain_options(p: argparse.ArgumentParser, default_preset: str) -> No
                    help="where to train (default: GPU when one is visible)")
     p.add_argument("--resume", action="store_true",
                    help="continue the run in --output from its last checkpoint")
+    p.add_argument("--init", default=None, metavar="CHECKPOINT",
+                   help="continue pretraining from this checkpoint's weights (ours, an HF "
+                   "Wav2Vec2ForPreTraining folder or a fairseq .pt) on DATA, with a fresh "
+                   "optimizer and schedule; its network replaces the preset's, --config may "
+                   "still change masks, loss weights and temperatures")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
@@ -242,19 +247,29 @@ def _load_config(args: argparse.Namespace):
     if max_steps is None and getattr(args, "max_steps_default", None) and args.config is None:
         max_steps = args.max_steps_default
     train = {"max_steps": max_steps, "devices": args.devices, "num_nodes": args.num_nodes}
+    model = normalize = None
+    if getattr(args, "init", None) is not None and not args.resume:
+        from audio_ssl.inference.transcribe import audio_normalize_of
+        from audio_ssl.tasks.run import load_init
+
+        loaded = load_init(args.init)
+        model, normalize = loaded.config, audio_normalize_of(loaded)
     return config.load(args.preset, args.config,
-                       overrides={"train": {k: v for k, v in train.items() if v is not None}})
+                       overrides={"train": {k: v for k, v in train.items() if v is not None}},
+                       model=model, normalize=normalize)
 
 
 def _run_pretrain(args: argparse.Namespace, data: str | Path, output: Path) -> int:
     from audio_ssl.data import NoAudioError
     from audio_ssl.tasks.run import pretrain
 
-    cfg = _load_config(args)
+    from audio_ssl.interop import CheckpointError
+
     try:
+        cfg = _load_config(args)
         result = pretrain(data, cfg, output, resume=args.resume, progress=not args.no_progress,
-                          accelerator=args.accelerator)
-    except (NoAudioError, FileNotFoundError, FileExistsError) as err:
+                          accelerator=args.accelerator, init=getattr(args, "init", None))
+    except (NoAudioError, FileNotFoundError, FileExistsError, CheckpointError) as err:
         print(f"audio-ssl: error: {err}", file=sys.stderr)
         return 2
     from lightning.fabric.utilities.rank_zero import rank_zero_only

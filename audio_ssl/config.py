@@ -289,9 +289,20 @@ def _overlay(cfg: Any, yaml_path: str | Path | None, overrides: dict[str, Any] |
 
 
 def load(preset_name: str = "tiny", yaml_path: str | Path | None = None,
-         overrides: dict[str, Any] | None = None) -> PretrainConfig:
-    """Preset, then a YAML file of overrides, then a dict of overrides."""
-    return _overlay(preset(preset_name), yaml_path, overrides)
+         overrides: dict[str, Any] | None = None, model: ModelConfig | None = None,
+         normalize: bool | None = None) -> PretrainConfig:
+    """Preset, then a YAML file of overrides, then a dict of overrides.
+
+    ``model`` (a checkpoint's network, for continued pretraining) replaces the preset's model
+    section and ``normalize`` its ``data.normalize`` before the overrides apply, so a YAML file
+    can still change the training-time fields (masks, loss weights, temperatures, dropout).
+    """
+    cfg = preset(preset_name)
+    if model is not None:
+        cfg = replace(cfg, model=model)
+    if normalize is not None:
+        cfg = replace(cfg, data=replace(cfg.data, normalize=normalize))
+    return _overlay(cfg, yaml_path, overrides)
 
 
 def from_dict(data: dict[str, Any]) -> PretrainConfig:

@@ -11,11 +11,18 @@ MFCC baseline (librosa): 20 coefficients from 40 mel bands, 25 ms windows (n_fft
 10 ms (hop 160) on the same 16 kHz audio the model sees; each clip pooled to the mean and the
 standard deviation of every coefficient over time (40 numbers; the mean alone: 20).
 
+Model feature sets: the conv features ('encoder'), each context-network layer ('layer_N'), and
+every layer's mean side by side ('layers_concat'), all mean-pooled over the clip's frames.
+
 Note: the shared tiny checkpoint was pretrained (without labels) on audio that included FSDD's
-test clips; the probe never saw their labels, but the representation saw their audio.
+test clips; the probe never saw their labels, but the representation saw their audio. The
+FSDD-adapted checkpoint (`audio-ssl pretrain` of FSDD's train split with `--init` that
+checkpoint, see the README) saw no further test audio.
 
     python scripts/probe_fsdd.py runs/shared-tiny/checkpoints/last.ckpt \\
         --output scripts/results/probe_fsdd.json
+    python scripts/probe_fsdd.py runs/fsdd-adapt/checkpoints/last.ckpt \\
+        --output scripts/results/probe_fsdd_adapted.json
 """
 
 from __future__ import annotations
@@ -100,6 +107,10 @@ def main() -> None:
             for how, vector in pool(value).items():
                 pooled.setdefault(f"{name}/{how}", []).append(vector)
     sets = {name: np.stack(v) for name, v in pooled.items()}
+    # every context-network layer's mean side by side (still mean-pooled model features)
+    layer_means = sorted((n for n in sets if n.startswith("layer_") and n.endswith("/mean")),
+                         key=lambda n: int(n.split("/")[0].removeprefix("layer_")))
+    sets["layers_concat/mean"] = np.concatenate([sets[n] for n in layer_means], axis=1)
 
     # validation: a stratified part of the train split
     rng = np.random.default_rng(args.seed)

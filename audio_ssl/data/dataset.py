@@ -16,6 +16,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from audio_ssl.config import DataConfig
 from audio_ssl.data.audio import AudioError, load_audio
+from audio_ssl.data.collate import pad_batch
 from audio_ssl.data.manifest import AudioItem, Rejected
 from audio_ssl.data.sampler import BatchRequest, BucketBatchSampler
 
@@ -74,7 +75,6 @@ class AudioBatchDataset(Dataset):
         """Decode every crop of ``request`` -> Batch with waveforms (B, num_samples)."""
         rows: list[torch.Tensor] = []
         paths: list[str] = []
-        lengths: list[int] = []
         failures: list[Rejected] = []
         for idx, start, length in zip(request.indices, request.starts, request.lengths):
             item = self.items[idx]
@@ -96,15 +96,11 @@ class AudioBatchDataset(Dataset):
                 continue
             rows.append(wav)
             paths.append(item.path)
-            lengths.append(length)
 
-        S = request.num_samples
-        waveforms = torch.zeros(len(rows), S, dtype=torch.float32)  # (B, S)
-        for i, wav in enumerate(rows):
-            waveforms[i, : wav.numel()] = wav
+        waveforms, lengths = pad_batch(rows, request.num_samples)  # (B, S), (B,)
         return Batch(
             waveforms=waveforms,
-            lengths=torch.tensor(lengths, dtype=torch.int64),  # (B,)
+            lengths=lengths,
             paths=paths,
             failures=failures,
             position=request.position,

@@ -27,6 +27,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from audio_ssl.data.audio import AudioError, audio_info, load_audio, resampled_length
+from audio_ssl.data.collate import pad_batch
 from audio_ssl.data.dataset import _worker_init
 from audio_ssl.data.manifest import AUDIO_EXTENSIONS, Rejected, _read_jsonl, _resolve
 from audio_ssl.data.sampler import BatchRequest, BucketBatchSampler
@@ -254,19 +255,13 @@ class LabelledBatchDataset(Dataset):
                 continue
             rows.append(wav)
             kept.append(idx)
-        S = max((w.numel() for w in rows), default=0)
-        L = max((len(self.targets[i]) for i in kept), default=0)
-        waveforms = torch.zeros(len(rows), S, dtype=torch.float32)  # (B, S)
-        targets = torch.zeros(len(rows), L, dtype=torch.int64)  # (B, L)
-        for row, (wav, idx) in enumerate(zip(rows, kept)):
-            waveforms[row, : wav.numel()] = wav
-            targets[row, : len(self.targets[idx])] = torch.tensor(self.targets[idx])
+        waveforms, lengths = pad_batch(rows)  # (B, S), (B,)
+        targets, target_lengths = pad_batch(
+            [torch.tensor(self.targets[i], dtype=torch.int64) for i in kept],
+            dtype=torch.int64)  # (B, L), (B,)
         return LabelledBatch(
-            waveforms=waveforms,
-            lengths=torch.tensor([w.numel() for w in rows], dtype=torch.int64),  # (B,)
-            targets=targets,
-            target_lengths=torch.tensor([len(self.targets[i]) for i in kept], dtype=torch.int64),
-            indices=kept, failures=failures, position=position,
+            waveforms=waveforms, lengths=lengths, targets=targets,
+            target_lengths=target_lengths, indices=kept, failures=failures, position=position,
         )
 
     def __getitem__(self, request: BatchRequest | int) -> LabelledBatch:

@@ -15,7 +15,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 import warnings
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -25,6 +24,7 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from audio_ssl.data.audio import audio_info, resampled_length
+from audio_ssl.io import atomic_path
 
 AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".opus", ".mp3")
 LIST_SUFFIXES = (".txt", ".lst")
@@ -75,22 +75,12 @@ class NoAudioError(ValueError):
 
 
 def _atomic_write_lines(path: str | os.PathLike, lines: Iterable[str]) -> None:
-    """Write ``lines`` to ``path`` through a temporary file in the same folder + os.replace."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            for line in lines:
-                f.write(line)
-                f.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+    """Write ``lines`` to ``path`` whole or not at all (no fsync: a cache and lists that a
+    rerun rebuilds)."""
+    with atomic_path(path, fsync=False) as tmp, open(tmp, "w", encoding="utf-8") as f:
+        for line in lines:
+            f.write(line)
+            f.write("\n")
 
 
 def write_manifest(items: Iterable[AudioItem], path: str | os.PathLike) -> None:

@@ -41,13 +41,14 @@ import os
 import shutil
 import subprocess
 import sys
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import soundfile as sf
+
+from audio_ssl.io import atomic_path, atomic_write_text
 
 __all__ = [
     "LEXICON",
@@ -631,28 +632,6 @@ def _espeak_utterance(rng: np.random.Generator, v: _EspeakVoice, target: float, 
 # Corpus
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def _atomic_write_flac(path: Path, y: np.ndarray, sr: int) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        sf.write(tmp, y, sr, format="FLAC", subtype="PCM_16")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def _is_complete(out: Path, params: dict, ignore: Sequence[str] = ()) -> bool:
     try:
         stored = json.loads((out / CORPUS_JSON).read_text(encoding="utf-8"))
@@ -756,7 +735,8 @@ def make_corpus(
             else:
                 y, text = _builtin_utterance(rng, speakers[spk], target, sample_rate)
             name = f"audio/utt_{i + 1:05d}.flac"
-            _atomic_write_flac(out / name, y, sample_rate)
+            with atomic_path(out / name, fsync=False) as tmp:
+                sf.write(tmp, y, sample_rate, format="FLAC", subtype="PCM_16")
             dur = len(y) / sample_rate
             rows.append({
                 "audio": name,
@@ -780,8 +760,8 @@ def make_corpus(
     for p in audio_dir.glob("utt_*.flac"):  # left over from a larger corpus made here before
         if p.name not in keep:
             p.unlink(missing_ok=True)
-    _atomic_write_text(out / MANIFEST, "".join(json.dumps(r) + "\n" for r in rows))
-    _atomic_write_text(out / CORPUS_JSON, json.dumps(params, indent=2) + "\n")
+    atomic_write_text(out / MANIFEST, "".join(json.dumps(r) + "\n" for r in rows), fsync=False)
+    atomic_write_text(out / CORPUS_JSON, json.dumps(params, indent=2) + "\n", fsync=False)
     return out
 
 

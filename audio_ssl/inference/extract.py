@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from audio_ssl.data.audio import NORMALIZE_EPS, audio_info, load_audio, resampled_length
+from audio_ssl.data.collate import pad_batch
 from audio_ssl.inference.chunking import (
     Chunk,
     Reader,
@@ -271,11 +272,7 @@ class LongFileStats:
 
 def collate(rows: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
     """Waveforms (B, S) zero padded at the end, and lengths (B,)."""
-    lengths = torch.tensor([r.numel() for r in rows], dtype=torch.long)
-    waveforms = torch.zeros(len(rows), int(lengths.max()), dtype=torch.float32)
-    for i, r in enumerate(rows):
-        waveforms[i, : r.numel()] = r
-    return waveforms, lengths
+    return pad_batch(rows)
 
 
 def _to_cpu(a: torch.Tensor) -> torch.Tensor:

@@ -20,6 +20,7 @@ import torch
 
 from audio_ssl.config import TextConfig, merge
 from audio_ssl.data.audio import AudioError, audio_info, load_audio, resampled_length
+from audio_ssl.data.collate import pad_batch
 from audio_ssl.data.manifest import AUDIO_EXTENSIONS, LIST_SUFFIXES, NoAudioError, Rejected, scan
 from audio_ssl.data.text import Vocabulary, normalize_text
 from audio_ssl.inference.decode import BeamSearchDecoder, greedy_decode
@@ -162,11 +163,7 @@ class Transcriber:
                 names.append(usable[i])
             if not rows:
                 continue
-            S = max(w.numel() for w in rows)
-            waveforms = torch.zeros(len(rows), S)  # (B, S)
-            for r, w in enumerate(rows):
-                waveforms[r, : w.numel()] = w
-            lens = torch.tensor([w.numel() for w in rows])  # (B,)
+            waveforms, lens = pad_batch(rows)  # (B, S), (B,)
             for name, text, n in zip(names, self.decode_batch(waveforms, lens), lens.tolist()):
                 texts[name] = Transcription(name, text, n / s.sample_rate)
         return [texts[p] for p in usable if p in texts], failed

@@ -1,7 +1,8 @@
 """Feature files on disk: written whole or not at all, and read back from the index.
 
 Every file is written under a temporary name in ``OUTPUT/.tmp/``, flushed, fsynced and renamed
-into place (then its folder is fsynced): a final name only ever holds a complete file.
+into place (then its folder is fsynced; :mod:`audio_ssl.io`): a final name only ever holds a
+complete file.
 
 Formats of one output per input (``arrays`` maps layer names to (T, ...) arrays):
 
@@ -25,12 +26,12 @@ from __future__ import annotations
 import json
 import os
 import struct
-import tempfile
-from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
+
+from audio_ssl.io import atomic_path, commit, create_temp, fsync_dir  # fsync_dir: for pipeline
 
 TMP_DIR = ".tmp"
 INDEX = "index.jsonl"
@@ -44,58 +45,9 @@ _ALIGN = 64
 _SAFETENSORS_DTYPES = {"float32": "F32", "float16": "F16", "int64": "I64", "int32": "I32"}
 
 
-def fsync_dir(path: str | os.PathLike) -> None:
-    """Make a rename in ``path`` durable (a no-op where folders cannot be opened)."""
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-@contextmanager
-def atomic_file(final: str | os.PathLike, tmp_dir: str | os.PathLike, fsync: bool = True,
-                sync_dir: bool = True) -> Iterator[Path]:
-    """Yield a temporary path; on success it is fsynced and renamed to ``final``.
-
-    On an exception the temporary file is removed and ``final`` is left as it was. Without
-    ``fsync`` the rename still makes the file appear whole or not at all to any process (a kill
-    cannot truncate it), but after a power cut or an OS crash it may be empty. ``sync_dir``
-    also makes the rename itself durable; without it a power cut may undo the rename (the file
-    is then absent, never partial), and the caller syncs the folder later.
-    """
-    final = Path(final)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    Path(tmp_dir).mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f"{final.name}.", suffix=".tmp", dir=tmp_dir)
-    os.close(fd)
-    try:
-        yield Path(tmp)
-        if fsync:
-            fd = os.open(tmp, os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-        os.replace(tmp, final)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-    if fsync and sync_dir:
-        fsync_dir(final.parent)
-
-
 def write_jsonl(path: str | os.PathLike, rows: Iterable[dict], tmp_dir: str | os.PathLike) -> None:
     """Write ``rows`` as JSON lines, atomically."""
-    with atomic_file(path, tmp_dir) as tmp, open(tmp, "w", encoding="utf-8") as f:
+    with atomic_path(path, tmp_dir=tmp_dir) as tmp, open(tmp, "w", encoding="utf-8") as f:
         for row in rows:
             f.write(json.dumps(row, ensure_ascii=False))
             f.write("\n")
@@ -183,7 +135,7 @@ def write_output(final: Path, tmp_dir: Path, fmt: str, arrays: dict[str, np.ndar
                  metadata: dict[str, str], fsync: bool = True) -> dict:
     """Write one input's arrays to ``final`` atomically (its folder is not fsynced: the caller
     does that once for many files); returns extra index fields."""
-    with atomic_file(final, tmp_dir, fsync, sync_dir=False) as tmp:
+    with atomic_path(final, fsync=fsync, sync_dir=False, tmp_dir=tmp_dir) as tmp:
         if fmt == "npy":
             return write_npy(tmp, arrays)
         if fmt == "safetensors":
@@ -222,9 +174,12 @@ class ShardWriter:
     def _open(self) -> None:
         self.number = self.next_number
         self.next_number += 1
-        self.tmp_path = self.tmp_dir / f"shard-{self.number:05d}.bin.tmp"
+        self.tmp_path = create_temp(self._final(), self.tmp_dir)
         self._file = open(self.tmp_path, "wb")
         self._entries, self._size = [], 0
+
+    def _final(self) -> Path:
+        return self.dir / f"shard-{self.number:05d}.bin"
 
     def append(self, entry: dict, arrays: dict[str, np.ndarray]) -> dict:
         """Write ``arrays`` and return ``entry`` completed with the shard and byte offsets."""
@@ -250,15 +205,9 @@ class ShardWriter:
         """Make the open shard final: fsync, rename, then write its entry list."""
         if self._file is None:
             return
-        self._file.flush()
-        if self.fsync:
-            os.fsync(self._file.fileno())
         self._file.close()
         self._file = None
-        final = self.dir / f"shard-{self.number:05d}.bin"
-        os.replace(self.tmp_path, final)
-        if self.fsync:
-            fsync_dir(self.dir)
+        commit(self.tmp_path, self._final(), fsync=self.fsync)
         write_jsonl(self.dir / f"shard-{self.number:05d}.jsonl", self._entries, self.tmp_dir)
         self.closed_entries.extend(self._entries)
         self._entries = []
@@ -331,6 +280,6 @@ def load_entry(output_dir: str | os.PathLike, entry: dict) -> dict[str, np.ndarr
 
 
 __all__ = ["TMP_DIR", "INDEX", "FAILURES", "SETTINGS", "SHARD_DIR", "FORMATS", "SUFFIX",
-           "fsync_dir", "atomic_file", "write_jsonl", "read_jsonl", "write_output",
+           "fsync_dir", "write_jsonl", "read_jsonl", "write_output",
            "ShardWriter", "shard_entries", "remove_orphan_shards", "read_index",
            "load_entry"]

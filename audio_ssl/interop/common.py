@@ -1,15 +1,17 @@
-"""What every importer shares: the loaded-model record, strict state-dict loading, key renaming."""
+"""What every importer shares: the loaded-model record, config errors, strict state-dict
+loading, key renaming."""
 
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
 
-from audio_ssl.config import ModelConfig
+from audio_ssl.config import ModelConfig, merge
 
 BLANK = "<blank>"  # CTC blank, always vocabulary index 0 in this library
 WORD_SEPARATOR = "|"
@@ -18,6 +20,22 @@ WORD_SEPARATOR = "|"
 class CheckpointError(ValueError):
     """A checkpoint we cannot load faithfully: another architecture, missing or unexpected keys,
     a shape that does not fit, or a config field we cannot represent. The message names it."""
+
+
+def unsupported(where: str, name: str, value: Any, why: str | None = None) -> CheckpointError:
+    """The error for a source config field whose value we cannot represent:
+    ``WHERE: unsupported NAME=VALUE (WHY)``."""
+    return CheckpointError(f"{where}: unsupported {name}={value!r}" + (f" ({why})" if why else ""))
+
+
+def merge_config(base: ModelConfig, values: dict[str, Any], where: str,
+                 path: str = "") -> ModelConfig:
+    """``base`` with ``values`` (a nested dict mapped from a source config) applied; an unknown
+    key or a value of the wrong type raises :class:`CheckpointError` naming ``where``."""
+    try:
+        return merge(base, values, path)
+    except ValueError as err:
+        raise CheckpointError(f"{where}: {err}") from err
 
 
 @dataclass

@@ -26,7 +26,7 @@ from typing import Any
 
 import torch
 
-from audio_ssl.config import ModelConfig, merge
+from audio_ssl.config import ModelConfig
 from audio_ssl.interop.common import (
     WORD_SEPARATOR,
     CheckpointError,
@@ -36,6 +36,8 @@ from audio_ssl.interop.common import (
     ctc_vocab_from_tokens,
     input_run_config,
     load_exact,
+    merge_config,
+    unsupported,
 )
 from audio_ssl.interop.safe_load import safe_torch_load, to_plain
 
@@ -119,8 +121,8 @@ def _latent_temp(value: Any, where: str) -> tuple[float, float, float]:
     temp = _literal(value, "latent_temp", where)
     if not (isinstance(temp, (list, tuple)) and len(temp) == 3
             and all(isinstance(v, (int, float)) for v in temp)):
-        raise CheckpointError(f"{where}: unsupported latent_temp={value!r} (expected (start, "
-                              "end, decay): a Gumbel temperature decaying per update)")
+        raise unsupported(where, "latent_temp", value, "expected (start, end, decay): a Gumbel "
+                          "temperature decaying per update")
     return float(temp[0]), float(temp[1]), float(temp[2])
 
 
@@ -131,39 +133,38 @@ def _loss_weights(criterion: dict[str, Any], where: str) -> dict[str, float]:
     if weights is None:  # fairseq adds no extra losses at all
         return {"diversity_weight": 0.0, "feature_penalty_weight": 0.0}
     if not isinstance(weights, (list, tuple)) or len(weights) != 2:
-        raise CheckpointError(f"{where}: unsupported loss_weights={weights!r} (expected "
-                              "[diversity, feature penalty])")
+        raise unsupported(where, "loss_weights", weights, "expected [diversity, feature penalty]")
     return {"diversity_weight": float(weights[0]), "feature_penalty_weight": float(weights[1])}
 
 
 def _check_supported(arch: dict[str, Any], where: str, pretraining: bool) -> None:
     get = lambda k: arch.get(k, FAIRSEQ_DEFAULTS[k])  # noqa: E731
 
-    def unsupported(field: str, why: str) -> CheckpointError:
-        return CheckpointError(f"{where}: unsupported {field}={get(field)!r} ({why})")
+    def field_error(name: str, why: str) -> CheckpointError:
+        return unsupported(where, name, get(name), why)
 
     if get("extractor_mode") not in ("default", "layer_norm"):
-        raise unsupported("extractor_mode", "expected 'default' or 'layer_norm'")
+        raise field_error("extractor_mode", "expected 'default' or 'layer_norm'")
     if get("activation_fn") != "gelu":
-        raise unsupported("activation_fn", "only 'gelu'")
+        raise field_error("activation_fn", "only 'gelu'")
     if get("layer_type") not in (None, "transformer"):
-        raise unsupported("layer_type", "only 'transformer' layers")
+        raise field_error("layer_type", "only 'transformer' layers")
     if get("pos_conv_depth") not in (None, 1):
-        raise unsupported("pos_conv_depth", "only one positional convolution")
+        raise field_error("pos_conv_depth", "only one positional convolution")
     if get("attn_type") not in (None, ""):
-        raise unsupported("attn_type", "only standard multi-head attention")
+        raise field_error("attn_type", "only standard multi-head attention")
     if get("pos_enc_type") not in (None, "abs"):
-        raise unsupported("pos_enc_type", "only the convolutional positional embedding")
+        raise field_error("pos_enc_type", "only the convolutional positional embedding")
     if get("quantize_input"):
-        raise unsupported("quantize_input", "quantized Transformer inputs")
+        raise field_error("quantize_input", "quantized Transformer inputs")
     if pretraining:
         if not get("quantize_targets"):
-            raise unsupported("quantize_targets", "targets must be quantized: our pretraining "
+            raise field_error("quantize_targets", "targets must be quantized: our pretraining "
                               "model always has the Gumbel quantizer")
         if get("target_glu"):
-            raise unsupported("target_glu", "a GLU on the targets")
+            raise field_error("target_glu", "a GLU on the targets")
         if get("quantizer_depth") not in (None, 1):
-            raise unsupported("quantizer_depth", "only a linear quantizer projection")
+            raise field_error("quantizer_depth", "only a linear quantizer projection")
     for field, default in _TRAINING_ONLY.items():
         if arch.get(field, default) != default:
             log.warning("%s: %s=%r only changes how fairseq drew masks or distractors in "
@@ -204,10 +205,7 @@ def config_from_fairseq(arch: dict[str, Any], criterion: dict[str, Any] | None =
         "final_dim": final_dim, "dropout_input": get("dropout_input"),
         "dropout_features": get("dropout_features"),
     }
-    try:
-        cfg = merge(ModelConfig(), values)
-    except ValueError as err:
-        raise CheckpointError(f"{where}: {err}") from err
+    cfg = merge_config(ModelConfig(), values, where)
     if cfg.context.dim % cfg.context.heads:
         raise CheckpointError(f"{where}: encoder_embed_dim={dim} is not divisible by "
                               f"encoder_attention_heads={cfg.context.heads}")
@@ -343,9 +341,8 @@ def from_fairseq(path: str | Path, dictionary: str | Path | None = None,
     final_dropout = 0.0
     if ctc:
         if model_cfg.get("blank_weight", 0) not in (0, 0.0, None):
-            raise CheckpointError(f"{where}: unsupported blank_weight="
-                                  f"{model_cfg['blank_weight']!r} (a constant added to the "
-                                  "blank logit at inference)")
+            raise unsupported(where, "blank_weight", model_cfg["blank_weight"],
+                              "a constant added to the blank logit at inference")
         w2v = to_plain(model_cfg.get("w2v_args"))
         if not isinstance(w2v, dict):
             raise CheckpointError(f"{where}: cfg.model.w2v_args (the pretraining config) is "

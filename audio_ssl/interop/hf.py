@@ -31,7 +31,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from audio_ssl.config import ModelConfig, merge, to_dict
+from audio_ssl.config import ModelConfig, to_dict
 from audio_ssl.interop.common import (
     WORD_SEPARATOR,
     CheckpointError,
@@ -42,6 +42,8 @@ from audio_ssl.interop.common import (
     fresh_mask_embedding,
     input_run_config,
     load_exact,
+    merge_config,
+    unsupported,
 )
 
 ARCHITECTURES = ("Wav2Vec2Model", "Wav2Vec2ForPreTraining", "Wav2Vec2ForCTC")
@@ -88,24 +90,24 @@ def _check_supported(hf: dict[str, Any], where: str) -> None:
     if get("model_type") != "wav2vec2":
         raise CheckpointError(f"{where}: model_type {get('model_type')!r} is not wav2vec 2.0 "
                               "(expected 'wav2vec2')")
+
+    def field_error(name: str, why: str | None = None) -> CheckpointError:
+        return unsupported(where, name, get(name), why)
+
     for field in ("hidden_act", "feat_extract_activation"):
         if get(field) != "gelu":
-            raise CheckpointError(f"{where}: unsupported {field}={get(field)!r} (only 'gelu')")
+            raise field_error(field, "only 'gelu'")
     if get("feat_extract_norm") not in ("group", "layer"):
-        raise CheckpointError(f"{where}: unsupported feat_extract_norm="
-                              f"{get('feat_extract_norm')!r} (expected 'group' or 'layer')")
+        raise field_error("feat_extract_norm", "expected 'group' or 'layer'")
     if not _close(float(get("layer_norm_eps")), 1e-5):
-        raise CheckpointError(f"{where}: unsupported layer_norm_eps={get('layer_norm_eps')!r} "
-                              "(only 1e-05)")
+        raise field_error("layer_norm_eps", "only 1e-05")
     if get("add_adapter"):
-        raise CheckpointError(f"{where}: unsupported add_adapter=True (an adapter of "
-                              f"num_adapter_layers={get('num_adapter_layers')} conv layers on "
-                              "top of the encoder)")
+        raise field_error("add_adapter", f"an adapter of num_adapter_layers="
+                          f"{get('num_adapter_layers')} conv layers on top of the encoder")
     if get("adapter_attn_dim") is not None:
-        raise CheckpointError(f"{where}: unsupported adapter_attn_dim="
-                              f"{get('adapter_attn_dim')!r} (attention adapters)")
+        raise field_error("adapter_attn_dim", "attention adapters")
     if get("use_weighted_layer_sum"):
-        raise CheckpointError(f"{where}: unsupported use_weighted_layer_sum=True")
+        raise field_error("use_weighted_layer_sum")
     out_size = get("output_hidden_size")
     if out_size is not None and out_size != get("hidden_size"):
         raise CheckpointError(f"{where}: unsupported output_hidden_size={out_size} != "
@@ -131,10 +133,7 @@ def config_from_hf(hf: dict[str, Any], where: str = "config.json") -> tuple[Mode
     get = lambda k: hf.get(k, HF_DEFAULTS.get(k))  # noqa: E731
     base = ModelConfig()
     if isinstance(hf.get(EXTRA_KEY), dict):
-        try:
-            base = merge(ModelConfig(), hf[EXTRA_KEY], where=EXTRA_KEY)
-        except ValueError as err:
-            raise CheckpointError(f"{where}: {err}") from err
+        base = merge_config(ModelConfig(), hf[EXTRA_KEY], where, path=EXTRA_KEY)
     mapped = {
         "encoder": {
             "conv_layers": [list(c) for c in zip(get("conv_dim"), get("conv_kernel"),
@@ -161,10 +160,7 @@ def config_from_hf(hf: dict[str, Any], where: str = "config.json") -> tuple[Mode
         "final_dim": get("proj_codevector_dim"), "dropout_input": get("feat_proj_dropout"),
         "dropout_features": get("feat_quantizer_dropout"),
     }
-    try:
-        cfg = merge(base, _keep_close(to_dict(base), mapped))
-    except ValueError as err:  # a value of the wrong type
-        raise CheckpointError(f"{where}: {err}") from err
+    cfg = merge_config(base, _keep_close(to_dict(base), mapped), where)
     _check_divisible(cfg, where)
     return cfg, float(get("final_dropout"))
 

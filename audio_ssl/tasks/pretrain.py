@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import time
 import warnings
 from pathlib import Path
@@ -16,6 +15,7 @@ from lightning.pytorch.utilities import rank_zero_only
 
 from audio_ssl.config import PretrainConfig, to_dict
 from audio_ssl.interop import CONFIG_KEY
+from audio_ssl.io import atomic_path
 from audio_ssl.models.pretraining import Wav2Vec2ForPretraining
 from audio_ssl.tasks.monitor import CollapseWatch
 from audio_ssl.tasks.schedules import warmup_linear
@@ -149,18 +149,13 @@ class PretrainTask(L.LightningModule):
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
-    """Writes to a temporary name in the same folder, fsyncs, then renames: a kill at any
-    moment leaves either the old checkpoint or the new one, never a truncated file."""
+    """Writes to a temporary name in the same folder, fsyncs it, then renames
+    (:func:`~audio_ssl.io.atomic_path`): a kill at any moment leaves either the old checkpoint
+    or the new one, never a truncated file."""
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options=None) -> None:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-        with open(tmp, "wb") as f:
+        with atomic_path(path, sync_dir=False) as tmp, open(tmp, "wb") as f:
             torch.save(checkpoint, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
 
 
 def load_pretrained(path: str | Path, map_location: str = "cpu") -> Wav2Vec2ForPretraining:

@@ -15,6 +15,8 @@ from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
 from audio_ssl.config import PretrainConfig, dump
 from audio_ssl.data import make_dataloader, scan, write_rejected
+from audio_ssl.interop import CheckpointError, LoadedModel, load_model
+from audio_ssl.interop.common import load_exact
 from audio_ssl.tasks.pretrain import AtomicCheckpointIO, PretrainTask
 
 log = logging.getLogger("audio_ssl")
@@ -85,9 +87,30 @@ def find_last_checkpoint(output_dir: Path) -> Path | None:
     return last if last.is_file() else None
 
 
+def load_init(init: str | Path) -> LoadedModel:
+    """The pretraining model stored at ``init``, in any format :func:`load_model` reads, to
+    continue pretraining from (``audio-ssl pretrain --init``)."""
+    from audio_ssl.models import Wav2Vec2ForPretraining
+
+    loaded = load_model(init)
+    if not isinstance(loaded.model, Wav2Vec2ForPretraining):
+        raise CheckpointError(
+            f"--init {init}: a {type(loaded.model).__name__} ({loaded.source}) has no quantizer; "
+            "continued pretraining needs a pretraining checkpoint (audio-ssl pretrain, an HF "
+            "Wav2Vec2ForPreTraining folder or a fairseq wav2vec 2.0 pretraining .pt)")
+    return loaded
+
+
 def pretrain(data: str | Path, cfg: PretrainConfig, output_dir: str | Path, *,
-             resume: bool = False, progress: bool = True,
-             accelerator: str = "auto") -> PretrainResult:
+             resume: bool = False, progress: bool = True, accelerator: str = "auto",
+             init: str | Path | None = None) -> PretrainResult:
+    """Pretrain on ``data`` into ``output_dir``.
+
+    ``init``: start from the weights of this pretraining checkpoint (continued pretraining, e.g.
+    on in-domain audio) with a fresh optimizer, schedule and step count; ``cfg.model`` must
+    describe its network (``config.load(..., model=load_init(init).config)``). Ignored on
+    ``resume``, whose checkpoint already holds the weights.
+    """
     start = time.perf_counter()
     output = Path(output_dir)
     output.mkdir(parents=True, exist_ok=True)
@@ -99,6 +122,12 @@ def pretrain(data: str | Path, cfg: PretrainConfig, output_dir: str | Path, *,
             f"{output} already holds a run (checkpoints/last.ckpt): pass --resume to continue it "
             "or choose another --output"
         )
+
+    init_state = None
+    if init is not None and ckpt_path is not None:
+        log.info("resuming from %s: --init %s is not used", ckpt_path, init)
+    elif init is not None:
+        init_state = load_init(init).model.state_dict()
 
     items, rejected = scan(data, progress=progress, min_samples=cfg.data.min_samples,
                            sample_rate=cfg.data.sample_rate)
@@ -117,6 +146,9 @@ def pretrain(data: str | Path, cfg: PretrainConfig, output_dir: str | Path, *,
     multi = cfg.train.devices > 1 or cfg.train.num_nodes > 1
     torch.manual_seed(cfg.train.seed)  # the same initial weights for the same seed
     task = PretrainTask(cfg, output)
+    if init_state is not None:  # every key and shape must match cfg.model's network
+        load_exact(task.model, init_state, f"--init {init}")
+        log.info("weights initialised from %s", init)
     trainer = L.Trainer(
         accelerator=accelerator,
         devices=cfg.train.devices,
@@ -151,6 +183,7 @@ def pretrain(data: str | Path, cfg: PretrainConfig, output_dir: str | Path, *,
     )
     if trainer.global_rank == 0:
         summary = {k: v for k, v in vars(result).items() if k not in ("output_dir", "last_checkpoint")}
-        summary.update(output_dir=str(output), last_checkpoint=str(result.last_checkpoint))
+        summary.update(output_dir=str(output), last_checkpoint=str(result.last_checkpoint),
+                       init=None if init is None else str(init))
         (output / "summary.json").write_text(json.dumps(summary, indent=2))
     return result

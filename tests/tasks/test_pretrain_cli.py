@@ -139,3 +139,35 @@ def test_cli_runs_ddp_on_two_cpu_processes_with_layer_drop(tmp_path, data_dir):
     assert proc.wait(timeout=600) == 0, proc.stderr.read()[-3000:]
     assert sorted(_metrics(run)) == [0, 1, 2]
     assert json.loads((run / "summary.json").read_text())["steps"] == 3
+
+
+def test_init_continues_pretraining_from_an_hf_checkpoint(tmp_path, data_dir, capsys):
+    """--init: the checkpoint's network replaces the preset's, its weights are the starting
+    point, and --config still sets the training-time fields."""
+    import torch
+
+    from audio_ssl.interop import load_model, save_hf
+    from audio_ssl.models import Wav2Vec2ForPretraining, Wav2Vec2Model
+    from tests.conftest import small_model_config
+
+    torch.manual_seed(0)
+    source = Wav2Vec2ForPretraining(small_model_config(norm="group", layer_norm_first=False))
+    hf_dir = save_hf(source, tmp_path / "hf", normalize=False)
+    run = tmp_path / "run"
+    yaml = _config(tmp_path, FAST + "optim: {lr: 0.0}\nmodel: {mask: {length: 4}}\n")
+    code = main(["pretrain", str(data_dir / "tiny"), "--output", str(run), "--max-steps", "2",
+                 "--config", str(yaml), "--init", str(hf_dir), "--no-progress"])
+    assert code == 0, capsys.readouterr().err
+    written = (run / "config.yaml").read_text()
+    assert "dim: 64" in written and "length: 4" in written and "normalize: false" in written
+    assert json.loads((run / "summary.json").read_text())["init"] == str(hf_dir)
+    # lr 0: two updates leave the weights where --init put them
+    resumed = load_model(run / "checkpoints" / "last.ckpt").model.state_dict()
+    for key, value in source.state_dict().items():
+        torch.testing.assert_close(resumed[key], value, rtol=0, atol=0, msg=key)
+
+    backbone = save_hf(Wav2Vec2Model(small_model_config()), tmp_path / "backbone")
+    code = main(["pretrain", str(data_dir / "tiny"), "--output", str(tmp_path / "run2"),
+                 "--init", str(backbone), "--no-progress"])
+    assert code == 2
+    assert "has no quantizer" in capsys.readouterr().err

@@ -1,0 +1,109 @@
+"""Files written whole or not at all: write under a temporary name, then rename over the target.
+
+A reader (or a run resumed after a kill) sees either the previous file or the complete new one,
+never a truncated one. :func:`atomic_path` is the usual form; a file that stays open across
+calls (an extraction shard) uses its two steps, :func:`create_temp` and :func:`commit`.
+
+Temporary files are named ``.NAME.XXXXXXXX.tmp`` (hidden, ``NAME`` the target's name), beside
+the target or in a given folder on the same file system (``os.replace`` cannot cross file
+systems). They are created with the usual permissions (``0o666`` less the umask), so the file
+that replaces the target has the permissions a plain ``open`` would give it.
+
+With ``fsync`` the new file is flushed to disk before the rename and, with ``sync_dir``, the
+folder after it, so the file also survives a power cut or an OS crash. Without it a kill still
+cannot leave a partial file, but after a crash the new file may be empty or the rename undone.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+TMP_SUFFIX = ".tmp"
+
+
+def fsync_dir(path: str | os.PathLike) -> None:
+    """Make a rename in ``path`` durable (a no-op where folders cannot be opened)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def create_temp(path: str | os.PathLike, tmp_dir: str | os.PathLike | None = None) -> Path:
+    """Create an empty, uniquely named temporary file for ``path`` and return its name.
+
+    It lives in ``tmp_dir`` (default: ``path``'s folder); both folders are created if missing.
+    """
+    path = Path(path)
+    folder = Path(tmp_dir) if tmp_dir is not None else path.parent
+    path.parent.mkdir(parents=True, exist_ok=True)
+    folder.mkdir(parents=True, exist_ok=True)
+    for _ in range(100):
+        tmp = folder / f".{path.name}.{secrets.token_hex(4)}{TMP_SUFFIX}"
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+        except FileExistsError:
+            continue
+        os.close(fd)
+        return tmp
+    raise FileExistsError(f"no free temporary name for {path} in {folder}")
+
+
+def commit(tmp: str | os.PathLike, path: str | os.PathLike, *, fsync: bool = True,
+           sync_dir: bool = True) -> None:
+    """Rename the finished temporary file ``tmp`` over ``path``.
+
+    ``fsync``: flush ``tmp`` to disk first and, if ``sync_dir``, ``path``'s folder after the
+    rename (``sync_dir=False``: the caller syncs the folder once for many files).
+    """
+    if fsync:
+        fd = os.open(tmp, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    os.replace(tmp, path)
+    if fsync and sync_dir:
+        fsync_dir(Path(path).parent)
+
+
+@contextmanager
+def atomic_path(path: str | os.PathLike, *, fsync: bool = True, sync_dir: bool = True,
+                tmp_dir: str | os.PathLike | None = None) -> Iterator[Path]:
+    """Yield a temporary path to write; when the block succeeds it replaces ``path``.
+
+    If the block raises, the temporary file is removed and ``path`` is left as it was.
+    ``fsync``, ``sync_dir``: as :func:`commit`; ``tmp_dir``: as :func:`create_temp`.
+
+    Example::
+
+        with atomic_path("out/model.pt") as tmp:
+            torch.save(state, tmp)
+    """
+    tmp = create_temp(path, tmp_dir)
+    try:
+        yield tmp
+        commit(tmp, path, fsync=fsync, sync_dir=sync_dir)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_text(path: str | os.PathLike, text: str, *, fsync: bool = True,
+                      sync_dir: bool = True) -> None:
+    """Write ``text`` (UTF-8) to ``path`` through :func:`atomic_path`."""
+    with atomic_path(path, fsync=fsync, sync_dir=sync_dir) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+
+
+__all__ = ["fsync_dir", "create_temp", "commit", "atomic_path", "atomic_write_text"]
