@@ -14,6 +14,10 @@ drift on a shared machine affects both alike:
   encoders, none for group-norm ones, as HF documents), runs the model, saves each file's frames
   with ``np.save``.
 
+After the forward measurement, a ``"measure": "roofline"`` line (``scripts/roofline.py``) gives
+each forward's GFLOP, the GFLOP/s achieved, its share of a large GEMM's rate on the same device
+and threads, and the share the ``--bar`` speedup over HF would need.
+
 Prints one JSON line per measurement and one with the ratios (audio seconds per second, ours /
 HF; peak memory, ours / HF), e.g.
 
@@ -55,6 +59,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
 from audio_ssl import config  # noqa: E402
 from audio_ssl.models import Wav2Vec2Model  # noqa: E402
+from roofline import count_flops, gemm_gflops, roofline_row  # noqa: E402
 
 SR = 16_000
 LJSPEECH = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "ljspeech"
@@ -72,11 +77,13 @@ def build_models(args, only: str | None = None):
     cfg = config.preset(args.preset).model
     cfg = replace(cfg, context=replace(cfg.context, layer_drop=0.0))
     torch.manual_seed(0)
-    model = Wav2Vec2Model(cfg).eval()
+    # inference only on both sides (and torch's FLOP counter, used for the roofline line, fails
+    # on parameters that require grad under inference_mode)
+    model = Wav2Vec2Model(cfg).eval().requires_grad_(False)
     device = torch.device(args.device)
     hf = None
     if only != "audio_ssl":
-        hf = to_hf(model, attn_implementation="sdpa").eval().to(device)
+        hf = to_hf(model, attn_implementation="sdpa").eval().requires_grad_(False).to(device)
     ours = None
     if only != "hf":
         ours = FeatureExtractor(model, layers="last", device=device, precision=args.dtype,
@@ -285,6 +292,8 @@ def main() -> None:
     parser.add_argument("--no-memory", action="store_true")
     parser.add_argument("--no-e2e", action="store_true")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    parser.add_argument("--bar", type=float, default=1.5,
+                        help="forward speedup over HF to compare with the machine's GEMM rate")
     args = parser.parse_args()
     args.dtype = args.dtype or ("bf16" if args.device.startswith("cuda") else "fp32")
     torch.set_num_threads(args.threads)
@@ -315,6 +324,12 @@ def main() -> None:
                 row["peak_mib"] = round(peak_memory(args, name, "forward", files_dir, steps[name]), 1)
             results[f"forward/{name}"] = row
             print(json.dumps(row), flush=True)
+        if "hf" in times:  # the forward's FLOPs against a large GEMM, same device and threads
+            dtype = torch.bfloat16 if args.dtype == "bf16" else torch.float32
+            row = roofline_row(count_flops(steps["hf"]),
+                               {n: results[f"forward/{n}"]["step_s"] for n in times},
+                               gemm_gflops(torch.device(args.device), dtype), args.bar)
+            print(json.dumps({**row, **common}), flush=True)
 
         if not args.no_e2e:
             runs = {"audio_ssl": lambda out: e2e_ours(args, ours, files_dir, out),

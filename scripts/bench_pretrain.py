@@ -16,6 +16,10 @@ Prints one JSON line per measurement and one with the ratios, e.g.
 multiplies, convolutions, the rest), from ``torch.profiler``: it shows how much of a step is
 spent in kernels both libraries share.
 
+A last JSON line (``"measure": "roofline"``, see ``scripts/roofline.py``) gives each step's
+GFLOP (matmuls, convolutions, attention; forward and backward), the GFLOP/s achieved, its share
+of a large GEMM's rate on the same device, and the share the ``--bar`` speedup over HF would need.
+
 Peak memory: on CUDA torch.cuda.max_memory_allocated; on the CPU the growth of the peak resident
 set (VmHWM) of a spawned child that builds one model and runs two steps: activations,
 gradients and optimizer state (the only way to separate the two models' peaks
@@ -42,6 +46,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 from audio_ssl import config  # noqa: E402
 from audio_ssl.interop.hf import hf_config  # noqa: E402
 from audio_ssl.models import Wav2Vec2ForPretraining, frame_lengths  # noqa: E402
+from roofline import count_flops, gemm_gflops, roofline_row  # noqa: E402
 
 
 def _hf_inputs(cfg, batch: int, samples: int, device):
@@ -200,6 +205,9 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--profile", action="store_true",
                         help="also print each model's step time by kind of operator")
+    parser.add_argument("--bar", type=float, default=None,
+                        help="speedup over HF to compare with the machine's GEMM rate "
+                        "(default: 1.5 on the CPU, 3 on CUDA)")
     args = parser.parse_args()
 
     device = torch.device(args.device)
@@ -232,6 +240,11 @@ def main() -> None:
     if not args.no_memory:
         ratio["memory"] = round(results["audio_ssl"]["peak_mib"] / max(results["hf"]["peak_mib"], 1e-6), 3)
     print(json.dumps(ratio), flush=True)
+    # the step's FLOPs at the measured times, against a large GEMM on the same device and threads
+    bar = args.bar or (3.0 if device.type == "cuda" else 1.5)
+    row = roofline_row(count_flops(steps["hf"]), {n: r["step_s"] for n, r in results.items()},
+                       gemm_gflops(device, dtype), bar)
+    print(json.dumps({**row, **common}), flush=True)
     if args.profile:
         for line in profile_steps(steps, device).values():
             print(json.dumps({**line, **common}), flush=True)
