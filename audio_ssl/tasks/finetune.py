@@ -19,8 +19,6 @@ from typing import Any
 
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import TQDMProgressBar
-from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_only
 
 from audio_ssl.config import FinetuneConfig, dump, load_finetune, merge, to_dict
@@ -40,8 +38,9 @@ from audio_ssl.losses.ctc import ctc_loss
 from audio_ssl.models.ctc import Wav2Vec2ForCTC
 from audio_ssl.models.feature_encoder import frame_lengths as conv_frame_lengths
 from audio_ssl.models.masking import compute_span_mask
-from audio_ssl.tasks.pretrain import AtomicCheckpointIO, step_seed
+from audio_ssl.tasks.pretrain import step_seed
 from audio_ssl.tasks.schedules import tri_stage
+from audio_ssl.tasks.trainer import build_trainer, is_distributed
 
 log = logging.getLogger("audio_ssl")
 
@@ -471,13 +470,6 @@ def finetune(pretrained: str | Path | None, train: str | Path, valid: str | Path
              len(train_set.items), hours, len(valid_set.items),
              len(train_set.rejected) + len(valid_set.rejected), output / "rejected.jsonl")
 
-    use_gpu = accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available())
-    precision = cfg.train.precision
-    if precision == "auto":
-        precision = "bf16-mixed" if use_gpu else "32-true"
-    elif precision == "32":
-        precision = "32-true"
-    multi = cfg.train.devices > 1 or cfg.train.num_nodes > 1
     torch.manual_seed(cfg.train.seed)  # the same head (and scratch network) for the same seed
     train_data = LabelledBatchDataset(train_set.items, train_set.targets,
                                       sample_rate=d.sample_rate, normalize=d.normalize)
@@ -489,23 +481,11 @@ def finetune(pretrained: str | Path | None, train: str | Path, valid: str | Path
             task.model.load_state_dict(state)
         else:
             task.model.load_backbone(state)
-    if multi:
-        strategy = "ddp_find_unused_parameters_true" if cfg.ctc.freeze_updates > 0 else "ddp"
-    else:
-        strategy = "auto"
-    trainer = L.Trainer(
-        accelerator=accelerator, devices=cfg.train.devices, num_nodes=cfg.train.num_nodes,
-        strategy=strategy, precision=precision, max_steps=cfg.train.max_steps,
-        gradient_clip_val=cfg.optim.grad_clip or None,
-        accumulate_grad_batches=cfg.train.accumulate_grad_batches,
-        use_distributed_sampler=False, limit_val_batches=0, num_sanity_val_steps=0,
-        log_every_n_steps=cfg.train.log_every, enable_progress_bar=progress,
-        enable_model_summary=progress, enable_checkpointing=False, default_root_dir=output,
-        logger=[CSVLogger(output, name="logs", version="csv"),
-                TensorBoardLogger(output, name="logs", version="tensorboard")],
-        callbacks=[TQDMProgressBar(refresh_rate=max(1, cfg.train.log_every // 2))] if progress else [],
-        plugins=[AtomicCheckpointIO()],
-    )
+    # a frozen context network has no gradients for its first updates
+    strategy = ("ddp_find_unused_parameters_true"
+                if is_distributed(cfg) and cfg.ctc.freeze_updates > 0 else None)
+    trainer = build_trainer(cfg, output, accelerator=accelerator, progress=progress,
+                            strategy=strategy, enable_checkpointing=False)
     trainer.fit(task, datamodule=FinetuneData(train_data, cfg), ckpt_path=last if resume else None)
     best = output / "checkpoints" / "best.ckpt"
     warnings = []

@@ -10,14 +10,14 @@ from pathlib import Path
 
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import ModelCheckpoint, TQDMProgressBar
-from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+from lightning.pytorch.callbacks import ModelCheckpoint
 
 from audio_ssl.config import PretrainConfig, dump
 from audio_ssl.data import make_dataloader, scan, write_rejected
 from audio_ssl.interop import CheckpointError, LoadedModel, load_model
 from audio_ssl.interop.common import load_exact
-from audio_ssl.tasks.pretrain import AtomicCheckpointIO, PretrainTask
+from audio_ssl.tasks.pretrain import PretrainTask
+from audio_ssl.tasks.trainer import build_trainer
 
 log = logging.getLogger("audio_ssl")
 
@@ -137,43 +137,16 @@ def pretrain(data: str | Path, cfg: PretrainConfig, output_dir: str | Path, *,
     log.info("%d usable files (%.2f h), %d skipped (listed in %s)", len(items), hours,
              len(rejected), output / "rejected.jsonl")
 
-    use_gpu = accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available())
-    precision = cfg.train.precision
-    if precision == "auto":
-        precision = "bf16-mixed" if use_gpu else "32-true"
-    elif precision == "32":
-        precision = "32-true"
-    multi = cfg.train.devices > 1 or cfg.train.num_nodes > 1
     torch.manual_seed(cfg.train.seed)  # the same initial weights for the same seed
     task = PretrainTask(cfg, output)
     if init_state is not None:  # every key and shape must match cfg.model's network
         load_exact(task.model, init_state, f"--init {init}")
         log.info("weights initialised from %s", init)
-    trainer = L.Trainer(
-        accelerator=accelerator,
-        devices=cfg.train.devices,
-        num_nodes=cfg.train.num_nodes,
-        strategy="ddp" if multi else "auto",
-        precision=precision,
-        max_steps=cfg.train.max_steps,
-        gradient_clip_val=cfg.optim.grad_clip or None,
-        accumulate_grad_batches=cfg.train.accumulate_grad_batches,
-        use_distributed_sampler=False,
-        limit_val_batches=0,
-        num_sanity_val_steps=0,
-        log_every_n_steps=cfg.train.log_every,
-        enable_progress_bar=progress,
-        enable_model_summary=progress,
-        default_root_dir=output,
-        logger=[CSVLogger(output, name="logs", version="csv"),
-                TensorBoardLogger(output, name="logs", version="tensorboard")],
-        callbacks=[
-            ModelCheckpoint(dirpath=output / "checkpoints", filename="step={step:07d}",
-                            auto_insert_metric_name=False, every_n_train_steps=cfg.train.checkpoint_every,
-                            save_top_k=-1, save_last=True),
-        ] + ([TQDMProgressBar(refresh_rate=max(1, cfg.train.log_every // 2))] if progress else []),
-        plugins=[AtomicCheckpointIO()],
-    )
+    trainer = build_trainer(cfg, output, accelerator=accelerator, progress=progress, callbacks=[
+        ModelCheckpoint(dirpath=output / "checkpoints", filename="step={step:07d}",
+                        auto_insert_metric_name=False, every_n_train_steps=cfg.train.checkpoint_every,
+                        save_top_k=-1, save_last=True),
+    ])
     trainer.fit(task, datamodule=PretrainData(items, cfg), ckpt_path=ckpt_path)
     result = PretrainResult(
         output_dir=output, last_checkpoint=find_last_checkpoint(output), steps=trainer.global_step,
