@@ -16,6 +16,7 @@ cannot leave a partial file, but after a crash the new file may be empty or the 
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 from collections.abc import Iterator
@@ -106,4 +107,21 @@ def atomic_write_text(path: str | os.PathLike, text: str, *, fsync: bool = True,
         tmp.write_text(text, encoding="utf-8")
 
 
-__all__ = ["fsync_dir", "create_temp", "commit", "atomic_path", "atomic_write_text"]
+def iter_jsonl(path: str | os.PathLike) -> Iterator[tuple[int, dict]]:
+    """(line number, object) for each non-blank line of a JSONL file; a line that is not a JSON
+    object is an error naming the file and line."""
+    with open(path, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            line = line.strip()
+            if not line:
+                continue
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{path}:{lineno}: not valid JSON ({e})") from e
+            if not isinstance(obj, dict):
+                raise ValueError(f"{path}:{lineno}: expected a JSON object, got {obj!r}")
+            yield lineno, obj
+
+
+__all__ = ["fsync_dir", "create_temp", "commit", "atomic_path", "atomic_write_text", "iter_jsonl"]

@@ -29,8 +29,9 @@ from torch.utils.data import DataLoader, Dataset
 from audio_ssl.data.audio import AudioError, audio_info, load_audio, resampled_length
 from audio_ssl.data.collate import pad_batch
 from audio_ssl.data.dataset import _worker_init
-from audio_ssl.data.manifest import AUDIO_EXTENSIONS, Rejected, _read_jsonl, _resolve
+from audio_ssl.data.manifest import AUDIO_EXTENSIONS, Rejected, _resolve
 from audio_ssl.data.sampler import BatchRequest, BucketBatchSampler
+from audio_ssl.io import iter_jsonl
 
 
 @dataclass(frozen=True)
@@ -56,7 +57,7 @@ class NoLabelledDataError(ValueError):
 
 def _entries_jsonl(src: Path, split: str | None) -> Iterable[tuple[str, str | None, str]]:
     root = src.parent.absolute()
-    for lineno, obj in _read_jsonl(src):
+    for lineno, obj in iter_jsonl(src):
         audio = obj.get("audio", obj.get("path"))
         if audio is None:
             raise ValueError(f"{src}:{lineno}: expected an 'audio' (or 'path') key and a 'text' "

@@ -24,7 +24,7 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from audio_ssl.data.audio import audio_info, resampled_length
-from audio_ssl.io import atomic_path
+from audio_ssl.io import atomic_path, iter_jsonl
 
 AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".opus", ".mp3")
 LIST_SUFFIXES = (".txt", ".lst")
@@ -93,7 +93,7 @@ def read_manifest(path: str | os.PathLike) -> list[AudioItem]:
     path = Path(path)
     root = path.parent.absolute()
     items = []
-    for lineno, obj in _read_jsonl(path):
+    for lineno, obj in iter_jsonl(path):
         try:
             items.append(_item_from_record(obj, root))
         except (KeyError, TypeError, ValueError) as e:
@@ -106,21 +106,6 @@ def read_manifest(path: str | os.PathLike) -> list[AudioItem]:
 def write_rejected(rejected: Iterable[Rejected], path: str | os.PathLike) -> None:
     """Write rejected files as JSONL ``{"path", "reason"}`` (atomically)."""
     _atomic_write_lines(path, (json.dumps(asdict(r), ensure_ascii=False) for r in rejected))
-
-
-def _read_jsonl(path: Path) -> Iterable[tuple[int, dict]]:
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            line = line.strip()
-            if not line:
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{path}:{lineno}: not valid JSON ({e})") from e
-            if not isinstance(obj, dict):
-                raise ValueError(f"{path}:{lineno}: expected a JSON object, got {obj!r}")
-            yield lineno, obj
 
 
 def _resolve(p: str, root: Path) -> str:
@@ -190,7 +175,7 @@ def _list_source(source: Path) -> tuple[list[str], list[AudioItem | None]]:
     paths: list[str] = []
     known: list[AudioItem | None] = []
     if source.suffix.lower() == ".jsonl":
-        for lineno, obj in _read_jsonl(source):
+        for lineno, obj in iter_jsonl(source):
             if {"path", "frames", "sample_rate", "channels"} <= obj.keys():
                 item = _item_from_record(obj, root)
                 paths.append(item.path)
@@ -235,7 +220,7 @@ def _load_cache(path: Path) -> dict[str, tuple[int, int, AudioItem]]:
         return {}
     cached = {}
     try:
-        for _, obj in _read_jsonl(path):
+        for _, obj in iter_jsonl(path):
             item = _item_from_record(obj, path.parent)
             cached[item.path] = (int(obj["size"]), int(obj["mtime"]), item)
     except (OSError, ValueError, KeyError, TypeError) as e:

@@ -31,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
-from audio_ssl.io import atomic_path, commit, create_temp, fsync_dir  # fsync_dir: for pipeline
+from audio_ssl.io import atomic_path, commit, create_temp, fsync_dir, iter_jsonl  # fsync_dir: for pipeline
 
 TMP_DIR = ".tmp"
 INDEX = "index.jsonl"
@@ -55,20 +55,7 @@ def write_jsonl(path: str | os.PathLike, rows: Iterable[dict], tmp_dir: str | os
 
 def read_jsonl(path: str | os.PathLike) -> list[dict]:
     """Rows of a JSONL file ([] when it does not exist)."""
-    path = Path(path)
-    if not path.is_file():
-        return []
-    rows = []
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            line = line.strip()
-            if not line:
-                continue
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{path}:{lineno}: not valid JSON ({e})") from e
-    return rows
+    return [obj for _, obj in iter_jsonl(path)] if Path(path).is_file() else []
 
 
 def _write_array(f, array: np.ndarray) -> None:
