@@ -240,35 +240,34 @@ def _add_asr_commands(sub) -> None:
                    help="also write a lexicon of the text's words here")
 
 
-def _load_config(args: argparse.Namespace):
+def _load_config(args: argparse.Namespace, init=None):
+    """The run's config: preset, --config, command-line values; on ``init`` (a
+    :class:`~audio_ssl.interop.LoadedModel` to continue from) its network and normalisation."""
     from audio_ssl import config
+    from audio_ssl.inference.transcribe import audio_normalize_of
 
     max_steps = args.max_steps
     if max_steps is None and getattr(args, "max_steps_default", None) and args.config is None:
         max_steps = args.max_steps_default
     train = {"max_steps": max_steps, "devices": args.devices, "num_nodes": args.num_nodes}
-    model = normalize = None
-    if getattr(args, "init", None) is not None and not args.resume:
-        from audio_ssl.inference.transcribe import audio_normalize_of
-        from audio_ssl.tasks.run import load_init
-
-        loaded = load_init(args.init)
-        model, normalize = loaded.config, audio_normalize_of(loaded)
     return config.load(args.preset, args.config,
                        overrides={"train": {k: v for k, v in train.items() if v is not None}},
-                       model=model, normalize=normalize)
+                       model=init.config if init is not None else None,
+                       normalize=audio_normalize_of(init) if init is not None else None)
 
 
 def _run_pretrain(args: argparse.Namespace, data: str | Path, output: Path) -> int:
     from audio_ssl.data import NoAudioError
-    from audio_ssl.tasks.run import pretrain
-
     from audio_ssl.interop import CheckpointError
+    from audio_ssl.tasks.run import load_init, pretrain
 
     try:
-        cfg = _load_config(args)
+        init = getattr(args, "init", None)
+        # read once: its network for the config, its weights for the run
+        loaded = load_init(init) if init is not None and not args.resume else None
+        cfg = _load_config(args, loaded)
         result = pretrain(data, cfg, output, resume=args.resume, progress=not args.no_progress,
-                          accelerator=args.accelerator, init=getattr(args, "init", None))
+                          accelerator=args.accelerator, init=loaded or init)
     except (NoAudioError, FileNotFoundError, FileExistsError, CheckpointError) as err:
         print(f"audio-ssl: error: {err}", file=sys.stderr)
         return 2

@@ -103,11 +103,12 @@ def load_init(init: str | Path) -> LoadedModel:
 
 def pretrain(data: str | Path, cfg: PretrainConfig, output_dir: str | Path, *,
              resume: bool = False, progress: bool = True, accelerator: str = "auto",
-             init: str | Path | None = None) -> PretrainResult:
+             init: str | Path | LoadedModel | None = None) -> PretrainResult:
     """Pretrain on ``data`` into ``output_dir``.
 
     ``init``: start from the weights of this pretraining checkpoint (continued pretraining, e.g.
-    on in-domain audio) with a fresh optimizer, schedule and step count; ``cfg.model`` must
+    on in-domain audio) with a fresh optimizer, schedule and step count; a path, or the
+    :func:`load_init` result that ``cfg`` was built from (read once). ``cfg.model`` must
     describe its network (``config.load(..., model=load_init(init).config)``). Ignored on
     ``resume``, whose checkpoint already holds the weights.
     """
@@ -124,10 +125,13 @@ def pretrain(data: str | Path, cfg: PretrainConfig, output_dir: str | Path, *,
         )
 
     init_state = None
+    loaded = init if isinstance(init, LoadedModel) else None
+    if loaded is not None:
+        init = loaded.path
     if init is not None and ckpt_path is not None:
         log.info("resuming from %s: --init %s is not used", ckpt_path, init)
     elif init is not None:
-        init_state = load_init(init).model.state_dict()
+        init_state = (loaded or load_init(init)).model.state_dict()
 
     items, rejected = scan(data, progress=progress, min_samples=cfg.data.min_samples,
                            sample_rate=cfg.data.sample_rate)
