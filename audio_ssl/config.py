@@ -94,6 +94,10 @@ class ModelConfig:
     dropout_input: float = 0.1  # on projected features before masking
     dropout_features: float = 0.1  # on the features fed to the quantizer
     detach_targets: bool = False  # True: the quantizer's input carries no gradient to the encoder
+    # False: the targets are the (projected) conv features themselves, not Gumbel codevectors:
+    # the paper's "continuous targets" ablation (fairseq's quantize_targets=False); no codebook,
+    # no diversity loss, nothing to collapse
+    quantize_targets: bool = True
 
 
 @dataclass(frozen=True)
@@ -118,6 +122,8 @@ class OptimConfig:
     grad_clip: float = 10.0
     encoder_lr_scale: float = 1.0  # learning rate of the feature encoder relative to the rest
     quantizer_lr_scale: float = 1.0  # learning rate of the quantizer relative to the rest
+    schedule_steps: int = 0  # length of the warm-up/decay schedule in updates; 0: train.max_steps
+                             # (a shorter run with the schedule of a longer one: studies, sweeps)
 
 
 @dataclass(frozen=True)

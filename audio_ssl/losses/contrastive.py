@@ -64,3 +64,31 @@ def cross_entropy_sum(logits: torch.Tensor) -> torch.Tensor:
     """Sum over rows of -log softmax at column 0 (the positive)."""
     target = torch.zeros(logits.shape[0], dtype=torch.long, device=logits.device)
     return F.cross_entropy(logits, target, reduction="sum")
+
+
+@torch.no_grad()
+def similarity_sums(logits: torch.Tensor, targets: torch.Tensor, negatives: torch.Tensor,
+                    temperature: float) -> torch.Tensor:
+    """Sums behind the plateau diagnostics, as one (5,) fp32 tensor so DDP can add them up:
+    cos(c, positive), cos(c, distractor), cos(positive, distractor), distractors counted, rows.
+
+    logits: (M, 1 + K) from :func:`contrastive_logits` (distractors that do not count are -inf);
+    targets: (M, F); negatives: (M, K). Divide the first by the rows and the next two by the
+    distractor count for means. On the log(K+1) plateau the context is as close to its
+    distractors as to its positive; a target-to-distractor cosine near 1 says the targets
+    themselves are alike.
+    """
+    cosine = logits.float() * temperature  # (M, 1 + K)
+    counted = torch.isfinite(cosine[:, 1:])  # (M, K)
+    t = F.normalize(targets.float(), dim=-1, eps=1e-8)  # (M, F)
+    if t.shape[0] <= _GATHER_ABOVE:  # (M, K) through the (M, M) matrix, as for the logits
+        between_sum = (t @ t.T).gather(1, negatives)[counted].sum()
+    else:  # too many frames for the matrix: not measured (reads 0)
+        between_sum = cosine.new_zeros(())
+    return torch.stack([
+        cosine[:, 0].sum(),
+        cosine[:, 1:][counted].sum(),
+        between_sum,
+        counted.sum().float(),
+        cosine.new_tensor(float(cosine.shape[0])),
+    ])

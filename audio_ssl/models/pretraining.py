@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
+from einops import rearrange
 from torch import nn
 
 from audio_ssl.config import ModelConfig
@@ -15,6 +16,7 @@ from audio_ssl.losses.contrastive import (
     cross_entropy_sum,
     diversity_loss,
     feature_penalty,
+    similarity_sums,
 )
 from audio_ssl.models.masking import compute_span_mask, sample_negatives
 from audio_ssl.models.quantizer import GumbelQuantizer, perplexity
@@ -37,6 +39,13 @@ class PretrainOutput:
     masked_fraction: torch.Tensor  # masked / valid frames
     logits: torch.Tensor  # (M, 1 + K) this rank's logits
     mask: torch.Tensor  # (B, T)
+    # plateau diagnostics (global means): cosine of the context with its positive and with its
+    # distractors, cosine between a positive and its distractors, share of the quantizer's
+    # choices that Gumbel noise moved off the noiseless argmax
+    positive_cosine: torch.Tensor
+    distractor_cosine: torch.Tensor
+    target_cosine: torch.Tensor
+    noise_flip_rate: torch.Tensor
 
 
 def _world() -> int:
@@ -63,9 +72,24 @@ class Wav2Vec2ForPretraining(nn.Module):
         self.backbone = Wav2Vec2Model(cfg)
         channels = self.backbone.feature_encoder.out_channels
         self.dropout_features = nn.Dropout(cfg.dropout_features)
-        self.quantizer = GumbelQuantizer(channels, cfg.quantizer)
-        self.project_q = nn.Linear(cfg.quantizer.dim, cfg.final_dim)
+        self.quantizer: GumbelQuantizer | None = None
+        if cfg.quantize_targets:
+            self.quantizer = GumbelQuantizer(channels, cfg.quantizer)
+        self.project_q = nn.Linear(cfg.quantizer.dim if cfg.quantize_targets else channels,
+                                   cfg.final_dim)
         self.final_proj = nn.Linear(cfg.context.dim, cfg.final_dim)
+
+    @torch.no_grad()
+    def target_codes(self, waveforms: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, T, G) the code each frame would get without Gumbel noise (padding included);
+        G = 0 for continuous targets."""
+        if self.quantizer is None:
+            return waveforms.new_zeros((waveforms.shape[0], 0, 0), dtype=torch.long)
+        enc = self.backbone.feature_encoder
+        padded = lengths is not None and bool((lengths < waveforms.shape[1]).any())
+        features = self.backbone.layer_norm(enc(waveforms, lengths if padded else None))
+        logits = self.quantizer.weight_proj(features.float())  # (B, T, G*V)
+        return rearrange(logits, "b t (g v) -> b t g v", g=self.quantizer.groups).argmax(-1)
 
     def forward(self, waveforms: torch.Tensor, lengths: torch.Tensor | None = None, *,
                 step: int = 0, mask: torch.Tensor | None = None,
@@ -90,14 +114,21 @@ class Wav2Vec2ForPretraining(nn.Module):
         features = out.features[mask]  # (M, C)
         if cfg.detach_targets:
             features = features.detach()
-        quantized = self.quantizer(self.dropout_features(features), cfg.quantizer.temperature(step))
-        targets = self.project_q(quantized.quantized)  # (M, F)
+        quantized = None
+        if self.quantizer is None:  # continuous targets
+            targets = self.project_q(self.dropout_features(features))  # (M, F)
+        else:
+            quantized = self.quantizer(self.dropout_features(features),
+                                       cfg.quantizer.temperature(step))
+            targets = self.project_q(quantized.quantized)  # (M, F)
         context = self.final_proj(out.context[mask])  # (M, F)
         if negatives is None:
             gen_mask = mask.to(generator.device) if generator is not None else mask
             indices, valid = sample_negatives(gen_mask, cfg.loss.num_negatives, generator)
             negatives = (indices.to(mask.device), valid.to(mask.device))
-        codes = quantized.codes if cfg.loss.mask_identical_negatives else None
+        codes = None
+        if quantized is not None and cfg.loss.mask_identical_negatives:
+            codes = quantized.codes
         logits = contrastive_logits(context, targets, negatives[0], negatives[1], codes,
                                     cfg.loss.logit_temperature)  # (M, 1 + K)
 
@@ -105,10 +136,15 @@ class Wav2Vec2ForPretraining(nn.Module):
         world = _world()
         num_masked = _global_sum(torch.tensor(float(logits.shape[0]), device=logits.device))
         ce_sum = cross_entropy_sum(logits)
-        prob_marginal = _with_global_value(quantized.prob_sum) / num_masked.clamp(min=1)
-        prob_perplexity = perplexity(prob_marginal)
-        code_perplexity = perplexity(_global_sum(quantized.code_sum) / num_masked.clamp(min=1))
-        diversity = diversity_loss(prob_perplexity, cfg.quantizer.groups, cfg.quantizer.codes)
+        if quantized is None:  # no codebook: no diversity term, perplexities read 0
+            prob_perplexity = code_perplexity = diversity = logits.new_zeros(())
+            noise_flips = logits.new_zeros(())
+        else:
+            prob_marginal = _with_global_value(quantized.prob_sum) / num_masked.clamp(min=1)
+            prob_perplexity = perplexity(prob_marginal)
+            code_perplexity = perplexity(_global_sum(quantized.code_sum) / num_masked.clamp(min=1))
+            diversity = diversity_loss(prob_perplexity, cfg.quantizer.groups, cfg.quantizer.codes)
+            noise_flips = quantized.noise_flips
         valid_frames = None if out.padding_mask is None else ~out.padding_mask
         sq_sum, sq_count = feature_penalty(out.raw_features, valid_frames)
         penalty_count = _global_sum(sq_count)
@@ -126,10 +162,15 @@ class Wav2Vec2ForPretraining(nn.Module):
         total = contrastive + w.diversity_weight * diversity.detach() + w.feature_penalty_weight * penalty
         correct = _global_sum(contrastive_accuracy(logits.detach()))
         valid_count = _global_sum(frames.sum().float())
+        sims = _global_sum(similarity_sums(logits, targets, negatives[0], w.logit_temperature))
+        flips = _global_sum(noise_flips) / (num_masked * cfg.quantizer.groups).clamp(min=1)
         return PretrainOutput(
             loss=loss, total=total, contrastive=contrastive, diversity=diversity.detach(),
             feature_penalty=penalty, accuracy=correct / num_masked.clamp(min=1),
             code_perplexity=code_perplexity, prob_perplexity=prob_perplexity.detach(),
             num_masked=num_masked, masked_fraction=num_masked / valid_count.clamp(min=1),
             logits=logits.detach(), mask=mask,
+            positive_cosine=sims[0] / sims[4].clamp(min=1),
+            distractor_cosine=sims[1] / sims[3].clamp(min=1),
+            target_cosine=sims[2] / sims[3].clamp(min=1), noise_flip_rate=flips,
         )

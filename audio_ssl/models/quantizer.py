@@ -25,6 +25,7 @@ class QuantizerOutput:
     prob_sum: torch.Tensor  # (G, V) sum over the N frames of softmax(logits), no noise, fp32
     code_sum: torch.Tensor  # (G, V) counts of the hard choices, fp32
     count: int  # N
+    noise_flips: torch.Tensor  # () how many of the N x G choices Gumbel noise moved off the argmax
 
     @property
     def prob_perplexity(self) -> torch.Tensor:
@@ -63,12 +64,14 @@ class GumbelQuantizer(nn.Module):
                     noisy = logits - torch.empty_like(logits).exponential_().log()
                 soft = (noisy / temperature).softmax(-1)
                 codes = soft.argmax(-1)  # (N, G)
+                flips = (codes != logits.argmax(-1)).sum().float()
                 hard = F.one_hot(codes, self.codes).to(soft.dtype)
                 weights = hard - soft.detach() + soft  # straight-through
             else:
                 codes = logits.argmax(-1)
                 hard = F.one_hot(codes, self.codes).to(logits.dtype)
                 weights = hard
+                flips = torch.zeros((), device=x.device)
             book = rearrange(self.codevectors.float(), "1 (g v) d -> g v d", g=self.groups)
             quantized = torch.einsum("ngv,gvd->ngd", weights, book)  # (N, G, d)
         return QuantizerOutput(
@@ -77,4 +80,5 @@ class GumbelQuantizer(nn.Module):
             prob_sum=probs.sum(0),
             code_sum=hard.detach().sum(0),
             count=x.shape[0],
+            noise_flips=flips.detach(),
         )

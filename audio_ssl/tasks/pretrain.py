@@ -28,6 +28,15 @@ def step_seed(seed: int, step: int, rank: int) -> int:
     return (seed * 1_000_003 + step * 9_176 + rank * 7_919) % (2**63 - 1)
 
 
+def _part(name: str) -> str:
+    """Which part of the pretraining model a parameter belongs to, for gradient norms."""
+    for prefix, part in (("backbone.feature_encoder.", "encoder"), ("backbone.context.", "context"),
+                         ("quantizer.", "quantizer"), ("project_q.", "quantizer")):
+        if name.startswith(prefix):
+            return part
+    return "heads"  # layer norm, projection, mask embedding, final projection
+
+
 def _no_decay(name: str, param: torch.nn.Parameter) -> bool:
     return param.ndim < 2 or name.endswith("mask_embedding") or "codevectors" in name
 
@@ -43,8 +52,12 @@ class PretrainTask(L.LightningModule):
         self.last_metrics: dict[str, float] = {}
         self.warnings: list[str] = []
         self._last_time: float | None = None
+        self._pending: tuple[int, dict[str, float]] | None = None  # this step's record, for the log
+        self._probe: tuple[torch.Tensor, torch.Tensor] | None = None  # fixed audio for code churn
+        self._probe_codes: torch.Tensor | None = None
         q = cfg.model.quantizer
-        self.watch = CollapseWatch(cfg.model.loss.num_negatives, q.groups, q.codes,
+        groups = q.groups if cfg.model.quantize_targets else 0  # 0: no codebook to collapse
+        self.watch = CollapseWatch(cfg.model.loss.num_negatives, groups, q.codes,
                                    patience=cfg.train.collapse_patience)
 
     # -- training ------------------------------------------------------------------------------
@@ -70,10 +83,18 @@ class PretrainTask(L.LightningModule):
             "train/code_perplexity": out.code_perplexity,
             "train/prob_perplexity": out.prob_perplexity,
             "train/gumbel_temperature": self.cfg.model.quantizer.temperature(step),
-            "train/lr": self.cfg.optim.lr * warmup_linear(step, self.cfg.train.max_steps,
+            "train/lr": self.cfg.optim.lr * warmup_linear(step, self._schedule_steps,
                                                           self.cfg.optim.warmup_fraction),
             "train/masked_fraction": out.masked_fraction,
+            "train/positive_cosine": out.positive_cosine,
+            "train/distractor_cosine": out.distractor_cosine,
+            "train/target_cosine": out.target_cosine,
+            "train/noise_flip_rate": out.noise_flip_rate,
         }
+        if step % self.cfg.train.log_every == 0:
+            churn = self._code_churn(batch)
+            if churn is not None:
+                metrics["train/code_churn"] = churn
         if self._last_time is not None:
             metrics["train/audio_seconds_per_second"] = seconds / max(now - self._last_time, 1e-9)
         self._last_time = now
@@ -83,12 +104,35 @@ class PretrainTask(L.LightningModule):
         self._after_step(step, {k: float(v) for k, v in metrics.items()})
         return out.loss
 
+    @torch.no_grad()
+    def _code_churn(self, batch: Any) -> float | None:
+        """Share of target codes (noiseless argmax) on a fixed probe batch (two items of the
+        first batch) that changed since the last logged step; None at the first."""
+        if self._probe is None:
+            self._probe = (batch.waveforms[:2].detach().clone(), batch.lengths[:2].clone())
+        codes = self.model.target_codes(*self._probe)  # (B', T, G)
+        previous, self._probe_codes = self._probe_codes, codes
+        if previous is None or codes.numel() == 0:
+            return None
+        return float((codes != previous).float().mean())
+
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
-        grads = [p.grad.detach().float().norm() for p in self.parameters() if p.grad is not None]
-        if grads:
-            norm = torch.stack(grads).norm()
-            self.log("train/grad_norm", norm)
-            self.last_metrics["train/grad_norm"] = float(norm)
+        parts: dict[str, list[torch.Tensor]] = {}
+        for name, p in self.model.named_parameters():
+            if p.grad is not None:
+                parts.setdefault(_part(name), []).append(p.grad.detach().float().norm())
+        norms = {part: torch.stack(g).norm() for part, g in parts.items()}
+        if norms:
+            norms["all"] = torch.stack(list(norms.values())).norm()
+        grads = {("train/grad_norm" if part == "all" else f"train/grad_norm_{part}"): float(v)
+                 for part, v in norms.items()}
+        for name, value in grads.items():
+            self.log(name, value)
+        self.last_metrics.update(grads)
+        if self._pending is not None:
+            step, record = self._pending
+            self._pending = None
+            self._append_jsonl("metrics.jsonl", {"step": step, **record, **grads})
 
     def configure_optimizers(self):
         o = self.cfg.optim
@@ -106,11 +150,15 @@ class PretrainTask(L.LightningModule):
              for (no_decay, scale), params in sorted(groups.items())],
             lr=o.lr, betas=o.betas, eps=o.eps, fused=True,  # one kernel per step, CPU and GPU
         )
-        total = self.cfg.train.max_steps
+        total = self._schedule_steps
         scheduler = torch.optim.lr_scheduler.LambdaLR(
             optimizer, lambda s: warmup_linear(s, total, o.warmup_fraction)
         )
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    @property
+    def _schedule_steps(self) -> int:
+        return self.cfg.optim.schedule_steps or self.cfg.train.max_steps
 
     # -- bookkeeping ---------------------------------------------------------------------------
     def _after_step(self, step: int, metrics: dict[str, float]) -> None:
@@ -123,7 +171,7 @@ class PretrainTask(L.LightningModule):
             if self.global_rank == 0:
                 warnings.warn(message, stacklevel=1)
         if self.output_dir is not None and (step % self.cfg.train.log_every == 0):
-            self._append_jsonl("metrics.jsonl", {"step": step, **metrics})
+            self._pending = (step, metrics)  # written with the gradient norms, before the update
 
     @rank_zero_only
     def _append_jsonl(self, name: str, record: dict[str, Any]) -> None:

@@ -52,8 +52,15 @@ def test_cli_pretrains_on_tiny(tmp_path, data_dir, capsys):
     assert sorted(rows) == [0, 1, 2, 3]
     for key in ("train/loss", "train/contrastive", "train/diversity", "train/feature_penalty",
                 "train/accuracy", "train/code_perplexity", "train/prob_perplexity",
-                "train/gumbel_temperature", "train/lr", "train/masked_fraction"):
+                "train/gumbel_temperature", "train/lr", "train/masked_fraction",
+                # plateau diagnostics
+                "train/positive_cosine", "train/distractor_cosine", "train/target_cosine",
+                "train/noise_flip_rate", "train/code_churn", "train/grad_norm",
+                "train/grad_norm_encoder", "train/grad_norm_context", "train/grad_norm_quantizer",
+                "train/grad_norm_heads"):
         assert np.isfinite(rows[3][key]), key
+    assert "train/code_churn" not in rows[0]  # nothing to compare with at the first step
+    assert 0.0 <= rows[3]["train/code_churn"] <= 1.0 and 0.0 <= rows[3]["train/noise_flip_rate"] <= 1.0
     assert 0.3 < rows[3]["train/masked_fraction"] < 0.7
     assert (run / "logs" / "csv" / "metrics.csv").is_file()
     summary = json.loads((run / "summary.json").read_text())
