@@ -34,6 +34,13 @@ def _add_pretrain_options(p: argparse.ArgumentParser, default_preset: str) -> No
     p.add_argument("--config", type=Path, default=None,
                    help="YAML file of overrides on top of the preset (see configs/)")
     p.add_argument("--max-steps", type=int, default=None, help="number of updates")
+    p.add_argument("--objective", choices=["wav2vec2", "hubert", "best-rq"], default=None,
+                   help="self-supervised objective (default: the preset's, wav2vec2): wav2vec "
+                   "2.0's contrastive loss; HuBERT's masked prediction of k-means labels "
+                   "(needs --targets); BEST-RQ's masked prediction of fixed random-projection "
+                   "codes of the log-mel")
+    p.add_argument("--targets", default=None, metavar="DIR",
+                   help="hubert: the labels of DATA that `audio-ssl targets` wrote")
     p.add_argument("--devices", type=int, default=None,
                    help="devices per node (GPUs, or CPU processes with gloo when no GPU)")
     p.add_argument("--num-nodes", type=int, default=None, help="nodes (torchrun or SLURM)")
@@ -68,6 +75,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", "-o", type=Path, default=Path("runs/pretrain"),
                    help="run folder (default: runs/pretrain)")
     _add_pretrain_options(p, "tiny")
+
+    k = sub.add_parser(
+        "targets", help="k-means labels of every file, for HuBERT pretraining",
+        description="Cluster frames of DATA (one per encoder frame, 20 ms) with MiniBatchKMeans "
+        "and write each file's labels to OUTPUT, for `audio-ssl pretrain DATA --objective hubert "
+        "--targets OUTPUT`. --kind mfcc: 39-d MFCC + deltas (HuBERT's first iteration); --kind "
+        "layer: a checkpoint's context layer (later iterations). Resumes where a stopped run "
+        "left off; unreadable files are listed in OUTPUT/rejected.jsonl.",
+    )
+    k.add_argument("data", help="folder of audio, JSONL manifest or list of files")
+    k.add_argument("--output", "-o", type=Path, required=True, help="targets folder")
+    k.add_argument("--kind", choices=["mfcc", "layer"], default="mfcc")
+    k.add_argument("--clusters", type=int, default=100)
+    k.add_argument("--checkpoint", default=None, help="--kind layer: any model load_model reads")
+    k.add_argument("--layer", type=int, default=None, help="--kind layer: context layer (0 = input)")
+    k.add_argument("--seed", type=int, default=0)
+    k.add_argument("--no-progress", action="store_true", help="no progress bars")
 
     d = sub.add_parser(
         "demo", help="the whole workflow on a corpus it makes: pretrain, extract, fine-tune",
@@ -250,8 +274,12 @@ def _load_config(args: argparse.Namespace, init=None):
     if max_steps is None and getattr(args, "max_steps_default", None) and args.config is None:
         max_steps = args.max_steps_default
     train = {"max_steps": max_steps, "devices": args.devices, "num_nodes": args.num_nodes}
-    return config.load(args.preset, args.config,
-                       overrides={"train": {k: v for k, v in train.items() if v is not None}},
+    overrides: dict = {"train": {k: v for k, v in train.items() if v is not None}}
+    if getattr(args, "objective", None):
+        overrides["model"] = {"objective": args.objective}
+    if getattr(args, "targets", None):
+        overrides["data"] = {"targets": str(Path(args.targets).resolve())}
+    return config.load(args.preset, args.config, overrides=overrides,
                        model=init.config if init is not None else None,
                        normalize=audio_normalize_of(init) if init is not None else None)
 
@@ -275,6 +303,28 @@ def _run_pretrain(args: argparse.Namespace, data: str | Path, output: Path) -> i
 
     if rank_zero_only.rank == 0:
         print(result.summary())
+    return 0
+
+
+def _run_targets(args: argparse.Namespace) -> int:
+    from audio_ssl.data import NoAudioError, scan
+    from audio_ssl.data.targets import TargetsConfig, make_targets
+
+    if args.clusters < 2:
+        raise ValueError(f"--clusters {args.clusters}: expected at least 2")
+    checkpoint = str(Path(args.checkpoint).resolve()) if args.checkpoint else None
+    cfg = TargetsConfig(kind=args.kind, clusters=args.clusters, seed=args.seed,
+                        checkpoint=checkpoint, layer=args.layer)
+    try:
+        items, skipped = scan(args.data, progress=not args.no_progress)
+        count, rejected = make_targets(items, cfg, args.output, progress=not args.no_progress)
+    except (NoAudioError, FileNotFoundError, FileExistsError) as err:
+        print(f"audio-ssl: error: {err}", file=sys.stderr)
+        return 2
+    print(f"labelled {count} files with {args.clusters} {args.kind} clusters in {args.output} "
+          f"({len(skipped) + len(rejected)} skipped)\n"
+          f"pretrain on them: audio-ssl pretrain {args.data} --objective hubert "
+          f"--targets {args.output}")
     return 0
 
 
@@ -384,6 +434,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "pretrain":
             return _run_pretrain(args, args.data, args.output)
+        if args.command == "targets":
+            return _run_targets(args)
         if args.command == "extract":
             from audio_ssl.inference.extract import run_extract_command
 

@@ -84,6 +84,27 @@ class LossConfig:
 
 
 @dataclass(frozen=True)
+class BestRqConfig:
+    """BEST-RQ targets (Chiu et al. 2022): a frozen random projection and a frozen random
+    codebook on per-utterance normalised log-mel frames, stacked to the encoder's frame rate."""
+
+    mels: int = 80
+    stack: int = 2  # mel frames per encoder frame: the mel hop is the conv stack's hop / stack
+    code_dim: int = 16
+    codes: int = 1024
+    seed: int = 0  # the projection and codebook are a pure function of this seed
+
+
+@dataclass(frozen=True)
+class HubertConfig:
+    """HuBERT's prediction head: cosine similarity of the projected context to one learned
+    embedding per cluster, over a temperature (fairseq's hubert)."""
+
+    clusters: int = 100  # set from the targets folder by `audio-ssl pretrain --targets`
+    logit_temperature: float = 0.1
+
+
+@dataclass(frozen=True)
 class ModelConfig:
     encoder: FeatureEncoderConfig = field(default_factory=FeatureEncoderConfig)
     context: ContextConfig = field(default_factory=ContextConfig)
@@ -98,6 +119,12 @@ class ModelConfig:
     # the paper's "continuous targets" ablation (fairseq's quantize_targets=False); no codebook,
     # no diversity loss, nothing to collapse
     quantize_targets: bool = True
+    # the self-supervised objective: wav2vec 2.0's contrastive loss against its own quantized (or
+    # continuous) targets, or BEST-RQ's masked prediction of fixed random-projection codes
+    # (HuBERT: masked prediction of k-means labels made beforehand by `audio-ssl targets`)
+    objective: Literal["wav2vec2", "hubert", "best-rq"] = "wav2vec2"
+    best_rq: BestRqConfig = field(default_factory=BestRqConfig)
+    hubert: HubertConfig = field(default_factory=HubertConfig)
 
 
 @dataclass(frozen=True)
@@ -110,6 +137,7 @@ class DataConfig:
     num_buckets: int = 20
     num_workers: int = 2
     crop_to_shortest: bool = True  # crop each batch to its shortest item: no padding (fairseq)
+    targets: str = ""  # HuBERT: the folder `audio-ssl targets` wrote (labels of every file)
 
 
 @dataclass(frozen=True)

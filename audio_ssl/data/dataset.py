@@ -14,10 +14,12 @@ from dataclasses import dataclass, field, replace
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from audio_ssl.config import DataConfig
+from audio_ssl.config import ConvSpec, DataConfig
 from audio_ssl.data.audio import AudioError, load_audio
 from audio_ssl.data.collate import pad_batch
 from audio_ssl.data.manifest import AudioItem, Rejected
+from audio_ssl.data.targets import LabelStore
+from audio_ssl.models.feature_encoder import frame_lengths
 from audio_ssl.data.sampler import BatchRequest, BucketBatchSampler
 
 
@@ -31,6 +33,8 @@ class Batch:
         paths: B file paths, row order.
         failures: files of the request that could not be loaded (left out of the rows).
         position: the sampler position of this batch (resume at ``position + 1``).
+        labels: (B, T) int64 frame labels of each crop (HuBERT targets), -1 where there is
+            none (padding), or None when the dataset has no label store.
 
     B may be 0 when every file of the request failed: the trainer should skip such a batch.
     """
@@ -40,18 +44,21 @@ class Batch:
     paths: list[str]
     failures: list[Rejected] = field(default_factory=list)
     position: int = 0
+    labels: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return len(self.paths)
 
     def pin_memory(self) -> Batch:
         """The batch with its tensors in pinned memory (called by DataLoader(pin_memory=True))."""
+        labels = None if self.labels is None else self.labels.pin_memory()
         return replace(self, waveforms=self.waveforms.pin_memory(),
-                       lengths=self.lengths.pin_memory())
+                       lengths=self.lengths.pin_memory(), labels=labels)
 
     def to(self, device: torch.device | str, non_blocking: bool = False) -> Batch:
+        labels = None if self.labels is None else self.labels.to(device, non_blocking=non_blocking)
         return replace(self, waveforms=self.waveforms.to(device, non_blocking=non_blocking),
-                       lengths=self.lengths.to(device, non_blocking=non_blocking))
+                       lengths=self.lengths.to(device, non_blocking=non_blocking), labels=labels)
 
 
 class AudioBatchDataset(Dataset):
@@ -61,9 +68,14 @@ class AudioBatchDataset(Dataset):
         items: the scanned files; request indices point into this list.
         sample_rate: target rate of the waveforms.
         normalize: zero mean, unit variance per row, over its real samples.
+        labels: a HuBERT label store; each row's labels are cut to its crop (files it has no
+            labels for are failures of the batch).
+        conv_layers: the feature encoder's stack (frames per crop), with ``labels``.
     """
 
-    def __init__(self, items: Sequence[AudioItem], *, sample_rate: int, normalize: bool) -> None:
+    def __init__(self, items: Sequence[AudioItem], *, sample_rate: int, normalize: bool,
+                 labels: LabelStore | None = None, conv_layers: ConvSpec | None = None) -> None:
+        self.labels, self.conv_layers = labels, conv_layers
         self.items = list(items)
         self.sample_rate = int(sample_rate)
         self.normalize = bool(normalize)
@@ -75,9 +87,13 @@ class AudioBatchDataset(Dataset):
         """Decode every crop of ``request`` -> Batch with waveforms (B, num_samples)."""
         rows: list[torch.Tensor] = []
         paths: list[str] = []
+        starts: list[int] = []
         failures: list[Rejected] = []
         for idx, start, length in zip(request.indices, request.starts, request.lengths):
             item = self.items[idx]
+            if self.labels is not None and item.path not in self.labels:
+                failures.append(Rejected(item.path, f"no labels in {self.labels.folder}"))
+                continue
             try:
                 wav = load_audio(item.path, sample_rate=self.sample_rate,
                                  normalize=self.normalize, start=start, num_samples=length)  # (L,)
@@ -96,6 +112,7 @@ class AudioBatchDataset(Dataset):
                 continue
             rows.append(wav)
             paths.append(item.path)
+            starts.append(start)
 
         waveforms, lengths = pad_batch(rows, request.num_samples)  # (B, S), (B,)
         return Batch(
@@ -104,7 +121,21 @@ class AudioBatchDataset(Dataset):
             paths=paths,
             failures=failures,
             position=request.position,
+            labels=self._labels(paths, starts, lengths, request.num_samples),
         )
+
+    def _labels(self, paths: list[str], starts: list[int], lengths: torch.Tensor,
+                num_samples: int) -> torch.Tensor | None:
+        """(B, T) labels of the rows' crops, -1 on padding frames."""
+        if self.labels is None:
+            return None
+        total = int(frame_lengths(torch.tensor([num_samples]), self.conv_layers)[0])
+        frames = frame_lengths(lengths, self.conv_layers)  # (B,)
+        out = torch.full((len(paths), total), -1, dtype=torch.long)
+        for row, (path, start) in enumerate(zip(paths, starts)):
+            n = int(frames[row])
+            out[row, :n] = self.labels.crop(path, start, n)
+        return out
 
 
 def _worker_init(worker_id: int) -> None:
@@ -122,6 +153,8 @@ def make_dataloader(
     rank: int = 0,
     world_size: int = 1,
     position: int = 0,
+    labels: LabelStore | None = None,
+    conv_layers: ConvSpec | None = None,
 ) -> tuple[DataLoader, BucketBatchSampler]:
     """Infinite DataLoader of :class:`Batch` for one rank, and its sampler.
 
@@ -142,7 +175,8 @@ def make_dataloader(
         crop_to_shortest=cfg.crop_to_shortest,
     )
     sampler.set_position(position)
-    dataset = AudioBatchDataset(items, sample_rate=cfg.sample_rate, normalize=cfg.normalize)
+    dataset = AudioBatchDataset(items, sample_rate=cfg.sample_rate, normalize=cfg.normalize,
+                                labels=labels, conv_layers=conv_layers)
     workers = int(cfg.num_workers)
     loader = DataLoader(
         dataset,

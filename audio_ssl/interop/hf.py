@@ -504,10 +504,16 @@ def save_hf(model: nn.Module, folder: str | Path, vocab: list[str] | None = None
 
     ``vocab`` (ours: blank first) is required for CTC models. ``normalize`` is the input
     normalisation the model expects (written as ``do_normalize``; None: HF's default, True).
-    Needs no transformers.
+    Needs no transformers. A pretraining model whose head HF's ``Wav2Vec2ForPreTraining`` cannot
+    hold (BEST-RQ, continuous targets) is written as its backbone, a ``Wav2Vec2Model``.
     """
     from safetensors.torch import save_file
 
+    from audio_ssl.models import PRETRAINING_MODELS, Wav2Vec2ForPretraining
+
+    if isinstance(model, PRETRAINING_MODELS) and (
+            not isinstance(model, Wav2Vec2ForPretraining) or model.quantizer is None):
+        model = model.backbone
     arch = _architecture_name(model)
     if arch == "Wav2Vec2ForCTC":
         if vocab is None:

@@ -1,4 +1,5 @@
-"""wav2vec 2.0 pretraining head: quantized targets, distractors and the loss."""
+"""Pretraining heads on the wav2vec 2.0 backbone: wav2vec 2.0's contrastive loss against its
+quantized (or continuous) targets, and BEST-RQ's masked prediction of fixed codes."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
+import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
@@ -18,6 +20,7 @@ from audio_ssl.losses.contrastive import (
     feature_penalty,
     similarity_sums,
 )
+from audio_ssl.models.best_rq import MaskedPredictionOutput, RandomProjectionQuantizer
 from audio_ssl.models.masking import compute_span_mask, sample_negatives
 from audio_ssl.models.quantizer import GumbelQuantizer, perplexity
 from audio_ssl.models.wav2vec2 import Wav2Vec2Model
@@ -47,6 +50,18 @@ class PretrainOutput:
     target_cosine: torch.Tensor
     noise_flip_rate: torch.Tensor
 
+    def metrics(self) -> dict[str, torch.Tensor]:
+        return {
+            "train/loss": self.total, "train/contrastive": self.contrastive,
+            "train/diversity": self.diversity, "train/feature_penalty": self.feature_penalty,
+            "train/accuracy": self.accuracy, "train/code_perplexity": self.code_perplexity,
+            "train/prob_perplexity": self.prob_perplexity,
+            "train/masked_fraction": self.masked_fraction,
+            "train/positive_cosine": self.positive_cosine,
+            "train/distractor_cosine": self.distractor_cosine,
+            "train/target_cosine": self.target_cosine, "train/noise_flip_rate": self.noise_flip_rate,
+        }
+
 
 def _world() -> int:
     return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
@@ -65,9 +80,48 @@ def _with_global_value(local: torch.Tensor) -> torch.Tensor:
     return local - local.detach() + _global_sum(local)
 
 
+def _span_mask(backbone: Wav2Vec2Model, cfg: ModelConfig, waveforms: torch.Tensor,
+               frames: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+    """A random span mask (B, T) on the generator's device, moved to the audio's."""
+    num_frames = int(backbone.frame_lengths(torch.tensor([waveforms.shape[1]]))[0])
+    gen_device = generator.device if generator is not None else waveforms.device
+    return compute_span_mask(frames.to(gen_device), num_frames, cfg.mask, generator).to(waveforms.device)
+
+
+def pretraining_model(cfg: ModelConfig) -> nn.Module:
+    """The pretraining model of ``cfg.objective``."""
+    if cfg.objective == "best-rq":
+        return BestRqForPretraining(cfg)
+    if cfg.objective == "hubert":
+        return HubertForPretraining(cfg)
+    return Wav2Vec2ForPretraining(cfg)
+
+
+def _masked_prediction(logits: torch.Tensor, labels: torch.Tensor, frames: torch.Tensor,
+                       mask: torch.Tensor, codes: int) -> MaskedPredictionOutput:
+    """Cross-entropy of (M, V) fp32 logits against (M,) labels, globally normalised over DDP."""
+    ce_sum = F.cross_entropy(logits, labels, reduction="sum")
+    num_masked = _global_sum(torch.tensor(float(labels.shape[0]), device=logits.device))
+    loss = _world() * ce_sum / num_masked.clamp(min=1)
+    counts = torch.bincount(labels, minlength=codes).float()
+    code_perplexity = perplexity(_global_sum(counts)[None] / num_masked.clamp(min=1))
+    correct = _global_sum((logits.detach().argmax(-1) == labels).sum().float())
+    valid_count = _global_sum(frames.sum().float())
+    masked_loss = _global_sum(ce_sum) / num_masked.clamp(min=1)
+    return MaskedPredictionOutput(
+        loss=loss, total=masked_loss, masked_loss=masked_loss,
+        accuracy=correct / num_masked.clamp(min=1), code_perplexity=code_perplexity,
+        num_masked=num_masked, masked_fraction=num_masked / valid_count.clamp(min=1),
+        logits=logits.detach(), labels=labels, mask=mask,
+    )
+
+
 class Wav2Vec2ForPretraining(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
+        if cfg.objective != "wav2vec2":
+            raise ValueError(f"Wav2Vec2ForPretraining trains the wav2vec2 objective, not "
+                             f"{cfg.objective!r}: build it with pretraining_model(cfg)")
         self.cfg = cfg
         self.backbone = Wav2Vec2Model(cfg)
         channels = self.backbone.feature_encoder.out_channels
@@ -103,11 +157,8 @@ class Wav2Vec2ForPretraining(nn.Module):
         if lengths is None:
             lengths = torch.full((batch,), samples, dtype=torch.long, device=waveforms.device)
         frames = self.backbone.frame_lengths(lengths)
-        num_frames = int(self.backbone.frame_lengths(torch.tensor([samples]))[0])
         if mask is None:
-            gen_device = generator.device if generator is not None else waveforms.device
-            mask = compute_span_mask(frames.to(gen_device), num_frames, cfg.mask, generator)
-            mask = mask.to(waveforms.device)
+            mask = _span_mask(self.backbone, cfg, waveforms, frames, generator)
         out = self.backbone(waveforms, lengths, mask=mask, generator=generator)
 
         # targets and predictions at the masked frames only: (M, ...)
@@ -174,3 +225,73 @@ class Wav2Vec2ForPretraining(nn.Module):
             distractor_cosine=sims[1] / sims[3].clamp(min=1),
             target_cosine=sims[2] / sims[3].clamp(min=1), noise_flip_rate=flips,
         )
+
+
+class BestRqForPretraining(nn.Module):
+    """BEST-RQ on the wav2vec 2.0 backbone: the context network predicts, at each masked frame,
+    the code a frozen random-projection quantizer gives that frame's log-mel (cross-entropy).
+    The same feature encoder, context network, masking and padding as wav2vec 2.0."""
+
+    def __init__(self, cfg: ModelConfig, sample_rate: int = 16_000):
+        super().__init__()
+        self.cfg = cfg
+        self.backbone = Wav2Vec2Model(cfg)
+        self.targets = RandomProjectionQuantizer(cfg.best_rq, cfg.encoder.conv_layers, sample_rate)
+        self.head = nn.Linear(cfg.context.dim, cfg.best_rq.codes)
+
+    def forward(self, waveforms: torch.Tensor, lengths: torch.Tensor | None = None, *,
+                step: int = 0, mask: torch.Tensor | None = None,
+                negatives: None = None,
+                generator: torch.Generator | None = None) -> MaskedPredictionOutput:
+        """waveforms: (B, S), lengths: (B,); ``mask`` (B, T) overrides the random one. ``step``
+        and ``negatives`` exist for a common signature with wav2vec 2.0 and are not used."""
+        batch, samples = waveforms.shape
+        if lengths is None:
+            lengths = torch.full((batch,), samples, dtype=torch.long, device=waveforms.device)
+        frames = self.backbone.frame_lengths(lengths)
+        if mask is None:
+            mask = _span_mask(self.backbone, self.cfg, waveforms, frames, generator)
+        labels_all = self.targets(waveforms, lengths)  # (B, T)
+        out = self.backbone(waveforms, lengths, mask=mask, generator=generator)
+        labels = labels_all[mask]  # (M,)
+        with torch.autocast(device_type=waveforms.device.type, enabled=False):
+            logits = self.head(out.context[mask].float())  # (M, V) fp32
+        return _masked_prediction(logits, labels, frames, mask, self.cfg.best_rq.codes)
+
+
+class HubertForPretraining(nn.Module):
+    """HuBERT on the wav2vec 2.0 backbone: at each masked frame, the cosine similarity of the
+    projected context to one learned embedding per k-means cluster, over a temperature, is
+    trained with cross-entropy against the frame's label (made beforehand by ``audio-ssl
+    targets``). The same feature encoder, context network, masking and padding as wav2vec 2.0."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.backbone = Wav2Vec2Model(cfg)
+        self.final_proj = nn.Linear(cfg.context.dim, cfg.final_dim)
+        self.label_embeddings = nn.Parameter(torch.empty(cfg.hubert.clusters, cfg.final_dim))
+        nn.init.uniform_(self.label_embeddings)  # fairseq's hubert
+
+    def forward(self, waveforms: torch.Tensor, lengths: torch.Tensor | None = None, *,
+                labels: torch.Tensor, step: int = 0, mask: torch.Tensor | None = None,
+                negatives: None = None,
+                generator: torch.Generator | None = None) -> MaskedPredictionOutput:
+        """waveforms: (B, S), lengths: (B,), labels: (B, T) cluster per frame (-1: none, never
+        masked); ``mask`` (B, T) overrides the random one."""
+        batch, samples = waveforms.shape
+        if lengths is None:
+            lengths = torch.full((batch,), samples, dtype=torch.long, device=waveforms.device)
+        frames = self.backbone.frame_lengths(lengths)
+        if mask is None:
+            mask = _span_mask(self.backbone, self.cfg, waveforms, frames, generator)
+        mask = mask & (labels >= 0)  # frames without a label are not predicted
+        out = self.backbone(waveforms, lengths, mask=mask, generator=generator)
+        with torch.autocast(device_type=waveforms.device.type, enabled=False):
+            c = F.normalize(self.final_proj(out.context[mask].float()), dim=-1)  # (M, F)
+            e = F.normalize(self.label_embeddings.float(), dim=-1)  # (V, F)
+            logits = c @ e.T / self.cfg.hubert.logit_temperature  # (M, V)
+        return _masked_prediction(logits, labels[mask], frames, mask, self.cfg.hubert.clusters)
+
+
+PRETRAINING_MODELS = (Wav2Vec2ForPretraining, BestRqForPretraining, HubertForPretraining)  # for isinstance checks

@@ -374,7 +374,7 @@ def _initial_weights(pretrained: str | Path | None, from_scratch: bool):
         return None, None, None, {}, False, "random weights (no checkpoint)"
     from audio_ssl.inference.transcribe import audio_normalize_of, run_config_of
     from audio_ssl.interop import load_model
-    from audio_ssl.models import Wav2Vec2ForPretraining, Wav2Vec2Model
+    from audio_ssl.models import PRETRAINING_MODELS, Wav2Vec2Model
 
     loaded = load_model(pretrained)
     run = run_config_of(loaded)
@@ -385,7 +385,7 @@ def _initial_weights(pretrained: str | Path | None, from_scratch: bool):
     if isinstance(model, Wav2Vec2ForCTC):
         return (loaded.config, model.state_dict(), loaded.vocab, run, norm,
                 f"the CTC model {pretrained}")
-    if isinstance(model, Wav2Vec2ForPretraining):
+    if isinstance(model, PRETRAINING_MODELS):
         state = {k: v for k, v in model.state_dict().items() if k.startswith("backbone.")}
         return loaded.config, state, None, run, norm, f"the pretrained backbone of {pretrained}"
     if isinstance(model, Wav2Vec2Model):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import time
 import warnings
 from pathlib import Path
@@ -16,7 +17,7 @@ from lightning.pytorch.utilities import rank_zero_only
 from audio_ssl.config import PretrainConfig, to_dict
 from audio_ssl.interop import CONFIG_KEY
 from audio_ssl.io import atomic_path
-from audio_ssl.models.pretraining import Wav2Vec2ForPretraining
+from audio_ssl.models.pretraining import PRETRAINING_MODELS, Wav2Vec2ForPretraining, pretraining_model
 from audio_ssl.tasks.monitor import CollapseWatch
 from audio_ssl.tasks.schedules import warmup_linear
 
@@ -45,7 +46,7 @@ class PretrainTask(L.LightningModule):
     def __init__(self, cfg: PretrainConfig, output_dir: str | Path | None = None):
         super().__init__()
         self.cfg = cfg
-        self.model = Wav2Vec2ForPretraining(cfg.model)
+        self.model = pretraining_model(cfg.model)
         self.output_dir = Path(output_dir) if output_dir else None
         self.batches_seen = 0  # data position: batches consumed by training_step on this rank
         self.first_metrics: dict[str, float] | None = None
@@ -71,26 +72,18 @@ class PretrainTask(L.LightningModule):
         seed = step_seed(self.cfg.train.seed, step, self.global_rank)
         torch.manual_seed(seed)  # dropout and Gumbel noise
         generator = torch.Generator(device=self.device).manual_seed(seed)
-        out = self.model(batch.waveforms, batch.lengths, step=step, generator=generator)
+        extra = {"labels": batch.labels} if self.cfg.model.objective == "hubert" else {}
+        out = self.model(batch.waveforms, batch.lengths, step=step, generator=generator, **extra)
         now = time.perf_counter()
         seconds = float(batch.lengths.sum()) / self.cfg.data.sample_rate * self.trainer.world_size
         metrics = {
-            "train/loss": out.total,
-            "train/contrastive": out.contrastive,
-            "train/diversity": out.diversity,
-            "train/feature_penalty": out.feature_penalty,
-            "train/accuracy": out.accuracy,
-            "train/code_perplexity": out.code_perplexity,
-            "train/prob_perplexity": out.prob_perplexity,
+            **out.metrics(),
             "train/gumbel_temperature": self.cfg.model.quantizer.temperature(step),
             "train/lr": self.cfg.optim.lr * warmup_linear(step, self._schedule_steps,
                                                           self.cfg.optim.warmup_fraction),
-            "train/masked_fraction": out.masked_fraction,
-            "train/positive_cosine": out.positive_cosine,
-            "train/distractor_cosine": out.distractor_cosine,
-            "train/target_cosine": out.target_cosine,
-            "train/noise_flip_rate": out.noise_flip_rate,
         }
+        if not isinstance(self.model, Wav2Vec2ForPretraining):
+            del metrics["train/gumbel_temperature"]
         if step % self.cfg.train.log_every == 0:
             churn = self._code_churn(batch)
             if churn is not None:
@@ -108,6 +101,8 @@ class PretrainTask(L.LightningModule):
     def _code_churn(self, batch: Any) -> float | None:
         """Share of target codes (noiseless argmax) on a fixed probe batch (two items of the
         first batch) that changed since the last logged step; None at the first."""
+        if not isinstance(self.model, Wav2Vec2ForPretraining):  # fixed targets: nothing churns
+            return None
         if self._probe is None:
             self._probe = (batch.waveforms[:2].detach().clone(), batch.lengths[:2].clone())
         codes = self.model.target_codes(*self._probe)  # (B', T, G)
@@ -157,6 +152,15 @@ class PretrainTask(L.LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     @property
+    def uniform_loss(self) -> float:
+        """The loss of a uniform guess: log(K + 1) candidates, or log(V) codes or clusters."""
+        if isinstance(self.model, Wav2Vec2ForPretraining):
+            return self.watch.uniform_loss
+        if self.cfg.model.objective == "hubert":
+            return math.log(self.cfg.model.hubert.clusters)
+        return math.log(self.cfg.model.best_rq.codes)
+
+    @property
     def _schedule_steps(self) -> int:
         return self.cfg.optim.schedule_steps or self.cfg.train.max_steps
 
@@ -165,8 +169,9 @@ class PretrainTask(L.LightningModule):
         if self.first_metrics is None:
             self.first_metrics = dict(metrics)
         self.last_metrics.update(metrics)
-        for message in self.watch.update(step, metrics["train/contrastive"],
-                                         metrics["train/code_perplexity"]):
+        watched = "train/contrastive" in metrics  # the plateau and collapse of wav2vec 2.0
+        for message in (self.watch.update(step, metrics["train/contrastive"],
+                                          metrics["train/code_perplexity"]) if watched else []):
             self.warnings.append(message)
             if self.global_rank == 0:
                 warnings.warn(message, stacklevel=1)
@@ -206,11 +211,11 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             torch.save(checkpoint, f)
 
 
-def load_pretrained(path: str | Path, map_location: str = "cpu") -> Wav2Vec2ForPretraining:
+def load_pretrained(path: str | Path, map_location: str = "cpu") -> torch.nn.Module:
     """Rebuild a pretraining model from one of our checkpoints (config inside)."""
     from audio_ssl.interop import load_model
 
     loaded = load_model(path, map_location)
-    if not isinstance(loaded.model, Wav2Vec2ForPretraining):
+    if not isinstance(loaded.model, PRETRAINING_MODELS):
         raise ValueError(f"{path} holds a {type(loaded.model).__name__}, not a pretraining model")
     return loaded.model

@@ -14,6 +14,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 
 from audio_ssl.config import PretrainConfig, dump
 from audio_ssl.data import make_dataloader, scan, write_rejected
+from audio_ssl.data.targets import LabelStore, check_targets
 from audio_ssl.interop import CheckpointError, LoadedModel, load_model
 from audio_ssl.interop.common import load_exact
 from audio_ssl.tasks.pretrain import PretrainTask
@@ -32,9 +33,11 @@ class PretrainData(L.LightningDataModule):
     def train_dataloader(self):
         trainer = self.trainer
         position = trainer.lightning_module.batches_seen  # restored before loaders are built
+        labels = LabelStore(self.cfg.data.targets) if self.cfg.model.objective == "hubert" else None
         loader, _ = make_dataloader(
             self.items, self.cfg.data, seed=self.cfg.train.seed, rank=trainer.global_rank,
-            world_size=trainer.world_size, position=position,
+            world_size=trainer.world_size, position=position, labels=labels,
+            conv_layers=self.cfg.model.encoder.conv_layers,
         )
         return loader
 
@@ -65,12 +68,11 @@ class PretrainResult:
             f"in {self.seconds / 60:.1f} min; {self.rejected} file(s) skipped\n"
             "what was learned (first logged step -> last):\n"
         )
-        for name in ("train/contrastive", "train/accuracy", "train/code_perplexity",
+        for name in ("train/contrastive", "train/masked_loss", "train/accuracy", "train/code_perplexity",
                      "train/prob_perplexity", "train/gumbel_temperature"):
             text += row(name)
         text += (
-            f"  (a uniform guess among the candidates scores contrastive = "
-            f"{self.uniform_loss:.3f})\n"
+            f"  (a uniform guess scores {self.uniform_loss:.3f})\n"
             f"outputs in {self.output_dir}:\n"
             f"  checkpoint  {self.last_checkpoint}\n"
             f"  config      {self.output_dir / 'config.yaml'}\n"
@@ -90,10 +92,10 @@ def find_last_checkpoint(output_dir: Path) -> Path | None:
 def load_init(init: str | Path) -> LoadedModel:
     """The pretraining model stored at ``init``, in any format :func:`load_model` reads, to
     continue pretraining from (``audio-ssl pretrain --init``)."""
-    from audio_ssl.models import Wav2Vec2ForPretraining
+    from audio_ssl.models import PRETRAINING_MODELS
 
     loaded = load_model(init)
-    if not isinstance(loaded.model, Wav2Vec2ForPretraining):
+    if not isinstance(loaded.model, PRETRAINING_MODELS):
         raise CheckpointError(
             f"--init {init}: a {type(loaded.model).__name__} ({loaded.source}) has no quantizer; "
             "continued pretraining needs a pretraining checkpoint (audio-ssl pretrain, an HF "
@@ -113,6 +115,7 @@ def pretrain(data: str | Path, cfg: PretrainConfig, output_dir: str | Path, *,
     ``resume``, whose checkpoint already holds the weights.
     """
     start = time.perf_counter()
+    cfg = check_targets(cfg)
     output = Path(output_dir)
     output.mkdir(parents=True, exist_ok=True)
     ckpt_path = find_last_checkpoint(output) if resume else None
@@ -136,6 +139,14 @@ def pretrain(data: str | Path, cfg: PretrainConfig, output_dir: str | Path, *,
     items, rejected = scan(data, progress=progress, min_samples=cfg.data.min_samples,
                            sample_rate=cfg.data.sample_rate)
     write_rejected(rejected, output / "rejected.jsonl")
+    if cfg.model.objective == "hubert":
+        missing = LabelStore(cfg.data.targets).missing([item.path for item in items])
+        if len(missing) == len(items):
+            raise FileNotFoundError(f"--targets {cfg.data.targets} holds no labels for any file "
+                                    f"of {data}: make them with `audio-ssl targets {data}`")
+        if missing:
+            log.warning("%d of %d files have no labels in %s and will be skipped (first: %s)",
+                        len(missing), len(items), cfg.data.targets, missing[0])
     dump(cfg, output / "config.yaml")
     hours = sum(item.duration for item in items) / 3600
     log.info("%d usable files (%.2f h), %d skipped (listed in %s)", len(items), hours,
@@ -156,7 +167,7 @@ def pretrain(data: str | Path, cfg: PretrainConfig, output_dir: str | Path, *,
         output_dir=output, last_checkpoint=find_last_checkpoint(output), steps=trainer.global_step,
         files=len(items), hours=hours, rejected=len(rejected), first=task.first_metrics or {},
         last=task.last_metrics, warnings=task.warnings, seconds=time.perf_counter() - start,
-        uniform_loss=task.watch.uniform_loss,
+        uniform_loss=task.uniform_loss,
     )
     if trainer.global_rank == 0:
         summary = {k: v for k, v in vars(result).items() if k not in ("output_dir", "last_checkpoint")}

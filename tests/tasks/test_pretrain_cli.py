@@ -178,3 +178,33 @@ def test_init_continues_pretraining_from_an_hf_checkpoint(tmp_path, data_dir, ca
                  "--init", str(backbone), "--no-progress"])
     assert code == 2
     assert "has no quantizer" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_best_rq_pretrains_resumes_exactly_and_its_backbone_serves(tmp_path, data_dir):
+    """--objective best-rq end to end: the checkpoint records its objective, a resumed run
+    repeats the straight run's losses, and the backbone converts to an HF Wav2Vec2Model."""
+    from audio_ssl.interop import load_model
+    from audio_ssl.models import BestRqForPretraining
+
+    cfg = _config(tmp_path, FAST + "optim: {schedule_steps: 6}\n")
+    common = [str(data_dir / "tiny"), "--config", str(cfg), "--no-progress",
+              "--objective", "best-rq"]
+    straight, split = tmp_path / "straight", tmp_path / "split"
+    assert main(["pretrain", *common, "--max-steps", "6", "--output", str(straight)]) == 0
+    assert main(["pretrain", *common, "--max-steps", "3", "--output", str(split)]) == 0
+    assert main(["pretrain", *common, "--max-steps", "6", "--output", str(split), "--resume"]) == 0
+    a, b = _metrics(straight), _metrics(split)
+    assert sorted(a) == sorted(b) == list(range(6))
+    for step in range(6):
+        for key in ("train/loss", "train/masked_loss", "train/accuracy", "train/lr"):
+            assert b[step][key] == pytest.approx(a[step][key], rel=1e-5, abs=1e-6), (step, key)
+    assert "train/contrastive" not in a[5] and np.isfinite(a[5]["train/code_perplexity"])
+
+    loaded = load_model(straight / "checkpoints" / "last.ckpt")
+    assert isinstance(loaded.model, BestRqForPretraining)
+    assert loaded.config.objective == "best-rq"
+    assert main(["convert", str(straight / "checkpoints" / "last.ckpt"), str(tmp_path / "hf"),
+                 "--to", "hf"]) == 0
+    config = json.loads((tmp_path / "hf" / "config.json").read_text())
+    assert config["architectures"] == ["Wav2Vec2Model"]
