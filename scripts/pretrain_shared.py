@@ -2,6 +2,10 @@
 
     python scripts/pretrain_shared.py --output runs/shared-tiny --max-steps 6000
     python scripts/pretrain_shared.py --output runs/shared-tiny --resume   # continue it
+    python scripts/pretrain_shared.py --output runs/shared-best-rq --objective best-rq
+    audio-ssl targets runs/shared-tiny/files.lst --output runs/shared-targets   # HuBERT labels
+    python scripts/pretrain_shared.py --output runs/shared-hubert --objective hubert \
+        --targets runs/shared-targets
 
 Builds a list of every audio file in the shared corpora's manifests (FSDD, LJSpeech,
 LibriSpeech, Common Voice; ~3.2 h) and runs `audio-ssl pretrain` on it.
@@ -37,6 +41,9 @@ def main() -> int:
     parser.add_argument("--preset", default="tiny")
     parser.add_argument("--config", type=Path, default=None)
     parser.add_argument("--max-steps", type=int, default=6000)
+    parser.add_argument("--objective", default=None, choices=["wav2vec2", "hubert", "best-rq"])
+    parser.add_argument("--targets", type=Path, default=None,
+                        help="hubert: labels of the listing (audio-ssl targets OUTPUT/files.lst)")
     parser.add_argument("--resume", action="store_true")
     args = parser.parse_args()
     args.output.mkdir(parents=True, exist_ok=True)
@@ -47,6 +54,10 @@ def main() -> int:
             "--max-steps", str(args.max_steps), "--no-progress"]
     if args.config:
         argv += ["--config", str(args.config)]
+    if args.objective:
+        argv += ["--objective", args.objective]
+    if args.targets:
+        argv += ["--targets", str(args.targets)]
     if args.resume:
         argv.append("--resume")
     return cli(argv)

@@ -1,28 +1,20 @@
-"""Do the features carry information? A linear probe on FSDD's spoken digits.
+"""What do the features know? A speaker-disjoint linear probe on FSDD's spoken digits.
 
-A logistic-regression probe (scikit-learn, standardised inputs) on mean-pooled features of each
-layer of a pretrained checkpoint, against the same probe on MFCCs pooled to mean and standard
-deviation, classifying the digit of FSDD's official test split (takes 0-4); both are also
-reported with the other pooling (model mean + std, MFCC mean only). Layer and regularisation are chosen on a validation part
-of the train split (a stratified 20 %), never on the test split; the chosen probe is then
-refitted on the whole train split and scored once on test.
+    python scripts/probe_fsdd.py contrastive=runs/c/checkpoints/last.ckpt \\
+        best-rq=runs/b/checkpoints/last.ckpt --random tiny --output scripts/results/probe.json
 
-MFCC baseline (librosa): 20 coefficients from 40 mel bands, 25 ms windows (n_fft 400) every
-10 ms (hop 160) on the same 16 kHz audio the model sees; each clip pooled to the mean and the
-standard deviation of every coefficient over time (40 numbers; the mean alone: 20).
+Each of FSDD's 5 speakers is held out in turn (all 500 of their clips are the test set) and a
+logistic-regression probe (scikit-learn, standardised inputs) is trained on the other 4. Every
+feature set is pooled the same way, to the mean and the standard deviation of each dimension
+over the clip's frames ("meanstd"; MFCCs are also given mean-only, "mfcc_mean"). For a model,
+the layer (conv features 'encoder' or context layer N) and the regularisation C are chosen on
+the training speakers only: trained on three of them, scored on the fourth (the next speaker in
+the list), then the probe is refitted on all four and scored once on the held-out speaker.
 
-Model feature sets: the conv features ('encoder'), each context-network layer ('layer_N'), and
-every layer's mean side by side ('layers_concat'), all mean-pooled over the clip's frames.
-
-Note: the shared tiny checkpoint was pretrained (without labels) on audio that included FSDD's
-test clips; the probe never saw their labels, but the representation saw their audio. The
-FSDD-adapted checkpoint (`audio-ssl pretrain` of FSDD's train split with `--init` that
-checkpoint, see the README) saw no further test audio.
-
-    python scripts/probe_fsdd.py runs/shared-tiny/checkpoints/last.ckpt \\
-        --output scripts/results/probe_fsdd.json
-    python scripts/probe_fsdd.py runs/fsdd-adapt/checkpoints/last.ckpt \\
-        --output scripts/results/probe_fsdd_adapted.json
+Baselines: MFCC (librosa, 20 coefficients from 40 mel bands, 25 ms windows every 10 ms),
+log-mel (80 bands, same frames), and ``--random PRESET``, the preset's network with random
+weights (the same seed as a run's initial weights). FSDD is recorded at 8 kHz and upsampled.
+Prints one JSON line per feature set and held-out speaker, then a summary line per feature set.
 """
 
 from __future__ import annotations
@@ -30,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -40,131 +33,135 @@ import torch
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
 from audio_ssl.data import load_audio  # noqa: E402
-from audio_ssl.inference import FeatureExtractor  # noqa: E402
 
 DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "fsdd"
-MFCC = {"n_mfcc": 20, "n_fft": 400, "hop_length": 160, "n_mels": 40}
-C_GRID = (0.01, 0.1, 1.0, 10.0)
+C_GRID = (0.01, 0.1, 1.0)
 
 
-def mfcc_frames(wav: np.ndarray) -> np.ndarray:
+def meanstd(frames: np.ndarray) -> np.ndarray:
+    """(T, D) -> (2D,) mean and standard deviation over time."""
+    return np.concatenate([frames.mean(0), frames.std(0)])
+
+
+def baseline_features(wavs: list[np.ndarray]) -> dict[str, dict[str, np.ndarray]]:
     import librosa
 
-    return librosa.feature.mfcc(y=wav, sr=16_000, **MFCC).T  # (T, 20)
+    mfcc, mfcc_mean, logmel = [], [], []
+    for wav in wavs:
+        m = librosa.feature.mfcc(y=wav, sr=16_000, n_mfcc=20, n_fft=400, hop_length=160,
+                                 n_mels=40).T  # (T, 20)
+        mel = librosa.feature.melspectrogram(y=wav, sr=16_000, n_fft=400, hop_length=160,
+                                             n_mels=80)
+        mfcc.append(meanstd(m))
+        mfcc_mean.append(m.mean(0))
+        logmel.append(meanstd(np.log(mel + 1e-6).T))
+    return {"mfcc": {"mfcc": np.stack(mfcc)}, "mfcc_mean": {"mfcc": np.stack(mfcc_mean)},
+            "logmel": {"logmel": np.stack(logmel)}}
 
 
-def pool(frames: np.ndarray) -> dict[str, np.ndarray]:
-    """(T, D) -> {"mean": (D,), "meanstd": (2D,)} over time."""
-    mean = frames.mean(0)
-    return {"mean": mean, "meanstd": np.concatenate([mean, frames.std(0)])}
+def model_features(model: torch.nn.Module, normalize: bool,
+                   wavs: list[np.ndarray]) -> dict[str, np.ndarray]:
+    """{layer name: (N, 2D)} for the conv features and every context layer."""
+    backbone = getattr(model, "backbone", model).eval()
+    out: dict[str, list[np.ndarray]] = {}
+    with torch.no_grad():
+        for wav in wavs:
+            x = torch.from_numpy(wav).float()
+            if normalize:
+                x = (x - x.mean()) / (x.std() + 1e-7)
+            if x.numel() < 400:
+                x = torch.nn.functional.pad(x, (0, 400 - x.numel()))
+            result = backbone(x[None], return_layers=True)
+            out.setdefault("encoder", []).append(meanstd(result.features[0].numpy()))
+            for i, state in enumerate(result.hidden_states):
+                out.setdefault(f"layer_{i}", []).append(meanstd(state[0].numpy()))
+    return {name: np.stack(v) for name, v in out.items()}
 
 
-def probe(train_x, train_y, test_x, test_y, c: float, seed: int) -> float:
+def accuracy(train_x, train_y, test_x, test_y, c: float) -> float:
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
-    clf = make_pipeline(StandardScaler(), LogisticRegression(C=c, max_iter=5000,
-                                                             random_state=seed))
+    clf = make_pipeline(StandardScaler(), LogisticRegression(C=c, max_iter=3000))
     clf.fit(train_x, train_y)
     return float((clf.predict(test_x) == test_y).mean())
 
 
-def select(features: np.ndarray, labels: np.ndarray, fit: np.ndarray, valid: np.ndarray,
-           seed: int) -> tuple[float, float]:
-    """(best C, its validation accuracy) for one feature set."""
-    scores = {c: probe(features[fit], labels[fit], features[valid], labels[valid], c, seed)
-              for c in C_GRID}
-    best = max(scores, key=lambda c: (scores[c], -c))
-    return best, scores[best]
+def evaluate(name: str, layers: dict[str, np.ndarray], labels: np.ndarray,
+             speakers: np.ndarray, order: list[str]) -> dict:
+    folds = []
+    for held_out in order:
+        train_speakers = [s for s in order if s != held_out]
+        inner = train_speakers[(order.index(held_out)) % len(train_speakers)]
+        fit = np.isin(speakers, train_speakers) & (speakers != inner)
+        valid = speakers == inner
+        best = max(((layer, c) for layer in layers for c in C_GRID),
+                   key=lambda lc: accuracy(layers[lc[0]][fit], labels[fit], layers[lc[0]][valid],
+                                           labels[valid], lc[1]))
+        train, test = np.isin(speakers, train_speakers), speakers == held_out
+        x = layers[best[0]]
+        score = accuracy(x[train], labels[train], x[test], labels[test], best[1])
+        record = {"features": name, "held_out": held_out, "layer": best[0], "C": best[1],
+                  "accuracy": round(score, 4)}
+        print(json.dumps(record), flush=True)
+        folds.append(record)
+    scores = [f["accuracy"] for f in folds]
+    return {"features": name, "mean_accuracy": round(statistics.fmean(scores), 4),
+            "min_accuracy": min(scores), "max_accuracy": max(scores),
+            "layers_chosen": [f["layer"] for f in folds], "folds": folds}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("checkpoint", help="pretrained checkpoint (e.g. the shared tiny one)")
+    parser.add_argument("checkpoints", nargs="*", help="NAME=CHECKPOINT (anything load_model reads)")
+    parser.add_argument("--random", default=None, metavar="PRESET",
+                        help="also probe this preset's network with random weights")
     parser.add_argument("--data", type=Path, default=DATA, help="FSDD folder with manifest.jsonl")
     parser.add_argument("--output", type=Path, default=None, help="JSON results file")
-    parser.add_argument("--valid-fraction", type=float, default=0.2)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--seed", type=int, default=1, help="--random: the weights' seed")
     args = parser.parse_args()
     start = time.perf_counter()
 
     rows = [json.loads(line) for line in (args.data / "manifest.jsonl").read_text().splitlines()
             if line.strip()]
-    rows = [r for r in rows if r["split"] in ("train", "test")]
     labels = np.array([r["text"] for r in rows])
-    is_test = np.array([r["split"] == "test" for r in rows])
+    speakers = np.array([r["speaker"] for r in rows])
+    order = sorted(set(speakers))
+    wavs = [load_audio(args.data / r["audio"]).numpy() for r in rows]
 
-    extractor = FeatureExtractor.from_checkpoint(args.checkpoint, layers="encoder,all",
-                                                 device=args.device)
-    pooled: dict[str, list[np.ndarray]] = {}
-    for r in rows:
-        path = args.data / r["audio"]
-        frames = {name: value.numpy() for name, value in extractor.extract(path).arrays.items()}
-        frames["mfcc"] = mfcc_frames(load_audio(path).numpy())
-        for name, value in frames.items():
-            for how, vector in pool(value).items():
-                pooled.setdefault(f"{name}/{how}", []).append(vector)
-    sets = {name: np.stack(v) for name, v in pooled.items()}
-    # every context-network layer's mean side by side (still mean-pooled model features)
-    layer_means = sorted((n for n in sets if n.startswith("layer_") and n.endswith("/mean")),
-                         key=lambda n: int(n.split("/")[0].removeprefix("layer_")))
-    sets["layers_concat/mean"] = np.concatenate([sets[n] for n in layer_means], axis=1)
+    sets = baseline_features(wavs)
+    if args.random:
+        from audio_ssl import config
+        from audio_ssl.models import pretraining_model
 
-    # validation: a stratified part of the train split
-    rng = np.random.default_rng(args.seed)
-    train_idx = np.flatnonzero(~is_test)
-    valid_idx = []
-    for digit in np.unique(labels[train_idx]):
-        members = train_idx[labels[train_idx] == digit]
-        valid_idx.extend(rng.choice(members, round(len(members) * args.valid_fraction),
-                                    replace=False))
-    valid = np.zeros(len(rows), dtype=bool)
-    valid[valid_idx] = True
-    fit = ~is_test & ~valid
+        cfg = config.preset(args.random)
+        torch.manual_seed(args.seed)
+        sets[f"random_{args.random}"] = model_features(pretraining_model(cfg.model),
+                                                       cfg.data.normalize, wavs)
+    for spec in args.checkpoints:
+        name, _, path = spec.rpartition("=")
+        from audio_ssl.inference.extract import checkpoint_normalize
+        from audio_ssl.interop import load_model
 
-    results = {}
-    for name, x in sets.items():
-        c, valid_acc = select(x, labels, fit, valid, args.seed)
-        test_acc = probe(x[~is_test], labels[~is_test], x[is_test], labels[is_test], c, args.seed)
-        results[name] = {"dim": int(x.shape[1]), "C": c, "valid_accuracy": round(valid_acc, 4),
-                         "test_accuracy": round(test_acc, 4)}
-        print(json.dumps({"features": name, **results[name]}), flush=True)
+        loaded = load_model(path)
+        sets[name or Path(path).stem] = model_features(loaded.model, checkpoint_normalize(loaded),
+                                                       wavs)
 
-    chosen = {}
-    for how in ("mean", "meanstd"):
-        layers = [n for n in sets if n.endswith(f"/{how}") and not n.startswith("mfcc")]
-        chosen[how] = max(layers, key=lambda n: (results[n]["valid_accuracy"], -layers.index(n)))
-    best = chosen["mean"]
-    summary = {
-        "task": "FSDD spoken digit, official split (takes 0-4 = test)",
-        "checkpoint": str(Path(args.checkpoint)),
-        "train_files": int((~is_test).sum()), "valid_files": int(valid.sum()),
-        "test_files": int(is_test.sum()),
-        "probe": "StandardScaler + LogisticRegression (lbfgs, max_iter 5000); C from "
-                 f"{list(C_GRID)} and the layer chosen on validation, refit on all of train",
-        "model_features": "each layer pooled over frames: 'mean' (the issue's comparison) or "
-                          "'meanstd' (mean and std, as the MFCC baseline); 'encoder' = conv "
-                          "features after their layer norm, layer_0 = context network input",
-        "mfcc_features": f"librosa.feature.mfcc({MFCC}) at 16 kHz, pooled the same two ways",
-        "chosen_layer": best,
-        "model_test_accuracy": results[best]["test_accuracy"],
-        "mfcc_test_accuracy": results["mfcc/meanstd"]["test_accuracy"],
-        "chosen_layer_meanstd": chosen["meanstd"],
-        "model_meanstd_test_accuracy": results[chosen["meanstd"]]["test_accuracy"],
-        "mfcc_mean_test_accuracy": results["mfcc/mean"]["test_accuracy"],
-        "per_feature_set": results,
-        "note": "the checkpoint was pretrained without labels on audio that included FSDD's "
-                "test clips; test labels were never used for training or selection",
-        "seconds": round(time.perf_counter() - start, 1),
-    }
-    print(json.dumps({k: summary[k] for k in (
-        "chosen_layer", "model_test_accuracy", "mfcc_test_accuracy", "chosen_layer_meanstd",
-        "model_meanstd_test_accuracy", "mfcc_mean_test_accuracy")}), flush=True)
+    summary = {}
+    for name, layers in sets.items():
+        summary[name] = evaluate(name, layers, labels, speakers, order)
+    for name, result in summary.items():
+        print(json.dumps({k: v for k, v in result.items() if k != "folds"}), flush=True)
     if args.output:
         args.output.parent.mkdir(parents=True, exist_ok=True)
-        args.output.write_text(json.dumps(summary, indent=2) + "\n")
+        args.output.write_text(json.dumps({
+            "task": "FSDD spoken digits, each of the 5 speakers held out in turn",
+            "pooling": "mean and std over frames for every feature set ('mfcc_mean': mean only)",
+            "selection": "layer and C on the training speakers only (3 fit, 1 validation)",
+            "checkpoints": args.checkpoints, "random": args.random,
+            "results": summary, "seconds": round(time.perf_counter() - start, 1),
+        }, indent=2) + "\n")
 
 
 if __name__ == "__main__":

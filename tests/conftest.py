@@ -29,6 +29,7 @@ def small_model_config(norm: str = "layer", layer_norm_first: bool = True) -> co
                         attention_dropout=0.0, layer_drop=0.0),
         quantizer=replace(cfg.quantizer, groups=2, codes=16, dim=32),
         loss=config.LossConfig(), final_dim=32, dropout_input=0.0, dropout_features=0.0,
+        mask=config.MaskConfig(), quantize_targets=True,  # the paper's objective, whatever tiny's
     )
 
 

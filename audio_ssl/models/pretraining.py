@@ -80,12 +80,21 @@ def _with_global_value(local: torch.Tensor) -> torch.Tensor:
     return local - local.detach() + _global_sum(local)
 
 
-def _span_mask(backbone: Wav2Vec2Model, cfg: ModelConfig, waveforms: torch.Tensor,
-               frames: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
-    """A random span mask (B, T) on the generator's device, moved to the audio's."""
-    num_frames = int(backbone.frame_lengths(torch.tensor([waveforms.shape[1]]))[0])
-    gen_device = generator.device if generator is not None else waveforms.device
-    return compute_span_mask(frames.to(gen_device), num_frames, cfg.mask, generator).to(waveforms.device)
+def _lengths_frames_mask(backbone: Wav2Vec2Model, cfg: ModelConfig, waveforms: torch.Tensor,
+                         lengths: torch.Tensor | None, mask: torch.Tensor | None,
+                         generator: torch.Generator | None):
+    """(lengths (B,), frame lengths (B,), mask (B, T)): all samples valid when ``lengths`` is
+    None; a random span mask (drawn on the generator's device) when ``mask`` is None."""
+    batch, samples = waveforms.shape
+    if lengths is None:
+        lengths = torch.full((batch,), samples, dtype=torch.long, device=waveforms.device)
+    frames = backbone.frame_lengths(lengths)
+    if mask is None:
+        num_frames = int(backbone.frame_lengths(torch.tensor([samples]))[0])
+        gen_device = generator.device if generator is not None else waveforms.device
+        mask = compute_span_mask(frames.to(gen_device), num_frames, cfg.mask, generator)
+        mask = mask.to(waveforms.device)
+    return lengths, frames, mask
 
 
 def pretraining_model(cfg: ModelConfig) -> nn.Module:
@@ -153,12 +162,8 @@ class Wav2Vec2ForPretraining(nn.Module):
         (M, K) valid) override the random ones, for exact tests. ``step`` sets the Gumbel
         temperature. Random draws (mask, distractors, LayerDrop) come from ``generator``."""
         cfg = self.cfg
-        batch, samples = waveforms.shape
-        if lengths is None:
-            lengths = torch.full((batch,), samples, dtype=torch.long, device=waveforms.device)
-        frames = self.backbone.frame_lengths(lengths)
-        if mask is None:
-            mask = _span_mask(self.backbone, cfg, waveforms, frames, generator)
+        lengths, frames, mask = _lengths_frames_mask(self.backbone, cfg, waveforms, lengths, mask,
+                                                     generator)
         out = self.backbone(waveforms, lengths, mask=mask, generator=generator)
 
         # targets and predictions at the masked frames only: (M, ...)
@@ -245,12 +250,8 @@ class BestRqForPretraining(nn.Module):
                 generator: torch.Generator | None = None) -> MaskedPredictionOutput:
         """waveforms: (B, S), lengths: (B,); ``mask`` (B, T) overrides the random one. ``step``
         and ``negatives`` exist for a common signature with wav2vec 2.0 and are not used."""
-        batch, samples = waveforms.shape
-        if lengths is None:
-            lengths = torch.full((batch,), samples, dtype=torch.long, device=waveforms.device)
-        frames = self.backbone.frame_lengths(lengths)
-        if mask is None:
-            mask = _span_mask(self.backbone, self.cfg, waveforms, frames, generator)
+        lengths, frames, mask = _lengths_frames_mask(self.backbone, self.cfg, waveforms, lengths,
+                                                     mask, generator)
         labels_all = self.targets(waveforms, lengths)  # (B, T)
         out = self.backbone(waveforms, lengths, mask=mask, generator=generator)
         labels = labels_all[mask]  # (M,)
@@ -279,12 +280,8 @@ class HubertForPretraining(nn.Module):
                 generator: torch.Generator | None = None) -> MaskedPredictionOutput:
         """waveforms: (B, S), lengths: (B,), labels: (B, T) cluster per frame (-1: none, never
         masked); ``mask`` (B, T) overrides the random one."""
-        batch, samples = waveforms.shape
-        if lengths is None:
-            lengths = torch.full((batch,), samples, dtype=torch.long, device=waveforms.device)
-        frames = self.backbone.frame_lengths(lengths)
-        if mask is None:
-            mask = _span_mask(self.backbone, self.cfg, waveforms, frames, generator)
+        lengths, frames, mask = _lengths_frames_mask(self.backbone, self.cfg, waveforms, lengths,
+                                                     mask, generator)
         mask = mask & (labels >= 0)  # frames without a label are not predicted
         out = self.backbone(waveforms, lengths, mask=mask, generator=generator)
         with torch.autocast(device_type=waveforms.device.type, enabled=False):

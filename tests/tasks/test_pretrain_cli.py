@@ -40,8 +40,9 @@ def _metrics(run: Path) -> dict[int, dict]:
 @pytest.mark.slow
 def test_cli_pretrains_on_tiny(tmp_path, data_dir, capsys):
     run = tmp_path / "run"
+    quantized = _config(tmp_path, FAST + "model: {quantize_targets: true}\n")  # every metric
     code = main(["pretrain", str(data_dir / "tiny"), "--output", str(run), "--max-steps", "4",
-                 "--config", str(_config(tmp_path)), "--no-progress"])
+                 "--config", str(quantized), "--no-progress"])
     assert code == 0
     printed = capsys.readouterr().out
     assert "pretrained 4 steps on 23 files" in printed and "checkpoint" in printed
