@@ -49,9 +49,13 @@ class PretrainOutput:
     distractor_cosine: torch.Tensor
     target_cosine: torch.Tensor
     noise_flip_rate: torch.Tensor
+    quantized: bool = True  # False: continuous targets, no codebook metrics
 
     def metrics(self) -> dict[str, torch.Tensor]:
-        return {
+        """Named metrics; the codebook's (perplexities, Gumbel noise) only for quantized targets."""
+        codebook = ("train/diversity", "train/code_perplexity", "train/prob_perplexity",
+                    "train/noise_flip_rate")
+        metrics = {
             "train/loss": self.total, "train/contrastive": self.contrastive,
             "train/diversity": self.diversity, "train/feature_penalty": self.feature_penalty,
             "train/accuracy": self.accuracy, "train/code_perplexity": self.code_perplexity,
@@ -61,6 +65,7 @@ class PretrainOutput:
             "train/distractor_cosine": self.distractor_cosine,
             "train/target_cosine": self.target_cosine, "train/noise_flip_rate": self.noise_flip_rate,
         }
+        return metrics if self.quantized else {k: v for k, v in metrics.items() if k not in codebook}
 
 
 def _world() -> int:
@@ -229,6 +234,7 @@ class Wav2Vec2ForPretraining(nn.Module):
             positive_cosine=sims[0] / sims[4].clamp(min=1),
             distractor_cosine=sims[1] / sims[3].clamp(min=1),
             target_cosine=sims[2] / sims[3].clamp(min=1), noise_flip_rate=flips,
+            quantized=quantized is not None,
         )
 
 

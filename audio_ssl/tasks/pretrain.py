@@ -82,8 +82,8 @@ class PretrainTask(L.LightningModule):
             "train/lr": self.cfg.optim.lr * warmup_linear(step, self._schedule_steps,
                                                           self.cfg.optim.warmup_fraction),
         }
-        if not isinstance(self.model, Wav2Vec2ForPretraining):
-            del metrics["train/gumbel_temperature"]
+        if not self.cfg.model.quantize_targets or self.cfg.model.objective != "wav2vec2":
+            del metrics["train/gumbel_temperature"]  # no Gumbel quantizer
         if step % self.cfg.train.log_every == 0:
             churn = self._code_churn(batch)
             if churn is not None:
@@ -170,8 +170,9 @@ class PretrainTask(L.LightningModule):
             self.first_metrics = dict(metrics)
         self.last_metrics.update(metrics)
         watched = "train/contrastive" in metrics  # the plateau and collapse of wav2vec 2.0
-        for message in (self.watch.update(step, metrics["train/contrastive"],
-                                          metrics["train/code_perplexity"]) if watched else []):
+        perplexity = metrics.get("train/code_perplexity", float("nan"))  # nan: no codebook
+        for message in (self.watch.update(step, metrics["train/contrastive"], perplexity)
+                        if watched else []):
             self.warnings.append(message)
             if self.global_rank == 0:
                 warnings.warn(message, stacklevel=1)
