@@ -1,0 +1,24 @@
+"""Every YAML file in configs/ loads on top of its preset (no unknown keys, right types)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from audio_ssl import config
+
+CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
+def test_config_file_loads(path):
+    preset = "base" if path.name.startswith("base") else "tiny"
+    cfg = config.load(preset, path)
+    assert cfg.model.objective == "wav2vec2"
+
+
+def test_tiny_quantized_brings_the_codebook_back():
+    cfg = config.load("tiny", CONFIGS[0].parent / "tiny_quantized.yaml")
+    assert cfg.model.quantize_targets and cfg.model.quantizer.codes == 32
+    assert not cfg.model.quantizer.gumbel_noise
