@@ -155,7 +155,9 @@ def main() -> None:
         sets[f"random_{args.random}"] = model_features(pretraining_model(cfg.model),
                                                        cfg.data.normalize, wavs)
     for spec in args.checkpoints:
-        name, _, path = spec.rpartition("=")
+        name, _, path = spec.partition("=")  # NAME=PATH; a bare PATH may hold '=' itself
+        if not path or "/" in name:
+            name, path = "", spec
         from audio_ssl.inference.extract import checkpoint_normalize
         from audio_ssl.interop import load_model
 
