@@ -317,7 +317,7 @@ def _run_targets(args: argparse.Namespace) -> int:
                         checkpoint=checkpoint, layer=args.layer)
     try:
         items, skipped = scan(args.data, progress=not args.no_progress)
-        count, rejected = make_targets(items, cfg, args.output, progress=not args.no_progress)
+        count, rejected = make_targets(items, cfg, args.output)
     except (NoAudioError, FileNotFoundError, FileExistsError) as err:
         print(f"audio-ssl: error: {err}", file=sys.stderr)
         return 2

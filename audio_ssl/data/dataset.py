@@ -18,9 +18,9 @@ from audio_ssl.config import ConvSpec, DataConfig
 from audio_ssl.data.audio import AudioError, load_audio
 from audio_ssl.data.collate import pad_batch
 from audio_ssl.data.manifest import AudioItem, Rejected
+from audio_ssl.data.sampler import BatchRequest, BucketBatchSampler
 from audio_ssl.data.targets import LabelStore
 from audio_ssl.models.feature_encoder import frame_lengths
-from audio_ssl.data.sampler import BatchRequest, BucketBatchSampler
 
 
 @dataclass

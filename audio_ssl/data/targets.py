@@ -18,7 +18,7 @@ import hashlib
 import json
 import logging
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Callable, Literal
 
@@ -30,6 +30,7 @@ from audio_ssl.config import ConvSpec, FeatureEncoderConfig
 from audio_ssl.data.audio import AudioError, load_audio
 from audio_ssl.data.manifest import AudioItem, Rejected, write_rejected
 from audio_ssl.io import atomic_path, atomic_write_text
+from audio_ssl.models.feature_encoder import frame_lengths, receptive_field
 
 log = logging.getLogger("audio_ssl")
 
@@ -56,8 +57,6 @@ def mfcc_frames(wav: torch.Tensor, sample_rate: int = 16_000,
     """(S,) audio -> (T, 39) MFCC + delta + delta-delta, one row per encoder frame: the window
     is the conv stack's receptive field and the hop its stride."""
     import torchaudio
-
-    from audio_ssl.models.feature_encoder import frame_lengths, receptive_field
 
     window, hop = receptive_field(conv_layers)
     frames = int(frame_lengths(torch.tensor([wav.shape[-1]]), conv_layers)[0])
@@ -107,8 +106,8 @@ def _config_text(cfg: TargetsConfig) -> str:
     return yaml.safe_dump(asdict(cfg), sort_keys=False)
 
 
-def make_targets(items: list[AudioItem], cfg: TargetsConfig, output: str | Path,
-                 progress: bool = False) -> tuple[int, list[Rejected]]:
+def make_targets(items: list[AudioItem], cfg: TargetsConfig,
+                 output: str | Path) -> tuple[int, list[Rejected]]:
     """Fit k-means on ``items``' frames (or reuse ``output``'s centres) and write every file's
     labels. Returns (files labelled, files that could not be read)."""
     from sklearn.cluster import MiniBatchKMeans
@@ -191,8 +190,6 @@ class LabelStore:
         for line in index.read_text().splitlines():
             record = json.loads(line)
             self.files[os.path.realpath(record["audio"])] = record["labels"]
-        from audio_ssl.models.feature_encoder import receptive_field
-
         self.hop = receptive_field(CONV_LAYERS)[1]  # samples per label frame
 
     @property
@@ -218,18 +215,15 @@ class LabelStore:
 
 
 def check_targets(cfg):
-    """``cfg`` (a PretrainConfig) with HuBERT's cluster count taken from its targets folder;
-    a clear error when the objective and ``data.targets`` do not go together."""
-    from dataclasses import replace
-
-    from audio_ssl.models.feature_encoder import receptive_field
-
+    """(``cfg``, its label store): ``cfg`` (a PretrainConfig) with HuBERT's cluster count taken
+    from its targets folder, and that folder's :class:`LabelStore` (None for the objectives that
+    read no labels); a clear error when the objective and ``data.targets`` do not go together."""
     model = cfg.model
     if model.objective != "hubert":
         if cfg.data.targets:
             raise ValueError(f"--targets {cfg.data.targets}: only the hubert objective reads "
                              f"labels, this run's is {model.objective}")
-        return cfg
+        return cfg, None
     if not cfg.data.targets:
         raise ValueError("the hubert objective needs --targets DIR, the labels `audio-ssl "
                          "targets DATA --output DIR` made")
@@ -239,4 +233,4 @@ def check_targets(cfg):
         raise ValueError(f"--targets {cfg.data.targets}: labels every {store.hop} samples, but "
                          f"this encoder's frames are {hop} samples apart")
     hubert = replace(model.hubert, clusters=store.clusters)
-    return replace(cfg, model=replace(model, hubert=hubert))
+    return replace(cfg, model=replace(model, hubert=hubert)), store

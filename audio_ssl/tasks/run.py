@@ -26,17 +26,16 @@ log = logging.getLogger("audio_ssl")
 class PretrainData(L.LightningDataModule):
     """Holds the scanned items; builds this rank's loader at the task's data position."""
 
-    def __init__(self, items: list, cfg: PretrainConfig):
+    def __init__(self, items: list, cfg: PretrainConfig, labels: LabelStore | None = None):
         super().__init__()
-        self.items, self.cfg = items, cfg
+        self.items, self.cfg, self.labels = items, cfg, labels
 
     def train_dataloader(self):
         trainer = self.trainer
         position = trainer.lightning_module.batches_seen  # restored before loaders are built
-        labels = LabelStore(self.cfg.data.targets) if self.cfg.model.objective == "hubert" else None
         loader, _ = make_dataloader(
             self.items, self.cfg.data, seed=self.cfg.train.seed, rank=trainer.global_rank,
-            world_size=trainer.world_size, position=position, labels=labels,
+            world_size=trainer.world_size, position=position, labels=self.labels,
             conv_layers=self.cfg.model.encoder.conv_layers,
         )
         return loader
@@ -115,7 +114,7 @@ def pretrain(data: str | Path, cfg: PretrainConfig, output_dir: str | Path, *,
     ``resume``, whose checkpoint already holds the weights.
     """
     start = time.perf_counter()
-    cfg = check_targets(cfg)
+    cfg, labels = check_targets(cfg)
     output = Path(output_dir)
     output.mkdir(parents=True, exist_ok=True)
     ckpt_path = find_last_checkpoint(output) if resume else None
@@ -139,8 +138,8 @@ def pretrain(data: str | Path, cfg: PretrainConfig, output_dir: str | Path, *,
     items, rejected = scan(data, progress=progress, min_samples=cfg.data.min_samples,
                            sample_rate=cfg.data.sample_rate)
     write_rejected(rejected, output / "rejected.jsonl")
-    if cfg.model.objective == "hubert":
-        missing = LabelStore(cfg.data.targets).missing([item.path for item in items])
+    if labels is not None:
+        missing = labels.missing([item.path for item in items])
         if len(missing) == len(items):
             raise FileNotFoundError(f"--targets {cfg.data.targets} holds no labels for any file "
                                     f"of {data}: make them with `audio-ssl targets {data}`")
@@ -162,7 +161,7 @@ def pretrain(data: str | Path, cfg: PretrainConfig, output_dir: str | Path, *,
                         auto_insert_metric_name=False, every_n_train_steps=cfg.train.checkpoint_every,
                         save_top_k=-1, save_last=True),
     ])
-    trainer.fit(task, datamodule=PretrainData(items, cfg), ckpt_path=ckpt_path)
+    trainer.fit(task, datamodule=PretrainData(items, cfg, labels), ckpt_path=ckpt_path)
     result = PretrainResult(
         output_dir=output, last_checkpoint=find_last_checkpoint(output), steps=trainer.global_step,
         files=len(items), hours=hours, rejected=len(rejected), first=task.first_metrics or {},

@@ -20,14 +20,20 @@ def _batch(seed=0, batch=3, samples=16_000):
     return x * (0.5 + t)
 
 
+def _fixed_draws(model, x, seed=1, num_negatives=100):
+    """A span mask (B, T) and distractors ((M, K) indices, (M, K) valid) drawn once from
+    ``seed``, to pass to the model for exact comparisons."""
+    g = torch.Generator().manual_seed(seed)
+    frames = model.backbone.frame_lengths(torch.tensor([x.shape[1]] * x.shape[0]))
+    mask = compute_span_mask(frames, int(frames[0]), model.cfg.mask, g)
+    return mask, sample_negatives(mask, num_negatives, g)
+
+
 def test_loss_terms_against_a_direct_computation():
     torch.manual_seed(0)
     model = Wav2Vec2ForPretraining(small_model_config()).eval()
     x = _batch()
-    g = torch.Generator().manual_seed(1)
-    frames = model.backbone.frame_lengths(torch.tensor([x.shape[1]] * 3))
-    mask = compute_span_mask(frames, int(frames[0]), model.cfg.mask, g)
-    negatives = sample_negatives(mask, 100, g)
+    mask, negatives = _fixed_draws(model, x)
     with torch.no_grad():
         out = model(x, mask=mask, negatives=negatives)
         # direct: eval-mode quantizer is the argmax codevector
@@ -86,10 +92,7 @@ def test_loss_decreases_when_overfitting_one_batch(seed):
                   loss=replace(cfg.loss, mask_identical_negatives=False))
     model = Wav2Vec2ForPretraining(cfg).train()
     x = _batch(seed=seed, batch=4)
-    g = torch.Generator().manual_seed(seed)
-    frames = model.backbone.frame_lengths(torch.tensor([x.shape[1]] * 4))
-    mask = compute_span_mask(frames, int(frames[0]), cfg.mask, g)
-    negatives = sample_negatives(mask, 20, g)
+    mask, negatives = _fixed_draws(model, x, seed=seed, num_negatives=20)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
     losses, accuracy = [], []
     for step in range(150):
@@ -109,10 +112,7 @@ def test_plateau_diagnostics_against_a_direct_computation():
     torch.manual_seed(0)
     model = Wav2Vec2ForPretraining(small_model_config()).eval()
     x = _batch()
-    g = torch.Generator().manual_seed(1)
-    frames = model.backbone.frame_lengths(torch.tensor([x.shape[1]] * 3))
-    mask = compute_span_mask(frames, int(frames[0]), model.cfg.mask, g)
-    idx, valid = sample_negatives(mask, 100, g)
+    mask, (idx, valid) = _fixed_draws(model, x)
     with torch.no_grad():
         out = model(x, mask=mask, negatives=(idx, valid))
         bb = model.backbone(x, mask=mask)
@@ -150,10 +150,7 @@ def test_continuous_targets_are_the_projected_features():
     model = Wav2Vec2ForPretraining(cfg).eval()
     assert model.quantizer is None
     x = _batch()
-    g = torch.Generator().manual_seed(1)
-    frames = model.backbone.frame_lengths(torch.tensor([x.shape[1]] * 3))
-    mask = compute_span_mask(frames, int(frames[0]), cfg.mask, g)
-    idx, valid = sample_negatives(mask, 100, g)
+    mask, (idx, valid) = _fixed_draws(model, x)
     with torch.no_grad():
         out = model(x, mask=mask, negatives=(idx, valid))
         bb = model.backbone(x, mask=mask)
