@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import sys
 from pathlib import Path
 
@@ -12,8 +11,8 @@ DESCRIPTION = """\
 audio-ssl: self-supervised speech representation learning (wav2vec 2.0).
 
 commands:
-  demo       make a speech-like corpus, pretrain a tiny model on it, extract features,
-             fine-tune it with CTC and transcribe (no input needed)
+  demo       the whole workflow on spoken digits it synthesises: pretrain, plot, extract,
+             probe, fine-tune with CTC, transcribe unseen voices (no input needed)
   pretrain   pretrain a model on a folder of raw audio (any format, rate, channels, length)
   extract    features (any layer, or quantizer codes) of every file of a folder, manifest or
              list, from any checkpoint; resumable
@@ -21,6 +20,7 @@ commands:
   transcribe speech to text with a fine-tuned model (greedy, or beam search with an LM)
   evaluate   word and character error rates of a fine-tuned model on transcribed audio
   lm         build an n-gram language model (ARPA) from a text file, for beam search
+  plot       curves of pretraining and fine-tuning runs; a checkpoint's codebook usage
   convert    convert a checkpoint (HF folder, fairseq .pt, torchaudio .pt, audio-ssl .ckpt) to
              an HF folder or an audio-ssl .ckpt
 
@@ -94,20 +94,55 @@ def build_parser() -> argparse.ArgumentParser:
     k.add_argument("--no-progress", action="store_true", help="no progress bars")
 
     d = sub.add_parser(
-        "demo", help="the whole workflow on a corpus it makes: pretrain, extract, fine-tune",
-        description="Generate a speech-like corpus with transcripts (espeak-ng voices when "
-        "espeak-ng is installed, else a built-in formant synthesiser), pretrain the tiny preset "
-        "on it, extract features of every file, fine-tune the pretrained model with CTC on the "
-        "corpus's train split and transcribe a few test files. About 10 minutes on 2 CPU cores.",
+        "demo", help="the whole workflow on a corpus it makes, each stage shown working",
+        description="Make a spoken-digit corpus with eSpeak NG voices (installed by pip; a few "
+        "voices held out for testing), pretrain the tiny preset on it, plot the curves, extract "
+        "every layer's features, probe them against MFCCs, fine-tune with CTC and transcribe "
+        "the held-out voices; ends with a table of what each stage showed and where its outputs "
+        "are. About 10 minutes on 2 CPU cores. Run it again to reuse finished stages.",
     )
     d.add_argument("--output", "-o", type=Path, default=Path("runs/demo"),
-                   help="folder for the corpus and the run (default: runs/demo)")
-    d.add_argument("--minutes", type=float, default=20.0, help="minutes of audio to generate")
-    d.add_argument("--finetune-steps", type=int, default=200,
-                   help="CTC fine-tuning updates after pretraining (0: stop after extraction)")
-    _add_pretrain_options(d, "tiny")
-    d.set_defaults(max_steps_default=600)
+                   help="folder for the corpus and the runs (default: runs/demo)")
+    d.add_argument("--minutes", type=float, default=20.0,
+                   help="minutes of audio to generate (default: 20)")
+    d.add_argument("--pretrain-steps", type=int, default=500,
+                   help="pretraining updates (default: 500)")
+    d.add_argument("--finetune-steps", type=int, default=600,
+                   help="CTC fine-tuning updates (default: 600; 0: stop after the probe)")
+    d.add_argument("--seed", type=int, default=0, help="corpus and training seed (default: 0)")
+    d.add_argument("--preset", choices=["tiny", "base", "large"], default="tiny",
+                   help="model preset (default: tiny)")
+    d.add_argument("--config", type=Path, default=None,
+                   help="YAML overrides on top of the preset, as for pretrain")
+    d.add_argument("--accelerator", default="auto", choices=["auto", "cpu", "gpu"])
+    d.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+    o = sub.add_parser(
+        "plot", help="curves of pretraining or fine-tuning runs; a checkpoint's codebook usage",
+        description="Draw the logged curves of one or more run folders (overlaid, one colour "
+        "each) to a PNG. Pretraining: loss as a fraction of a uniform guess's, loss terms, "
+        "accuracy, code and prob perplexity, cosines to positive and distractors, Gumbel "
+        "temperature, learning rate, gradient norm, throughput. Fine-tuning: loss, validation "
+        "WER and CER, learning rate. A checkpoint with --data: how often each code of each "
+        "quantizer group is chosen over that audio, as a heat map.",
+    )
+    o.add_argument("paths", nargs="+", metavar="RUN_DIR",
+                   help="run folders of one kind, or one checkpoint (with --data)")
+    o.add_argument("--output", "-o", type=Path, default=None,
+                   help="PNG to write (default: RUN_DIR/curves.png, or CHECKPOINT.codebook.png)")
+    o.add_argument("--data", default=None,
+                   help="checkpoint: audio whose codes to count (folder, manifest or list)")
+    o.add_argument("--max-files", type=int, default=200,
+                   help="checkpoint: files of --data to read at most (default: 200)")
+    o.add_argument("--title", default=None, help="figure title")
+
     _add_asr_commands(sub)
+    for command in sub.choices.values():
+        loud = command.add_mutually_exclusive_group()
+        loud.add_argument("--quiet", "-q", action="store_true",
+                          help="only warnings, errors and results; no progress bars")
+        loud.add_argument("--verbose", "-v", action="store_true",
+                          help="also Lightning's device lines and the model summary")
 
     c = sub.add_parser(
         "convert", help="convert a checkpoint to an HF folder or an audio-ssl .ckpt",
@@ -270,10 +305,7 @@ def _load_config(args: argparse.Namespace, init=None):
     from audio_ssl import config
     from audio_ssl.inference.transcribe import audio_normalize_of
 
-    max_steps = args.max_steps
-    if max_steps is None and getattr(args, "max_steps_default", None) and args.config is None:
-        max_steps = args.max_steps_default
-    train = {"max_steps": max_steps, "devices": args.devices, "num_nodes": args.num_nodes}
+    train = {"max_steps": args.max_steps, "devices": args.devices, "num_nodes": args.num_nodes}
     overrides: dict = {"train": {k: v for k, v in train.items() if v is not None}}
     if getattr(args, "objective", None):
         overrides["model"] = {"objective": args.objective}
@@ -380,57 +412,33 @@ def _run_asr(args: argparse.Namespace) -> int:
 
 
 def _run_demo(args: argparse.Namespace) -> int:
-    """Corpus -> pretrain -> extract -> fine-tune -> transcribe, each step's summary printed."""
-    from audio_ssl.data.synth import make_corpus
+    from audio_ssl.data import NoAudioError
+    from audio_ssl.demo.espeak import EspeakError
+    from audio_ssl.demo.run import DemoSettings, run_demo
 
-    corpus = make_corpus(args.output / "corpus", minutes=args.minutes,
-                         progress=not args.no_progress)
-    manifest = corpus / "manifest.jsonl"
-    status = _run_pretrain(args, manifest, args.output / "pretrain")
-    if status != 0:
-        return status
-    checkpoint = args.output / "pretrain" / "checkpoints" / "last.ckpt"
-
-    from audio_ssl.inference.extract import extract_folder
-
-    print("\n== extract: features of the last layer of every file ==")
-    extracted = extract_folder(checkpoint, manifest, args.output / "features", layers="last",
-                               progress=not args.no_progress)
-    print(extracted.summary())
-    if args.finetune_steps <= 0:
-        return 0 if extracted.ok else 1
-
-    from audio_ssl.tasks.finetune import finetune
-
-    print(f"\n== fine-tune: CTC on the train split, {args.finetune_steps} updates ==")
-    steps = args.finetune_steps
-    result = finetune(checkpoint, manifest, manifest, args.output / "finetune",
-                      train_split="train", valid_split="test", progress=not args.no_progress,
-                      resume=args.resume and (args.output / "finetune" / "checkpoints" /
-                                              "last.ckpt").is_file(),
-                      accelerator=args.accelerator,
-                      overrides={"train": {"max_steps": steps, "val_every": max(1, steps // 2)},
-                                 "ctc": {"freeze_updates": min(100, steps // 4)}})
-    print(result.summary())
-    test = [json.loads(line) for line in manifest.read_text().splitlines()]
-    test = [r for r in test if r.get("split") == "test"][:3]
-    heard = result.transcribe([corpus / r["audio"] for r in test])
-    texts = {Path(t.path).resolve(): t.text for t in heard.transcriptions}
-    print("\n== transcribe: three test files (reference -> greedy transcript) ==")
-    for r in test:
-        print(f"  {r['audio']}: {r['text']!r} -> {texts.get((corpus / r['audio']).resolve())!r}")
-    print("\nAfter this short run the transcripts are rough; longer runs (`audio-ssl finetune "
-          "--help`) do better.")
-    return 0 if extracted.ok else 1
+    settings = DemoSettings(
+        output=args.output, minutes=args.minutes, pretrain_steps=args.pretrain_steps,
+        finetune_steps=args.finetune_steps, seed=args.seed, preset=args.preset,
+        config=args.config, accelerator=args.accelerator, progress=not args.no_progress)
+    try:
+        return run_demo(settings)
+    except (NoAudioError, FileNotFoundError, FileExistsError, EspeakError) as err:
+        print(f"audio-ssl: error: {err}", file=sys.stderr)
+        return 2
 
 
 def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command is None:
         parser.print_help()
         return 1
+    from audio_ssl import console
+
+    console.configure(console.QUIET if args.quiet else
+                      console.VERBOSE if args.verbose else console.DEFAULT)
+    if args.quiet and hasattr(args, "no_progress"):
+        args.no_progress = True
     try:
         if args.command == "pretrain":
             return _run_pretrain(args, args.data, args.output)
@@ -447,9 +455,11 @@ def main(argv: list[str] | None = None) -> int:
         if args.command in ("finetune", "transcribe", "evaluate", "lm"):
             return _run_asr(args)
         if args.command == "demo":
-            from audio_ssl.data.synth import make_corpus
-
             return _run_demo(args)
+        if args.command == "plot":
+            from audio_ssl.plot import run_plot_command
+
+            return run_plot_command(args)
     except ValueError as err:  # bad config values, bad arguments
         print(f"audio-ssl: error: {err}", file=sys.stderr)
         return 2

@@ -6,9 +6,9 @@ scratch, with all training labels and with 10% of them, on three labelled corpor
 
 - fsdd: ../shared/data/fsdd, the official split (test = takes 0-4); 100 training clips held out
   for validation (checkpoint choice).
-- espeak: synthetic sentences made with ../shared/data/espeak/make_corpus.py (needs espeak-ng and
-  wordnet-base); the test split has voices never heard in training; 60 training utterances held
-  out for validation.
+- espeak: LJSpeech's sentences spoken by eSpeak NG voices (audio_ssl.demo.corpus, installed by
+  pip); the test split has voices and sentences never heard in training; 60 training utterances
+  held out for validation.
 - ljspeech: ../shared/data/ljspeech has only a train split: its last 34 utterances are the test
   set, the 20 before them validation.
 
@@ -25,8 +25,8 @@ from __future__ import annotations
 import argparse
 import json
 import random
+import re
 import shutil
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -56,20 +56,17 @@ def _write(rows: list[dict], path: Path) -> Path:
     return path
 
 
-def make_espeak(data: Path, out: Path, n_train: int, n_test: int) -> Path | str:
-    """The espeak corpus (made once), or the reason it could not be made."""
-    manifest = out / "manifest.jsonl"
-    if manifest.is_file():
-        return manifest
-    if shutil.which("espeak-ng") is None or not Path("/usr/share/wordnet").is_dir():
-        return ("espeak-ng / wordnet-base not installed (apt-get install -y espeak-ng "
-                "wordnet-base)")
-    cmd = [sys.executable, str(data / "espeak" / "make_corpus.py"), str(out), str(n_train),
-           str(n_test)]
-    done = subprocess.run(cmd, capture_output=True, text=True)
-    if done.returncode != 0:
-        return f"{' '.join(cmd)} failed: {done.stderr.strip()[-500:]}"
-    return manifest
+def make_espeak(data: Path, out: Path, minutes: float) -> Path:
+    """The espeak corpus (made once): LJSpeech's sentences, normalised, spoken by eSpeak NG voices
+    with audio_ssl's own generator (pip, no system package); its test split has voices and
+    sentences never heard in training."""
+    from audio_ssl.demo.corpus import make_corpus
+
+    lines = (data / "ljspeech" / "manifest.jsonl").read_text(encoding="utf-8").splitlines()
+    texts = [" ".join(re.sub(r"[^a-z' ]+", " ", json.loads(line)["text"].lower()
+                             .replace("-", " ")).split()) for line in lines]
+    make_corpus(out, minutes=minutes, seed=0, sentences=texts, progress=False)
+    return out / "manifest.jsonl"
 
 
 def pack(data: Path, out: Path, corpora: dict[str, Path], opus: set[str]) -> None:
@@ -109,9 +106,7 @@ def splits(corpus: str, data: Path, work: Path, args) -> dict[str, Path] | str:
         rng.shuffle(train)
     elif corpus == "espeak":
         made = (args.espeak_corpus / "manifest.jsonl" if args.espeak_corpus else
-                make_espeak(data, work / "espeak-corpus", args.espeak_train, args.espeak_test))
-        if isinstance(made, str):
-            return made
+                make_espeak(data, work / "espeak-corpus", args.espeak_minutes))
         train, test = _rows(made, "train"), _rows(made, "test")
         rng.shuffle(train)
         valid, train = train[:60], train[60:]
@@ -242,8 +237,8 @@ def main() -> int:
     parser.add_argument("--no-masks", action="store_true",
                         help="no time or channel masks (the paper's are heavy for short runs)")
     parser.add_argument("--workers", type=int, default=1, help="data loader workers")
-    parser.add_argument("--espeak-train", type=int, default=1000)
-    parser.add_argument("--espeak-test", type=int, default=200)
+    parser.add_argument("--espeak-minutes", type=float, default=60.0,
+                        help="minutes of audio in the espeak corpus (default: 60)")
     parser.add_argument("--espeak-corpus", type=Path, default=None,
                         help="an espeak corpus already made (its folder), instead of making one")
     parser.add_argument("--accelerator", default="cpu", choices=["cpu", "gpu"])
@@ -259,11 +254,9 @@ def main() -> int:
     work = args.output / "data"
     if args.pack:
         espeak = make_espeak(args.data, args.espeak_corpus or work / "espeak-corpus",
-                             args.espeak_train, args.espeak_test)
+                             args.espeak_minutes)
         corpora = {"fsdd": args.data / "fsdd/manifest.jsonl",
-                   "ljspeech": args.data / "ljspeech/manifest.jsonl"}
-        if not isinstance(espeak, str):
-            corpora["espeak"] = espeak
+                   "ljspeech": args.data / "ljspeech/manifest.jsonl", "espeak": espeak}
         pack(args.data, args.pack, corpora, opus={"ljspeech", "espeak"})
         return 0
     records, blocked = [], {}

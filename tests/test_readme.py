@@ -39,16 +39,25 @@ def test_python_api_block_runs():
 
 
 @pytest.mark.slow
-def test_demo_makes_audio_and_pretrains(tmp_path, capsys):
+def test_demo_runs_every_stage(tmp_path, capsys):
     out = tmp_path / "demo"
-    assert main(["demo", "--output", str(out), "--minutes", "1", "--max-steps", "3",
-                 "--finetune-steps", "2", "--no-progress"]) == 0
+    args = ["demo", "--output", str(out), "--minutes", "1.5", "--pretrain-steps", "3",
+            "--finetune-steps", "2", "--no-progress"]
+    assert main(args) == 0
     printed = capsys.readouterr().out
-    assert "pretrained 3 steps" in printed
-    assert "failures: none" in printed  # extraction
-    assert "fine-tuned 2 steps with CTC" in printed
-    assert "reference -> greedy transcript" in printed
-    assert (out / "corpus" / "manifest.jsonl").is_file()
-    assert (out / "pretrain" / "checkpoints" / "last.ckpt").is_file()
-    assert (out / "features" / "index.jsonl").is_file()
-    assert (out / "finetune" / "checkpoints" / "last.ckpt").is_file()
+    for stage in ("[1/7] corpus", "[2/7] pretrain", "[3/7] plot", "[4/7] extract", "[5/7] probe",
+                  "[6/7] fine-tune", "[7/7] transcribe", "What the demo showed:"):
+        assert stage in printed
+    assert "x log(K+1)" in printed and "CER" in printed and "MFCC" in printed
+    for path in ("corpus/manifest.jsonl", "pretrain/checkpoints/last.ckpt", "pretrain.png",
+                 "features/index.jsonl", "finetune/checkpoints/best.ckpt",
+                 "finetune/test_report.jsonl"):
+        assert (out / path).is_file(), path
+    # a second run reuses what is finished
+    assert printed.count("finished before") == 0
+    assert main(args) == 0
+    assert capsys.readouterr().out.count("(finished before: reused)") == 2
+    # other settings in the same folder would mix two demos: one clear line, exit 2
+    assert main([*args, "--seed", "1"]) == 2
+    err = capsys.readouterr().err
+    assert "other settings (seed)" in err and str(out) in err

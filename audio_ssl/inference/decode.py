@@ -16,6 +16,7 @@ from pathlib import Path
 
 import torch
 
+from audio_ssl import console
 from audio_ssl.data.text import WORD_SEPARATOR, Vocabulary
 
 
@@ -77,13 +78,14 @@ class BeamSearchDecoder:
                 raise FileNotFoundError(f"language model {lm} does not exist")
             if lexicon is None and lm.suffix.lower() == ".arpa":
                 self._check_token_lm(lm, set(tokens))
-        self.decoder = ctc_decoder(
-            lexicon=None if lexicon_path is None else str(lexicon_path),
-            tokens=tokens, lm=None if lm is None else str(lm), beam_size=beam_size,
-            lm_weight=lm_weight, word_score=word_score, beam_threshold=beam_threshold,
-            blank_token=tokens[0], sil_token=WORD_SEPARATOR,
-            unk_word="<unk>",
-        )
+        with console.native_output_hidden():  # KenLM's loading chatter and progress stars
+            self.decoder = ctc_decoder(
+                lexicon=None if lexicon_path is None else str(lexicon_path),
+                tokens=tokens, lm=None if lm is None else str(lm), beam_size=beam_size,
+                lm_weight=lm_weight, word_score=word_score, beam_threshold=beam_threshold,
+                blank_token=tokens[0], sil_token=WORD_SEPARATOR,
+                unk_word="<unk>",
+            )
 
     def _usable_lexicon(self, path: Path, tokens: set[str]) -> Path:
         """The lexicon, less the words it spells with tokens the model lacks."""

@@ -224,8 +224,8 @@ class FinetuneTask(L.LightningModule):
             if row["valid/wer"] < self.best_wer or (row["valid/wer"] == self.best_wer
                                                     and not (ckpt / "best.ckpt").exists()):
                 self.best_wer = row["valid/wer"]
-                trainer.save_checkpoint(ckpt / "best.ckpt")
-            trainer.save_checkpoint(ckpt / "last.ckpt")
+                trainer.save_checkpoint(ckpt / "best.ckpt", weights_only=False)
+            trainer.save_checkpoint(ckpt / "last.ckpt", weights_only=False)
         log.info("step %d: valid WER %.2f%%, CER %.2f%%, loss %.3f", step, 100 * row["valid/wer"],
                  100 * row["valid/cer"], row["valid/loss"])
         return row

@@ -10,6 +10,7 @@ import torch
 from lightning.pytorch.callbacks import Callback, TQDMProgressBar
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
+from audio_ssl import console
 from audio_ssl.tasks.pretrain import AtomicCheckpointIO
 
 
@@ -42,7 +43,7 @@ def build_trainer(cfg: Any, output: Path, *, accelerator: str, progress: bool,
         gradient_clip_val=cfg.optim.grad_clip or None,
         accumulate_grad_batches=t.accumulate_grad_batches, use_distributed_sampler=False,
         limit_val_batches=0, num_sanity_val_steps=0, log_every_n_steps=t.log_every,
-        enable_progress_bar=progress, enable_model_summary=progress, default_root_dir=output,
+        enable_progress_bar=progress, enable_model_summary=console.verbose(), default_root_dir=output,
         logger=[CSVLogger(output, name="logs", version="csv"),
                 TensorBoardLogger(output, name="logs", version="tensorboard")],
         callbacks=[*callbacks, *bar], plugins=[AtomicCheckpointIO()], **options,

@@ -1,0 +1,261 @@
+"""``audio-ssl demo``: every stage of the workflow on a corpus it makes, each shown working.
+
+Stages: an eSpeak NG spoken-digit corpus (some voices held out) -> pretraining of ``tiny`` with
+a one-line verdict on the plateau -> a PNG of its curves -> extraction of every context layer ->
+a digit probe of those features against MFCCs on the held-out voices -> CTC fine-tuning -> CER
+on the held-out voices with transcripts beside their references -> a summary table of what was
+learned, how long each stage took and where everything is.
+
+Run again with the same ``--output``, finished stages are reused and an interrupted one resumes.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from audio_ssl import console
+
+
+@dataclass
+class DemoSettings:
+    output: Path
+    minutes: float = 20.0
+    pretrain_steps: int = 500
+    finetune_steps: int = 600
+    seed: int = 0
+    preset: str = "tiny"
+    config: Path | None = None
+    accelerator: str = "auto"
+    progress: bool = True
+
+
+@dataclass
+class _Report:
+    rows: list[tuple[str, str, str, float]] = field(default_factory=list)  # stage, result, where, s
+
+    def add(self, stage: str, result: str, where: Path | str, seconds: float) -> None:
+        self.rows.append((stage, result, str(where), seconds))
+
+    def table(self) -> str:
+        w0 = max(len(r[0]) for r in self.rows)
+        w1 = max(len(r[1]) for r in self.rows)
+        lines = [f"{'stage':<{w0}}  {'what it showed':<{w1}}  {'time':>7}  where",
+                 f"{'-' * w0}  {'-' * w1}  {'-' * 7}  -----"]
+        lines += [f"{s:<{w0}}  {r:<{w1}}  {_clock(t):>7}  {where}" for s, r, where, t in self.rows]
+        lines.append(f"{'total':<{w0}}  {'':<{w1}}  {_clock(sum(r[3] for r in self.rows)):>7}")
+        return "\n".join(lines)
+
+
+def _clock(seconds: float) -> str:
+    return f"{int(seconds // 60)}:{int(seconds % 60):02d}"
+
+
+def _say(text: str) -> None:
+    if not console.quiet():
+        print(text, flush=True)
+
+
+def _finished(run: Path, steps: int) -> bool:
+    try:
+        return json.loads((run / "summary.json").read_text())["steps"] >= steps
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+
+
+def _check_settings(s: DemoSettings) -> None:
+    """A demo folder serves one set of settings: rerunning it reuses finished stages, so other
+    settings there would mix two demos. Raises FileExistsError naming the difference."""
+    from audio_ssl.io import atomic_write_text
+
+    wanted = {"minutes": s.minutes, "pretrain_steps": s.pretrain_steps,
+              "finetune_steps": s.finetune_steps, "seed": s.seed, "preset": s.preset,
+              "config": str(s.config) if s.config else None}
+    path = s.output / "demo.json"
+    if path.is_file():
+        try:
+            before = json.loads(path.read_text())
+        except ValueError:
+            before = None
+        if before != wanted:
+            changed = sorted(k for k in wanted if not before or before.get(k) != wanted[k])
+            raise FileExistsError(
+                f"{s.output} holds a demo run with other settings ({', '.join(changed)}): "
+                f"choose another --output, or delete it to start again")
+    s.output.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(path, json.dumps(wanted, indent=2) + "\n", fsync=False)
+
+
+def run_demo(s: DemoSettings) -> int:
+    """Run every stage; 0 when all of them ran (whether pretraining left the plateau is the
+    verdict printed, not an error)."""
+    from audio_ssl import config as config_module
+    from audio_ssl.demo.corpus import make_corpus
+    from audio_ssl.demo.probe import digit_probe
+    from audio_ssl.inference.extract import extract_folder
+    from audio_ssl.inference.transcribe import evaluate
+    from audio_ssl.plot import plot_runs
+    from audio_ssl.tasks.finetune import finetune
+    from audio_ssl.tasks.run import find_last_checkpoint, pretrain
+
+    out = s.output
+    _check_settings(s)
+    report = _Report()
+
+    t = time.perf_counter()
+    _say(f"[1/7] corpus: {s.minutes:g} min of spoken digits from eSpeak NG voices")
+    corpus = make_corpus(out / "corpus", minutes=s.minutes, seed=s.seed, progress=s.progress)
+    manifest = corpus / "manifest.jsonl"
+    rows = [json.loads(line) for line in manifest.read_text().splitlines()]
+    test_rows = [r for r in rows if r["split"] == "test"]
+    voices = {r["speaker"] for r in rows}
+    test_voices = {r["speaker"] for r in test_rows}
+    minutes = sum(r["duration"] for r in rows) / 60
+    line = (f"{len(rows)} files, {minutes:.1f} min, {len(voices)} voices "
+            f"({len(test_voices)} heard only in the test split)")
+    _say(f"      {line}")
+    report.add("corpus", f"{len(rows)} files, {minutes:.0f} min, {len(test_voices)} of "
+               f"{len(voices)} voices held out", manifest, time.perf_counter() - t)
+
+    t = time.perf_counter()
+    _say(f"[2/7] pretrain: {s.preset}, {s.pretrain_steps} updates of wav2vec 2.0's contrastive "
+         f"loss on all files (no transcripts used)")
+    run = out / "pretrain"
+    if _finished(run, s.pretrain_steps):
+        summary = json.loads((run / "summary.json").read_text())
+        first, last, uniform = summary["first"], summary["last"], summary["uniform_loss"]
+        _say("      (finished before: reused)")
+    else:
+        cfg = config_module.load(s.preset, s.config, overrides={
+            "train": {"max_steps": s.pretrain_steps, "seed": s.seed}})
+        result = pretrain(manifest, cfg, run, resume=find_last_checkpoint(run) is not None,
+                          progress=s.progress, accelerator=s.accelerator)
+        first, last, uniform = result.first, result.last, result.uniform_loss
+    key = "train/contrastive" if "train/contrastive" in last else "train/masked_loss"
+    curve = _curve(run / "metrics.jsonl", key)
+    escape = _escape_step(curve, 0.9 * uniform)
+    tail = [v for step, v in curve.items() if step > max(curve) - 50]
+    ratio = sum(tail) / len(tail) / uniform
+    verdict = "it learned" if ratio < 0.85 else "still near the plateau"
+    line = (f"loss {first[key]:.2f} -> {ratio * uniform:.2f} (last 50 updates) = {ratio:.2f} x "
+            f"log(K+1) ({uniform:.2f}); below 0.9 x from update {escape}; accuracy {first['train/accuracy']:.2f} -> {last['train/accuracy']:.2f}: {verdict}")
+    _say(f"      {line}")
+    checkpoint = run / "checkpoints" / "last.ckpt"
+    report.add("pretrain", f"loss {ratio:.2f} x log(K+1), below 0.9 x from update {escape}",
+               checkpoint, time.perf_counter() - t)
+
+    t = time.perf_counter()
+    png = plot_runs([run], out / "pretrain.png", title="audio-ssl demo: pretraining")
+    _say(f"[3/7] plot: the pretraining curves in {png}")
+    report.add("plot", "loss, accuracy, cosines, lr, grad norm", png,
+               time.perf_counter() - t)
+
+    t = time.perf_counter()
+    _say("[4/7] extract: every context layer of every file")
+    features = out / "features"
+    extracted = extract_folder(checkpoint, manifest, features, layers="all", progress=s.progress)
+    line = f"{extracted.extracted + extracted.skipped} files"
+    if extracted.failures:
+        line += f", {len(extracted.failures)} failed (listed in {features / 'failures.jsonl'})"
+    _say(f"      {line}")
+    report.add("extract", line, features / "index.jsonl", time.perf_counter() - t)
+
+    t = time.perf_counter()
+    _say("[5/7] probe: which digit is it, for voices the probe never heard")
+    try:
+        probe = digit_probe(features, manifest)
+        _say(f"      {probe.line()}")
+        line = (f"digits, unseen voices: features {100 * probe.features:.0f} %, "
+                f"MFCC {100 * probe.mfcc:.0f} %")
+    except ValueError as err:  # a corpus too small for it (--minutes)
+        line = f"skipped: {err}"
+        _say(f"      {line}")
+    report.add("probe", line, features, time.perf_counter() - t)
+
+    if s.finetune_steps > 0:
+        t = time.perf_counter()
+        _say(f"[6/7] fine-tune: CTC on the train voices' transcripts, {s.finetune_steps} updates")
+        ft = out / "finetune"
+        best = ft / "checkpoints" / "best.ckpt"
+        if _finished(ft, s.finetune_steps) and best.is_file():
+            _say("      (finished before: reused)")
+        else:
+            steps = s.finetune_steps
+            finetune(checkpoint, manifest, manifest, ft, train_split="train", valid_split="test",
+                     progress=s.progress, resume=(ft / "checkpoints" / "last.ckpt").is_file(),
+                     accelerator=s.accelerator, overrides=finetune_overrides(steps, s.seed))
+        history = _curve(ft / "metrics.jsonl", "valid/cer")
+        report.add("fine-tune", f"{s.finetune_steps} CTC updates, valid CER " + " -> ".join(
+            f"{100 * history[k]:.0f} %" for k in sorted(history)), best, time.perf_counter() - t)
+
+        t = time.perf_counter()
+        _say("[7/7] transcribe the held-out voices: greedy, and beam search with the train "
+             "transcripts' words and a bigram LM of them (audio-ssl lm)")
+        lm, lexicon = _train_lm(rows, ft)
+        greedy = evaluate(best, manifest, split="test", report=ft / "test_report.jsonl")
+        beam = evaluate(best, manifest, split="test", report=ft / "test_report_lm.jsonl",
+                        lm=lm, lexicon=lexicon)
+        with_lm = {u.path: u.hypothesis for u in beam.utterances}
+        shown = sorted(greedy.utterances, key=lambda u: u.path)[:6]
+        width = max(len(u.reference) for u in shown)
+        hyp_width = max(len(u.hypothesis) for u in shown)
+        _say(f"      {'reference':<{width}}  |  {'greedy':<{hyp_width}}  |  with words + LM")
+        for u in shown:
+            _say(f"      {u.reference:<{width}}  |  {u.hypothesis:<{hyp_width}}  |  "
+                 f"{with_lm.get(u.path, '')}")
+        line = (f"{len(greedy.utterances)} utterances of {len(test_voices)} unseen voices: "
+                f"greedy CER {100 * greedy.cer:.1f} % (WER {100 * greedy.wer:.1f} %), with words "
+                f"+ LM CER {100 * beam.cer:.1f} % (WER {100 * beam.wer:.1f} %)")
+        _say(f"      {line}")
+        report.add("transcribe", f"CER on unseen voices: greedy {100 * greedy.cer:.1f} %, "
+                   f"words + LM {100 * beam.cer:.1f} %", ft / "test_report.jsonl",
+                   time.perf_counter() - t)
+
+    print("\nWhat the demo showed:\n" + report.table())
+    print(f"\nSee the curves: {png}   Rerun any stage: audio-ssl pretrain/extract/finetune --help")
+    return 0 if extracted.ok else 1
+
+
+def finetune_overrides(steps: int, seed: int) -> dict:
+    """The demo's CTC recipe for ``steps`` updates (see the README's demo section)."""
+    return {"train": {"max_steps": steps, "val_every": max(1, steps // 3), "seed": seed + 1},
+            "ctc": {"freeze_updates": 0, "time_mask": {"prob": 0.0},
+                    "channel_mask": {"prob": 0.0}},
+            "optim": {"lr": 5e-3}}
+
+
+def _train_lm(rows: list[dict], folder: Path) -> tuple[Path, Path]:
+    """A word bigram LM (ARPA) and a lexicon of the train split's transcripts, for beam search."""
+    from audio_ssl.inference.lm import build_lm_file
+    from audio_ssl.io import atomic_write_text
+
+    text = folder / "train_text.txt"
+    atomic_write_text(text, "".join(r["text"] + "\n" for r in rows if r["split"] == "train"),
+                      fsync=False)
+    built = build_lm_file(text, folder / "lm.arpa", order=2, lexicon=folder / "lexicon.txt")
+    return built.path, built.lexicon
+
+
+def _curve(metrics: Path, key: str) -> dict[int, float]:
+    """{step: value} of ``key`` in a run's metrics.jsonl (the last record of a step wins)."""
+    rows = {}
+    for text in metrics.read_text().splitlines():
+        r = json.loads(text)
+        if key in r and math.isfinite(r[key]):
+            rows[r["step"]] = r[key]
+    return rows
+
+
+def _escape_step(rows: dict[int, float], line: float, hold: int = 50) -> int | str:
+    """First logged update from which the curve stays below ``line`` for ``hold`` updates."""
+    steps = sorted(rows)
+    for i, step in enumerate(steps):
+        if all(rows[s] < line for s in steps[i:] if s < step + hold):
+            return step
+    return "never"
+
+
+__all__ = ["DemoSettings", "run_demo", "finetune_overrides"]
