@@ -137,12 +137,6 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument("--title", default=None, help="figure title")
 
     _add_asr_commands(sub)
-    for command in sub.choices.values():
-        loud = command.add_mutually_exclusive_group()
-        loud.add_argument("--quiet", "-q", action="store_true",
-                          help="only warnings, errors and results; no progress bars")
-        loud.add_argument("--verbose", "-v", action="store_true",
-                          help="also Lightning's device lines and the model summary")
 
     c = sub.add_parser(
         "convert", help="convert a checkpoint to an HF folder or an audio-ssl .ckpt",
@@ -209,6 +203,12 @@ def build_parser() -> argparse.ArgumentParser:
                    "disk is slower than the model; outputs still appear whole or not at all, "
                    "but a power cut may leave empty ones)")
     e.add_argument("--no-progress", action="store_true", help="no progress bar")
+    for command in sub.choices.values():
+        loud = command.add_mutually_exclusive_group()
+        loud.add_argument("--quiet", "-q", action="store_true",
+                          help="only warnings, errors and results; no progress bars")
+        loud.add_argument("--verbose", "-v", action="store_true",
+                          help="also Lightning's device lines and the model summary")
     return parser
 
 

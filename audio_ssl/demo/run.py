@@ -92,111 +92,145 @@ def _check_settings(s: DemoSettings) -> None:
 def run_demo(s: DemoSettings) -> int:
     """Run every stage; 0 when all of them ran (whether pretraining left the plateau is the
     verdict printed, not an error)."""
-    from audio_ssl import config as config_module
-    from audio_ssl.demo.corpus import make_corpus
-    from audio_ssl.demo.probe import digit_probe
-    from audio_ssl.inference.extract import extract_folder
-    from audio_ssl.inference.transcribe import evaluate
-    from audio_ssl.plot import plot_runs
-    from audio_ssl.tasks.finetune import finetune
-    from audio_ssl.tasks.run import find_last_checkpoint, pretrain
-
-    out = s.output
     _check_settings(s)
-    report = _Report()
+    return _Demo(s).run()
 
-    t = time.perf_counter()
-    _say(f"[1/7] corpus: {s.minutes:g} min of spoken digits from eSpeak NG voices")
-    corpus = make_corpus(out / "corpus", minutes=s.minutes, seed=s.seed, progress=s.progress)
-    manifest = corpus / "manifest.jsonl"
-    rows = [json.loads(line) for line in manifest.read_text().splitlines()]
-    test_rows = [r for r in rows if r["split"] == "test"]
-    voices = {r["speaker"] for r in rows}
-    test_voices = {r["speaker"] for r in test_rows}
-    minutes = sum(r["duration"] for r in rows) / 60
-    line = (f"{len(rows)} files, {minutes:.1f} min, {len(voices)} voices "
-            f"({len(test_voices)} heard only in the test split)")
-    _say(f"      {line}")
-    report.add("corpus", f"{len(rows)} files, {minutes:.0f} min, {len(test_voices)} of "
-               f"{len(voices)} voices held out", manifest, time.perf_counter() - t)
 
-    t = time.perf_counter()
-    _say(f"[2/7] pretrain: {s.preset}, {s.pretrain_steps} updates of wav2vec 2.0's contrastive "
-         f"loss on all files (no transcripts used)")
-    run = out / "pretrain"
-    if _finished(run, s.pretrain_steps):
-        summary = json.loads((run / "summary.json").read_text())
-        first, last, uniform = summary["first"], summary["last"], summary["uniform_loss"]
-        _say("      (finished before: reused)")
-    else:
-        cfg = config_module.load(s.preset, s.config, overrides={
-            "train": {"max_steps": s.pretrain_steps, "seed": s.seed}})
-        result = pretrain(manifest, cfg, run, resume=find_last_checkpoint(run) is not None,
-                          progress=s.progress, accelerator=s.accelerator)
-        first, last, uniform = result.first, result.last, result.uniform_loss
-    key = "train/contrastive" if "train/contrastive" in last else "train/masked_loss"
-    curve = _curve(run / "metrics.jsonl", key)
-    escape = _escape_step(curve, 0.9 * uniform)
-    tail = [v for step, v in curve.items() if step > max(curve) - 50]
-    ratio = sum(tail) / len(tail) / uniform
-    verdict = "it learned" if ratio < 0.85 else "still near the plateau"
-    line = (f"loss {first[key]:.2f} -> {ratio * uniform:.2f} (last 50 updates) = {ratio:.2f} x "
-            f"log(K+1) ({uniform:.2f}); below 0.9 x from update {escape}; accuracy {first['train/accuracy']:.2f} -> {last['train/accuracy']:.2f}: {verdict}")
-    _say(f"      {line}")
-    checkpoint = run / "checkpoints" / "last.ckpt"
-    report.add("pretrain", f"loss {ratio:.2f} x log(K+1), below 0.9 x from update {escape}",
-               checkpoint, time.perf_counter() - t)
+class _Demo:
+    """The stages in order; each says what it does, runs (or reuses what a previous run
+    finished) and adds one row to the closing table."""
 
-    t = time.perf_counter()
-    png = plot_runs([run], out / "pretrain.png", title="audio-ssl demo: pretraining")
-    _say(f"[3/7] plot: the pretraining curves in {png}")
-    report.add("plot", "loss, accuracy, cosines, lr, grad norm", png,
-               time.perf_counter() - t)
+    def __init__(self, settings: DemoSettings):
+        self.s = settings
+        self.out = settings.output
+        self.report = _Report()
+        self.manifest = self.out / "corpus" / "manifest.jsonl"
+        self.checkpoint = self.out / "pretrain" / "checkpoints" / "last.ckpt"
+        self.features = self.out / "features"
+        self.rows: list[dict] = []
 
-    t = time.perf_counter()
-    _say("[4/7] extract: every context layer of every file")
-    features = out / "features"
-    extracted = extract_folder(checkpoint, manifest, features, layers="all", progress=s.progress)
-    line = f"{extracted.extracted + extracted.skipped} files"
-    if extracted.failures:
-        line += f", {len(extracted.failures)} failed (listed in {features / 'failures.jsonl'})"
-    _say(f"      {line}")
-    report.add("extract", line, features / "index.jsonl", time.perf_counter() - t)
+    def run(self) -> int:
+        stages = [self.corpus, self.pretrain, self.plot, self.extract, self.probe]
+        if self.s.finetune_steps > 0:
+            stages += [self.finetune, self.transcribe]
+        ok = True
+        for number, stage in enumerate(stages, 1):
+            start = time.perf_counter()
+            name, result, where, worked = stage(f"[{number}/{len(stages)}]")
+            self.report.add(name, result, where, time.perf_counter() - start)
+            ok = ok and worked
+        print("\nWhat the demo showed:\n" + self.report.table())
+        print(f"\nSee the curves: {self.out / 'pretrain.png'}   Each stage on your own data: "
+              f"audio-ssl pretrain | plot | extract | finetune | evaluate --help")
+        return 0 if ok else 1
 
-    t = time.perf_counter()
-    _say("[5/7] probe: which digit is it, for voices the probe never heard")
-    try:
-        probe = digit_probe(features, manifest)
-        _say(f"      {probe.line()}")
-        line = (f"digits, unseen voices: features {100 * probe.features:.0f} %, "
-                f"MFCC {100 * probe.mfcc:.0f} %")
-    except ValueError as err:  # a corpus too small for it (--minutes)
-        line = f"skipped: {err}"
-        _say(f"      {line}")
-    report.add("probe", line, features, time.perf_counter() - t)
+    def corpus(self, tag: str):
+        from audio_ssl.demo.corpus import make_corpus
 
-    if s.finetune_steps > 0:
-        t = time.perf_counter()
-        _say(f"[6/7] fine-tune: CTC on the train voices' transcripts, {s.finetune_steps} updates")
-        ft = out / "finetune"
-        best = ft / "checkpoints" / "best.ckpt"
-        if _finished(ft, s.finetune_steps) and best.is_file():
+        _say(f"{tag} corpus: {self.s.minutes:g} min of spoken digits from eSpeak NG voices")
+        make_corpus(self.manifest.parent, minutes=self.s.minutes, seed=self.s.seed,
+                    progress=self.s.progress)
+        self.rows = [json.loads(line) for line in self.manifest.read_text().splitlines()]
+        voices = {r["speaker"] for r in self.rows}
+        self.test_voices = {r["speaker"] for r in self.rows if r["split"] == "test"}
+        minutes = sum(r["duration"] for r in self.rows) / 60
+        _say(f"      {len(self.rows)} files, {minutes:.1f} min, {len(voices)} voices "
+             f"({len(self.test_voices)} heard only in the test split)")
+        return ("corpus", f"{len(self.rows)} files, {minutes:.0f} min, {len(self.test_voices)} "
+                f"of {len(voices)} voices held out", self.manifest, True)
+
+    def pretrain(self, tag: str):
+        from audio_ssl import config
+        from audio_ssl.tasks.run import find_last_checkpoint, pretrain
+
+        s, run = self.s, self.out / "pretrain"
+        _say(f"{tag} pretrain: {s.preset}, {s.pretrain_steps} updates of the self-supervised "
+             f"loss on all files (no transcripts used)")
+        if _finished(run, s.pretrain_steps):
+            summary = json.loads((run / "summary.json").read_text())
+            first, last, uniform = summary["first"], summary["last"], summary["uniform_loss"]
             _say("      (finished before: reused)")
         else:
-            steps = s.finetune_steps
-            finetune(checkpoint, manifest, manifest, ft, train_split="train", valid_split="test",
-                     progress=s.progress, resume=(ft / "checkpoints" / "last.ckpt").is_file(),
-                     accelerator=s.accelerator, overrides=finetune_overrides(steps, s.seed))
-        history = _curve(ft / "metrics.jsonl", "valid/cer")
-        report.add("fine-tune", f"{s.finetune_steps} CTC updates, valid CER " + " -> ".join(
-            f"{100 * history[k]:.0f} %" for k in sorted(history)), best, time.perf_counter() - t)
+            cfg = config.load(s.preset, s.config, overrides={
+                "train": {"max_steps": s.pretrain_steps, "seed": s.seed}})
+            result = pretrain(self.manifest, cfg, run,
+                              resume=find_last_checkpoint(run) is not None,
+                              progress=s.progress, accelerator=s.accelerator)
+            first, last, uniform = result.first, result.last, result.uniform_loss
+        key = "train/contrastive" if "train/contrastive" in last else "train/masked_loss"
+        curve = _curve(run / "metrics.jsonl", key)
+        escape = _escape_step(curve, 0.9 * uniform)
+        tail = [v for step, v in curve.items() if step > max(curve) - 50]
+        ratio = sum(tail) / len(tail) / uniform
+        verdict = "it learned" if ratio < 0.85 else "still near the plateau"
+        _say(f"      loss {first[key]:.2f} -> {ratio * uniform:.2f} (last 50 updates) = "
+             f"{ratio:.2f} x log(K+1) ({uniform:.2f}); below 0.9 x from update {escape}; "
+             f"accuracy {first['train/accuracy']:.2f} -> {last['train/accuracy']:.2f}: {verdict}")
+        return ("pretrain", f"loss {ratio:.2f} x log(K+1), below 0.9 x from update {escape}",
+                self.checkpoint, True)
 
-        t = time.perf_counter()
-        _say("[7/7] transcribe the held-out voices: greedy, and beam search with the train "
+    def plot(self, tag: str):
+        from audio_ssl.plot import plot_runs
+
+        png = plot_runs([self.out / "pretrain"], self.out / "pretrain.png",
+                        title="audio-ssl demo: pretraining")
+        _say(f"{tag} plot: the pretraining curves in {png}")
+        return "plot", "loss, accuracy, cosines, lr, grad norm", png, True
+
+    def extract(self, tag: str):
+        from audio_ssl.inference.extract import extract_folder
+
+        _say(f"{tag} extract: every context layer of every file")
+        done = extract_folder(self.checkpoint, self.manifest, self.features, layers="all",
+                              progress=self.s.progress)
+        line = f"{done.extracted + done.skipped} files"
+        if done.failures:
+            line += f", {len(done.failures)} failed (in {self.features / 'failures.jsonl'})"
+        _say(f"      {line}")
+        return "extract", line, self.features / "index.jsonl", done.ok
+
+    def probe(self, tag: str):
+        from audio_ssl.demo.probe import digit_probe
+
+        _say(f"{tag} probe: which digit is it, for voices the probe never heard")
+        try:
+            probe = digit_probe(self.features, self.manifest)
+            _say(f"      {probe.line()}")
+            line = (f"digits, unseen voices: features {100 * probe.features:.0f} %, "
+                    f"MFCC {100 * probe.mfcc:.0f} %")
+        except ValueError as err:  # a corpus too small for it (--minutes)
+            line = f"skipped: {err}"
+            _say(f"      {line}")
+        return "probe", line, self.features, True
+
+    def finetune(self, tag: str):
+        from audio_ssl.tasks.finetune import finetune
+
+        s, run = self.s, self.out / "finetune"
+        _say(f"{tag} fine-tune: CTC on the train voices' transcripts, {s.finetune_steps} updates")
+        best = run / "checkpoints" / "best.ckpt"
+        if _finished(run, s.finetune_steps) and best.is_file():
+            _say("      (finished before: reused)")
+        else:
+            finetune(self.checkpoint, self.manifest, self.manifest, run, train_split="train",
+                     valid_split="test", progress=s.progress,
+                     resume=(run / "checkpoints" / "last.ckpt").is_file(),
+                     accelerator=s.accelerator,
+                     overrides=finetune_overrides(s.finetune_steps, s.seed))
+        history = _curve(run / "metrics.jsonl", "valid/cer")
+        return ("fine-tune", f"{s.finetune_steps} CTC updates, valid CER " + " -> ".join(
+            f"{100 * history[k]:.0f} %" for k in sorted(history)), best, True)
+
+    def transcribe(self, tag: str):
+        from audio_ssl.inference.transcribe import evaluate
+
+        run = self.out / "finetune"
+        best = run / "checkpoints" / "best.ckpt"
+        _say(f"{tag} transcribe the held-out voices: greedy, and beam search with the train "
              "transcripts' words and a bigram LM of them (audio-ssl lm)")
-        lm, lexicon = _train_lm(rows, ft)
-        greedy = evaluate(best, manifest, split="test", report=ft / "test_report.jsonl")
-        beam = evaluate(best, manifest, split="test", report=ft / "test_report_lm.jsonl",
+        lm, lexicon = _train_lm(self.rows, run)
+        greedy = evaluate(best, self.manifest, split="test", report=run / "test_report.jsonl")
+        beam = evaluate(best, self.manifest, split="test", report=run / "test_report_lm.jsonl",
                         lm=lm, lexicon=lexicon)
         with_lm = {u.path: u.hypothesis for u in beam.utterances}
         shown = sorted(greedy.utterances, key=lambda u: u.path)[:6]
@@ -206,17 +240,11 @@ def run_demo(s: DemoSettings) -> int:
         for u in shown:
             _say(f"      {u.reference:<{width}}  |  {u.hypothesis:<{hyp_width}}  |  "
                  f"{with_lm.get(u.path, '')}")
-        line = (f"{len(greedy.utterances)} utterances of {len(test_voices)} unseen voices: "
-                f"greedy CER {100 * greedy.cer:.1f} % (WER {100 * greedy.wer:.1f} %), with words "
-                f"+ LM CER {100 * beam.cer:.1f} % (WER {100 * beam.wer:.1f} %)")
-        _say(f"      {line}")
-        report.add("transcribe", f"CER on unseen voices: greedy {100 * greedy.cer:.1f} %, "
-                   f"words + LM {100 * beam.cer:.1f} %", ft / "test_report.jsonl",
-                   time.perf_counter() - t)
-
-    print("\nWhat the demo showed:\n" + report.table())
-    print(f"\nSee the curves: {png}   Rerun any stage: audio-ssl pretrain/extract/finetune --help")
-    return 0 if extracted.ok else 1
+        _say(f"      {len(greedy.utterances)} utterances of {len(self.test_voices)} unseen voices: "
+             f"greedy CER {100 * greedy.cer:.1f} % (WER {100 * greedy.wer:.1f} %), with words "
+             f"+ LM CER {100 * beam.cer:.1f} % (WER {100 * beam.wer:.1f} %)")
+        return ("transcribe", f"CER on unseen voices: greedy {100 * greedy.cer:.1f} %, "
+                f"words + LM {100 * beam.cer:.1f} %", run / "test_report.jsonl", True)
 
 
 def finetune_overrides(steps: int, seed: int) -> dict:
