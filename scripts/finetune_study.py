@@ -34,6 +34,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from audio_ssl import console  # noqa: E402
+
 CORPORA = ("fsdd", "espeak", "ljspeech")
 LABELS = (1.0, 0.1)
 INITS = ("pretrained", "scratch")
@@ -250,6 +252,7 @@ def main() -> int:
     parser.add_argument("--no-tables", action="store_true",
                         help="run only: leave the results table and plot alone")
     args = parser.parse_args()
+    console.configure()  # each Lightning line once, no advertisement (as the CLI prints)
     args.steps = {k: int(v) for k, v in (s.split("=") for s in args.steps)}
     work = args.output / "data"
     if args.pack:

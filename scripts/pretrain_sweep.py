@@ -29,6 +29,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from audio_ssl import console  # noqa: E402
+
 
 def escape_step(losses: list[tuple[int, float]], uniform: float, threshold: float,
                 hold: int) -> int | None:
@@ -101,6 +103,7 @@ def main() -> int:
     parser.add_argument("--parallel", type=int, default=2)
     parser.add_argument("--one", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    console.configure()  # each Lightning line once, no advertisement (as the CLI prints)
 
     settings = [s.split("=", 1) if "=" in s else (s, "{}") for s in args.settings]
     if args.one:  # a child: one setting, one seed
