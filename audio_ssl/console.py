@@ -79,11 +79,6 @@ def native_output_hidden():
             os.close(fd)
 
 
-def level() -> int:
-    """The level :func:`configure` set (DEFAULT before any call)."""
-    return _level
-
-
 def verbose() -> bool:
     return _level >= VERBOSE
 
@@ -92,5 +87,5 @@ def quiet() -> bool:
     return _level <= QUIET
 
 
-__all__ = ["QUIET", "DEFAULT", "VERBOSE", "configure", "level", "verbose", "quiet",
+__all__ = ["QUIET", "DEFAULT", "VERBOSE", "configure", "verbose", "quiet",
            "native_output_hidden"]

@@ -30,23 +30,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from audio_ssl import console  # noqa: E402
-
-
-def escape_step(losses: list[tuple[int, float]], uniform: float, threshold: float,
-                hold: int) -> int | None:
-    """First step from which every logged loss stays below threshold x uniform for ``hold``
-    steps (to the end of the run if it is shorter than that from there)."""
-    bound = threshold * uniform
-    start = None
-    for step, loss in losses:
-        if loss < bound:
-            if start is None:
-                start = step
-            if step - start >= hold:
-                return start
-        else:
-            start = None
-    return None
+from audio_ssl.tasks.monitor import escape_step  # noqa: E402
 
 
 def run_one(name: str, seed: int, overrides: str, args: argparse.Namespace) -> dict:

@@ -12,7 +12,6 @@ Run again with the same ``--output``, finished stages are reused and an interrup
 from __future__ import annotations
 
 import json
-import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -141,6 +140,8 @@ class _Demo:
 
     def pretrain(self, tag: str):
         from audio_ssl import config
+        from audio_ssl.plot import load_run
+        from audio_ssl.tasks.monitor import escape_step
         from audio_ssl.tasks.run import find_last_checkpoint, pretrain
 
         s, run = self.s, self.out / "pretrain"
@@ -158,9 +159,9 @@ class _Demo:
                               progress=s.progress, accelerator=s.accelerator)
             first, last, uniform = result.first, result.last, result.uniform_loss
         key = "train/contrastive" if "train/contrastive" in last else "train/masked_loss"
-        curve = _curve(run / "metrics.jsonl", key)
-        escape = _escape_step(curve, 0.9 * uniform)
-        tail = [v for step, v in curve.items() if step > max(curve) - 50]
+        steps, losses = load_run(run).series(key)
+        escape = escape_step(list(zip(steps, losses)), uniform) or "never"
+        tail = [v for step, v in zip(steps, losses) if step > steps[-1] - 50]
         ratio = sum(tail) / len(tail) / uniform
         verdict = "it learned" if ratio < 0.85 else "still near the plateau"
         _say(f"      loss {first[key]:.2f} -> {ratio * uniform:.2f} (last 50 updates) = "
@@ -204,6 +205,7 @@ class _Demo:
         return "probe", line, self.features, True
 
     def finetune(self, tag: str):
+        from audio_ssl.plot import load_run
         from audio_ssl.tasks.finetune import finetune
 
         s, run = self.s, self.out / "finetune"
@@ -217,9 +219,9 @@ class _Demo:
                      resume=(run / "checkpoints" / "last.ckpt").is_file(),
                      accelerator=s.accelerator,
                      overrides=finetune_overrides(s.finetune_steps, s.seed))
-        history = _curve(run / "metrics.jsonl", "valid/cer")
+        _, history = load_run(run).series("valid/cer")
         return ("fine-tune", f"{s.finetune_steps} CTC updates, valid CER " + " -> ".join(
-            f"{100 * history[k]:.0f} %" for k in sorted(history)), best, True)
+            f"{100 * cer:.0f} %" for cer in history), best, True)
 
     def transcribe(self, tag: str):
         from audio_ssl.inference.transcribe import evaluate
@@ -265,25 +267,6 @@ def _train_lm(rows: list[dict], folder: Path) -> tuple[Path, Path]:
                       fsync=False)
     built = build_lm_file(text, folder / "lm.arpa", order=2, lexicon=folder / "lexicon.txt")
     return built.path, built.lexicon
-
-
-def _curve(metrics: Path, key: str) -> dict[int, float]:
-    """{step: value} of ``key`` in a run's metrics.jsonl (the last record of a step wins)."""
-    rows = {}
-    for text in metrics.read_text().splitlines():
-        r = json.loads(text)
-        if key in r and math.isfinite(r[key]):
-            rows[r["step"]] = r[key]
-    return rows
-
-
-def _escape_step(rows: dict[int, float], line: float, hold: int = 50) -> int | str:
-    """First logged update from which the curve stays below ``line`` for ``hold`` updates."""
-    steps = sorted(rows)
-    for i, step in enumerate(steps):
-        if all(rows[s] < line for s in steps[i:] if s < step + hold):
-            return step
-    return "never"
 
 
 __all__ = ["DemoSettings", "run_demo", "finetune_overrides"]

@@ -70,3 +70,22 @@ class CollapseWatch:
             "group, so the contrastive task becomes trivial. Usual remedies: a larger diversity "
             "weight, a higher final Gumbel temperature, a lower learning rate."
         )
+
+
+def escape_step(losses: list[tuple[int, float]], uniform: float, threshold: float = 0.9,
+                hold: int = 50) -> int | None:
+    """When the loss left the plateau: the first logged step from which every logged loss stays
+    below ``threshold`` x ``uniform`` (the loss of a uniform guess) for ``hold`` steps, or None.
+    ``losses`` are (step, loss) pairs in step order."""
+    bound = threshold * uniform
+    start = None
+    for step, loss in losses:
+        if loss < bound:
+            if start is None:
+                start = step
+            if step - start >= hold:
+                return start
+        else:
+            start = None
+    return None
+

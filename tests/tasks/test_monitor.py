@@ -2,7 +2,7 @@ import math
 
 import pytest
 
-from audio_ssl.tasks.monitor import CollapseWatch
+from audio_ssl.tasks.monitor import CollapseWatch, escape_step
 from audio_ssl.tasks.schedules import warmup_linear
 
 
@@ -34,3 +34,12 @@ def test_warmup_then_linear_decay():
     assert warmup_linear(9, total, frac) == pytest.approx(1.0)
     assert warmup_linear(55, total, frac) == pytest.approx(0.5)
     assert warmup_linear(100, total, frac) == 0.0
+
+
+def test_escape_step_is_where_the_loss_stays_below_the_line_long_enough():
+    uniform = 4.0  # line at 0.9 x 4.0 = 3.6
+    dips_back = [(0, 4.0), (10, 3.0), (20, 4.0), (30, 3.5), (40, 3.4), (50, 3.3), (60, 3.2),
+                 (70, 3.1), (80, 3.0)]
+    assert escape_step(dips_back, uniform, 0.9, hold=50) == 30  # the dip at 10 does not count
+    assert escape_step(dips_back, uniform, 0.9, hold=60) is None  # not held long enough yet
+    assert escape_step([(0, 4.0), (10, 4.1)], uniform) is None
