@@ -28,6 +28,15 @@ Run `audio-ssl COMMAND --help` for each command's options.
 """
 
 
+PRECISION_HELP = ("auto (default): bf16-mixed on a GPU and on CPUs with bf16 units (AVX512-BF16, "
+                  "AMX), fp32 elsewhere; 32; bf16-mixed. The log says which and why")
+
+
+def _add_precision_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--precision", default=None, choices=["auto", "32", "bf16-mixed"],
+                   help=PRECISION_HELP)
+
+
 def _add_pretrain_options(p: argparse.ArgumentParser, default_preset: str) -> None:
     p.add_argument("--preset", choices=["tiny", "base", "large"], default=default_preset,
                    help=f"model and training preset (default: {default_preset})")
@@ -46,6 +55,7 @@ def _add_pretrain_options(p: argparse.ArgumentParser, default_preset: str) -> No
     p.add_argument("--num-nodes", type=int, default=None, help="nodes (torchrun or SLURM)")
     p.add_argument("--accelerator", default="auto", choices=["auto", "cpu", "gpu"],
                    help="where to train (default: GPU when one is visible)")
+    _add_precision_option(p)
     p.add_argument("--resume", action="store_true",
                    help="continue the run in --output from its last checkpoint")
     p.add_argument("--init", default=None, metavar="CHECKPOINT",
@@ -194,8 +204,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="decoding processes (default: all cores but two on CUDA, up to 16; "
                    "0 on the CPU, where the model is the bottleneck)")
     e.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda when visible)")
-    e.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"],
-                   help="auto: bf16 autocast on CUDA, fp32 on the CPU")
+    _add_precision_option(e)
     e.add_argument("--normalize", default=None, action=argparse.BooleanOptionalAction,
                    help="zero-mean unit-variance audio (default: as the checkpoint was trained)")
     e.add_argument("--no-fsync", action="store_true",
@@ -223,6 +232,7 @@ def _add_decoder_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--word-score", type=float, default=0.0,
                    help="score added per word (default: 0.0)")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when visible)")
+    _add_precision_option(p)
 
 
 def _add_asr_commands(sub) -> None:
@@ -254,6 +264,7 @@ def _add_asr_commands(sub) -> None:
     f.add_argument("--from-scratch", action="store_true",
                    help="the same network with random weights (a baseline)")
     f.add_argument("--accelerator", default="auto", choices=["auto", "cpu", "gpu"])
+    _add_precision_option(f)
     f.add_argument("--resume", action="store_true",
                    help="continue the run in --output from its last checkpoint")
     f.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -305,7 +316,8 @@ def _load_config(args: argparse.Namespace, init=None):
     from audio_ssl import config
     from audio_ssl.inference.transcribe import audio_normalize_of
 
-    train = {"max_steps": args.max_steps, "devices": args.devices, "num_nodes": args.num_nodes}
+    train = {"max_steps": args.max_steps, "devices": args.devices, "num_nodes": args.num_nodes,
+             "precision": args.precision}
     overrides: dict = {"train": {k: v for k, v in train.items() if v is not None}}
     if getattr(args, "objective", None):
         overrides["model"] = {"objective": args.objective}
@@ -367,7 +379,8 @@ def _run_asr(args: argparse.Namespace) -> int:
         if args.command == "finetune":
             from audio_ssl.tasks.finetune import finetune
 
-            overrides = {"train": {"max_steps": args.max_steps}} if args.max_steps else None
+            train = {"max_steps": args.max_steps, "precision": args.precision}
+            overrides = {"train": {k: v for k, v in train.items() if v is not None}}
             result = finetune(args.pretrained, args.train, args.valid, args.output,
                               preset=args.preset, config_yaml=args.config, overrides=overrides,
                               from_scratch=args.from_scratch, train_split=args.train_split,
@@ -385,7 +398,8 @@ def _run_asr(args: argparse.Namespace) -> int:
                                 lexicon=args.lexicon).summary(), end="")
             return 0
         options = dict(lm=args.lm, lexicon=args.lexicon, beam_size=args.beam_size,
-                       lm_weight=args.lm_weight, word_score=args.word_score, device=args.device)
+                       lm_weight=args.lm_weight, word_score=args.word_score, device=args.device,
+                       precision=args.precision or "auto")
         if args.command == "transcribe":
             from audio_ssl.inference.transcribe import transcribe
 

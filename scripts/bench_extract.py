@@ -22,6 +22,7 @@ Prints one JSON line per measurement and one with the ratios (audio seconds per 
 HF; peak memory, ours / HF), e.g.
 
     python scripts/bench_extract.py --preset base --batch 2 --files 8            # CPU
+    python scripts/bench_extract.py --preset base --batch 2 --dtype both --no-e2e  # bf16 CPUs
     python scripts/bench_extract.py --preset base --device cuda --dtype bf16 \\
         --batch 16 --seconds 11 --synthetic 320                                 # a GPU
 
@@ -69,8 +70,9 @@ LJSPEECH = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "ljs
 # Models
 
 
-def build_models(args, only: str | None = None):
-    """(ours: FeatureExtractor, hf: transformers.Wav2Vec2Model) with the same weights."""
+def build_models(args, only: str | None = None, dtype: str | None = None):
+    """(ours: FeatureExtractor, hf: transformers.Wav2Vec2Model) with the same weights; ours
+    computes in ``dtype`` (default ``args.dtype``), HF is run under autocast by the caller."""
     from audio_ssl.inference import FeatureExtractor
     from audio_ssl.interop.hf import to_hf
 
@@ -86,18 +88,19 @@ def build_models(args, only: str | None = None):
         hf = to_hf(model, attn_implementation="sdpa").eval().requires_grad_(False).to(device)
     ours = None
     if only != "hf":
-        ours = FeatureExtractor(model, layers="last", device=device, precision=args.dtype,
+        ours = FeatureExtractor(model, layers="last", device=device,
+                                precision=dtype or args.dtype,
                                 normalize=False, batch_seconds=args.batch * args.max_seconds,
                                 max_batch_size=args.batch)
     return ours, hf
 
 
-def _autocast(args):
+def _autocast(args, dtype: str | None = None):
     return torch.autocast(args.device.split(":")[0], dtype=torch.bfloat16,
-                          enabled=args.dtype == "bf16")
+                          enabled=(dtype or args.dtype) == "bf16")
 
 
-def forward_steps(args, ours, hf):
+def forward_steps(args, ours, hf, dtype: str | None = None):
     x = torch.randn(args.batch, int(args.seconds * SR), generator=torch.Generator().manual_seed(0))
     x = x.to(args.device)
     steps = {}
@@ -105,7 +108,7 @@ def forward_steps(args, ours, hf):
         steps["audio_ssl"] = lambda: ours.model(x)
     if hf is not None:
         def step_hf():
-            with torch.inference_mode(), _autocast(args):
+            with torch.inference_mode(), _autocast(args, dtype):
                 return hf(x).last_hidden_state
 
         steps["hf"] = step_hf
@@ -269,8 +272,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--preset", default="base", choices=sorted(config.PRESETS))
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--dtype", default=None, choices=["fp32", "bf16"],
-                        help="default: bf16 on CUDA, fp32 on the CPU")
+    parser.add_argument("--dtype", default=None, choices=["fp32", "bf16", "both"],
+                        help="default: bf16 on CUDA, fp32 on the CPU; both: the forward of "
+                        "each model in both dtypes in one alternating loop, and a line comparing "
+                        "our bf16 with our fp32 and with HF in both")
     parser.add_argument("--batch", type=int, default=2, help="files (or clips) per forward")
     parser.add_argument("--seconds", type=float, default=10.0,
                         help="clip length of the forward measurement and of --synthetic files")
@@ -297,6 +302,8 @@ def main() -> None:
     args = parser.parse_args()
     args.dtype = args.dtype or ("bf16" if args.device.startswith("cuda") else "fp32")
     torch.set_num_threads(args.threads)
+    if args.dtype == "both":
+        return compare_dtypes(args)
     if args.device.startswith("cuda"):
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
@@ -365,6 +372,44 @@ def main() -> None:
             print(json.dumps(ratio), flush=True)
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+def compare_dtypes(args) -> None:
+    """--dtype both: forwards only, ours and HF in fp32 and bf16, alternating."""
+    args.max_seconds = args.seconds
+    ours32, hf = build_models(args, dtype="fp32")
+    ours16, _ = build_models(args, only="audio_ssl", dtype="bf16")
+    steps = {}
+    for name, ours in (("fp32", ours32), ("bf16", ours16)):
+        for impl, fn in forward_steps(args, ours, hf, name).items():
+            steps[f"{impl}/{name}"] = fn
+    times = alternate(args, steps, args.repeats, args.warmup)
+    device_name = (torch.cuda.get_device_name() if args.device.startswith("cuda")
+                   else platform.processor() or "cpu")
+    common = {"preset": args.preset, "device": device_name, "threads": torch.get_num_threads(),
+              "batch": args.batch, "seconds": args.seconds, "torch": torch.__version__}
+    rate, step_s = {}, {}
+    for key, ts in times.items():
+        impl, name = key.split("/")
+        step_s[key] = statistics.median(ts)
+        rate[key] = args.batch * args.seconds / step_s[key]
+        print(json.dumps({"measure": "forward", "impl": impl, "dtype": name, **common,
+                          "step_s": round(step_s[key], 4),
+                          "audio_s_per_s": round(rate[key], 2)}), flush=True)
+    for name in ("fp32", "bf16"):
+        print(json.dumps({"ratio": "audio_ssl/hf", "measure": "forward", "dtype": name, **common,
+                          "speedup": round(rate[f"audio_ssl/{name}"] / rate[f"hf/{name}"], 3)}),
+              flush=True)
+        dtype = torch.bfloat16 if name == "bf16" else torch.float32
+        row = roofline_row(count_flops(steps[f"hf/{name}"]),
+                           {impl: step_s[f"{impl}/{name}"] for impl in ("audio_ssl", "hf")},
+                           gemm_gflops(torch.device(args.device), dtype), args.bar)
+        print(json.dumps({**row, **common, "dtype": name}), flush=True)
+    ours = rate["audio_ssl/bf16"]
+    print(json.dumps({"ratio": "audio_ssl bf16 / others", "measure": "forward", **common,
+                      "vs_audio_ssl_fp32": round(ours / rate["audio_ssl/fp32"], 3),
+                      "vs_hf_fp32": round(ours / rate["hf/fp32"], 3),
+                      "vs_hf_bf16": round(ours / rate["hf/bf16"], 3)}), flush=True)
 
 
 if __name__ == "__main__":

@@ -10,7 +10,8 @@ Prints one JSON line per measurement and one with the ratios, e.g.
     python scripts/bench_pretrain.py --preset tiny --batch 8 --seconds 2
     python scripts/bench_pretrain.py --preset base --batch 2 --seconds 4
     python scripts/bench_pretrain.py --preset base --batch 8 --seconds 11 --device cuda   # GPU
-    python scripts/bench_pretrain.py --preset base --batch 2 --seconds 4 --profile  # where time goes
+    python scripts/bench_pretrain.py --preset base --batch 2 --seconds 4 --profile  # time by op
+    python scripts/bench_pretrain.py --preset base --batch 2 --seconds 4 --dtype both  # bf16 CPU
 
 ``--profile`` adds one JSON line per model with the step's self time by kind of operator (matrix
 multiplies, convolutions, the rest), from ``torch.profiler``: it shows how much of a step is
@@ -197,8 +198,10 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--seconds", type=float, default=2.0)
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--dtype", default=None, choices=["fp32", "bf16"],
-                        help="default: bf16 on CUDA, fp32 on the CPU")
+    parser.add_argument("--dtype", default=None, choices=["fp32", "bf16", "both"],
+                        help="default: bf16 on CUDA, fp32 on the CPU; both: every model in both "
+                        "dtypes in one alternating loop, and a line comparing our bf16 with our "
+                        "fp32 and with HF in both")
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--no-memory", action="store_true")
@@ -213,7 +216,8 @@ def main() -> None:
     device = torch.device(args.device)
     torch.set_num_threads(args.threads)
     dtype_name = args.dtype or ("bf16" if device.type == "cuda" else "fp32")
-    dtype = torch.bfloat16 if dtype_name == "bf16" else torch.float32
+    names = ["fp32", "bf16"] if dtype_name == "both" else [dtype_name]
+    dtypes = {"fp32": torch.float32, "bf16": torch.bfloat16}
     cfg = config.preset(args.preset).model
     # same configuration on both sides: no LayerDrop (HF's skips layers the same way, but the
     # draws differ), dropout as in the preset
@@ -221,34 +225,52 @@ def main() -> None:
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
-    steps = make_steps(cfg, args.batch, int(args.seconds * 16_000), device, dtype)
+    steps = {}  # (impl, dtype name) -> step; all timed in one alternating loop
+    for name in names:
+        for impl, fn in make_steps(cfg, args.batch, int(args.seconds * 16_000), device,
+                                   dtypes[name]).items():
+            steps[impl, name] = fn
     times = time_steps(steps, device, args.warmup, args.repeats)
     audio = args.batch * args.seconds
     common = {"preset": args.preset, "batch": args.batch, "seconds": args.seconds,
               "device": torch.cuda.get_device_name() if device.type == "cuda" else platform.processor() or "cpu",
-              "threads": torch.get_num_threads(), "dtype": dtype_name, "torch": torch.__version__}
+              "threads": torch.get_num_threads(), "torch": torch.__version__}
     results = {}
-    for name, ts in times.items():
+    for (impl, name), ts in times.items():
         median = statistics.median(ts)
-        results[name] = {"impl": name, **common, "step_s": round(median, 4),
-                         "audio_s_per_s": round(audio / median, 2)}
+        results[impl, name] = {"impl": impl, **common, "dtype": name, "step_s": round(median, 4),
+                               "audio_s_per_s": round(audio / median, 2)}
         if not args.no_memory:
-            results[name]["peak_mib"] = round(peak_memory(args, cfg, name, device, dtype), 1)
-        print(json.dumps(results[name]), flush=True)
-    ratio = {"ratio": "audio_ssl/hf", **common,
-             "speedup": round(results["audio_ssl"]["audio_s_per_s"] / results["hf"]["audio_s_per_s"], 3)}
-    if not args.no_memory:
-        ratio["memory"] = round(results["audio_ssl"]["peak_mib"] / max(results["hf"]["peak_mib"], 1e-6), 3)
-    print(json.dumps(ratio), flush=True)
-    # the step's FLOPs at the measured times, against a large GEMM on the same device and threads
+            results[impl, name]["peak_mib"] = round(
+                peak_memory(args, cfg, impl, device, dtypes[name]), 1)
+        print(json.dumps(results[impl, name]), flush=True)
+    rate = {key: r["audio_s_per_s"] for key, r in results.items()}
+    for name in names:
+        ours, hf = results["audio_ssl", name], results["hf", name]
+        ratio = {"ratio": "audio_ssl/hf", **common, "dtype": name,
+                 "speedup": round(ours["audio_s_per_s"] / hf["audio_s_per_s"], 3)}
+        if not args.no_memory:
+            ratio["memory"] = round(ours["peak_mib"] / max(hf["peak_mib"], 1e-6), 3)
+        print(json.dumps(ratio), flush=True)
+    if len(names) == 2:  # ours in bf16 against ours and HF in both dtypes
+        ours = rate["audio_ssl", "bf16"]
+        print(json.dumps({"ratio": "audio_ssl bf16 / others", **common,
+                          "vs_audio_ssl_fp32": round(ours / rate["audio_ssl", "fp32"], 3),
+                          "vs_hf_fp32": round(ours / rate["hf", "fp32"], 3),
+                          "vs_hf_bf16": round(ours / rate["hf", "bf16"], 3)}), flush=True)
+    # the step's FLOPs at the measured times, against a large GEMM of the same dtype, device and
+    # threads
     bar = args.bar or (3.0 if device.type == "cuda" else 1.5)
-    row = roofline_row(count_flops(steps["hf"]), {n: r["step_s"] for n, r in results.items()},
-                       gemm_gflops(device, dtype), bar)
-    print(json.dumps({**row, **common}), flush=True)
+    for name in names:
+        row = roofline_row(count_flops(steps["hf", name]),
+                           {impl: results[impl, name]["step_s"] for impl in ("audio_ssl", "hf")},
+                           gemm_gflops(device, dtypes[name]), bar)
+        print(json.dumps({**row, **common, "dtype": name}), flush=True)
     if args.profile:
-        for line in profile_steps(steps, device).values():
-            print(json.dumps({**line, **common}), flush=True)
-
+        for name in names:
+            only = {impl: steps[impl, name] for impl in ("audio_ssl", "hf")}
+            for line in profile_steps(only, device).values():
+                print(json.dumps({**line, **common, "dtype": name}), flush=True)
 
 if __name__ == "__main__":
     main()

@@ -17,6 +17,18 @@ DATA = SHARED / "data"
 torch.set_num_threads(min(2, torch.get_num_threads()))
 
 
+@pytest.fixture(autouse=True)
+def _auto_precision_is_fp32(monkeypatch):
+    """``--precision auto`` picks bf16 on CPUs with bf16 units and fp32 elsewhere, so a test that
+    left it to ``auto`` would compute differently on different machines. In-process, ``auto``
+    means fp32 here on every CPU; the bf16 paths are tested by asking for them, and the
+    detection with both answers mocked (tests/test_precision.py)."""
+    from audio_ssl import precision
+
+    monkeypatch.setattr(precision, "cpu_bf16",
+                        lambda **_: (False, "tests pin auto to fp32 on every CPU"))
+
+
 def small_model_config(norm: str = "layer", layer_norm_first: bool = True) -> config.ModelConfig:
     """A model of a few hundred thousand parameters, no dropout: fast and deterministic."""
     cfg = config.preset("tiny").model

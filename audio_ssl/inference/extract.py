@@ -17,6 +17,7 @@ chunks (:mod:`audio_ssl.inference.chunking`); the result has the whole file's fr
 
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from audio_ssl.precision import resolve as resolve_precision
 from audio_ssl.data.audio import NORMALIZE_EPS, audio_info, load_audio, resampled_length
 from audio_ssl.data.collate import pad_batch
 from audio_ssl.inference.chunking import (
@@ -41,6 +43,7 @@ from audio_ssl.inference.chunking import (
 from audio_ssl.inference.features import InferenceModel, parse_layers, split_model
 
 SAMPLE_RATE = 16_000
+log = logging.getLogger("audio_ssl")
 
 
 @dataclass
@@ -81,7 +84,8 @@ class FeatureExtractor:
         layers: index, list, ``last``, ``all``, ``encoder``, ``codes`` (see
             :func:`audio_ssl.inference.features.parse_layers`).
         device: default CUDA when available, else the CPU.
-        precision: ``auto`` (bf16 autocast on CUDA, fp32 on the CPU), ``fp32`` or ``bf16``.
+        precision: ``auto`` (bf16 autocast on CUDA and on CPUs with bf16 units, else fp32),
+            ``32`` or ``bf16-mixed`` (see :mod:`audio_ssl.precision`).
         normalize: zero-mean unit-variance audio (what the model was trained on).
         chunk_seconds: frames kept per chunk of a long file.
         context_seconds: context computed and dropped on each side of a chunk.
@@ -95,8 +99,8 @@ class FeatureExtractor:
                  context_seconds: float = 5.0, batch_seconds: float | None = None,
                  max_batch_size: int = 64):
         device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        if precision == "auto":
-            precision = "bf16" if device.type == "cuda" else "fp32"
+        self.precision = resolve_precision(precision, device.type)
+        log.info(self.precision.describe())
         if chunk_seconds <= 0 or context_seconds < 0:
             raise ValueError(f"chunk_seconds must be > 0 and context_seconds >= 0, got "
                              f"{chunk_seconds}, {context_seconds}")
@@ -107,7 +111,8 @@ class FeatureExtractor:
                              f"{batch_seconds}, {max_batch_size}")
         backbone, _ = split_model(model)
         selection = parse_layers(layers, backbone.cfg.context.layers)
-        self.model = InferenceModel(model, selection, device, precision)
+        self.model = InferenceModel(model, selection, device,
+                                    "bf16" if self.precision.bf16 else "fp32")
         self.normalize = bool(normalize)
         self.chunk_seconds, self.context_seconds = float(chunk_seconds), float(context_seconds)
         self.chunk_frames = max(1, round(chunk_seconds * self.frame_rate))
@@ -312,7 +317,8 @@ def run_extract_command(args) -> int:
 
     try:
         extractor = FeatureExtractor.from_checkpoint(
-            args.checkpoint, layers=args.layer, device=args.device, precision=args.precision,
+            args.checkpoint, layers=args.layer, device=args.device,
+            precision=args.precision or "auto",
             normalize=args.normalize, chunk_seconds=args.chunk_seconds,
             context_seconds=args.context_seconds, batch_seconds=args.batch_seconds)
         summary = extractor.extract_folder(

@@ -9,6 +9,7 @@ read is reported and skipped.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import time
 from collections.abc import Iterable, Sequence
@@ -25,6 +26,9 @@ from audio_ssl.data.manifest import AUDIO_EXTENSIONS, LIST_SUFFIXES, NoAudioErro
 from audio_ssl.data.text import Vocabulary, normalize_text
 from audio_ssl.inference.decode import BeamSearchDecoder, greedy_decode
 from audio_ssl.inference.metrics import ZERO, EditCounts, char_errors, word_errors
+from audio_ssl.precision import resolve as resolve_precision
+
+log = logging.getLogger("audio_ssl")
 
 
 def run_config_of(loaded: Any) -> dict[str, Any]:
@@ -85,11 +89,13 @@ class Transcriber:
         device: where the model runs.
         decoder: a :class:`BeamSearchDecoder`, or None for greedy decoding.
         max_batch_samples: padded samples per forward pass (B * S).
+        precision: ``auto``, ``32`` or ``bf16-mixed`` (see :mod:`audio_ssl.precision`); the
+            log-softmax and the decoding are fp32 either way.
     """
 
     def __init__(self, loaded: Any, *, device: str | torch.device = "cpu",
                  decoder: BeamSearchDecoder | None = None,
-                 max_batch_samples: int = 1_600_000) -> None:
+                 max_batch_samples: int = 1_600_000, precision: str = "auto") -> None:
         if loaded.vocab is None:
             raise ValueError(f"{loaded.path} holds a {type(loaded.model).__name__} without a CTC "
                              "head: fine-tune it first (audio-ssl finetune)")
@@ -97,6 +103,8 @@ class Transcriber:
         self.vocab = Vocabulary(tuple(loaded.vocab))
         self.settings = InferenceSettings.of(loaded)
         self.device = torch.device(device)
+        self.precision = resolve_precision(precision, self.device.type)
+        log.info(self.precision.describe())
         self.model = loaded.model.to(self.device).eval()
         self.decoder = decoder
         self.max_batch_samples = int(max_batch_samples)
@@ -105,7 +113,8 @@ class Transcriber:
     def from_path(cls, model: str | os.PathLike, *, lm: str | os.PathLike | None = None,
                   lexicon: str | os.PathLike | None = None, beam_size: int = 50,
                   lm_weight: float = 2.0, word_score: float = 0.0,
-                  device: str | None = None, max_batch_samples: int = 1_600_000) -> Transcriber:
+                  device: str | None = None, max_batch_samples: int = 1_600_000,
+                  precision: str = "auto") -> Transcriber:
         """Load ``model`` (any format :func:`load_model` reads); beam search when ``lm`` or
         ``lexicon`` is given, else greedy."""
         from audio_ssl.interop import load_model
@@ -118,15 +127,15 @@ class Transcriber:
             decoder = BeamSearchDecoder(loaded.vocab, lm=lm, lexicon=lexicon, beam_size=beam_size,
                                         lm_weight=lm_weight, word_score=word_score)
         device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-        return cls(loaded, device=device, decoder=decoder, max_batch_samples=max_batch_samples)
+        return cls(loaded, device=device, decoder=decoder, max_batch_samples=max_batch_samples,
+                   precision=precision)
 
     @torch.inference_mode()
     def decode_batch(self, waveforms: torch.Tensor, lengths: torch.Tensor) -> list[str]:
         """waveforms: (B, S) at the model's rate, already normalised if it expects it;
         lengths: (B,) -> B strings."""
         waveforms, lengths = waveforms.to(self.device), lengths.to(self.device)
-        with torch.autocast(self.device.type, dtype=torch.bfloat16,
-                            enabled=self.device.type == "cuda"):
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.precision.bf16):
             out = self.model(waveforms, lengths)
         log_probs = out.logits.float().log_softmax(-1)  # (B, T, V)
         if self.decoder is None:
@@ -211,7 +220,7 @@ def transcribe(model: str | os.PathLike | Transcriber, inputs: Sequence[str | os
     """Transcribe files and folders with ``model`` (a path, or a :class:`Transcriber`).
     ``output``: JSONL of ``{"path", "text", "seconds"}`` (failures as ``{"path", "error"}``).
     ``decoder_options``: ``lm``, ``lexicon``, ``beam_size``, ``lm_weight``, ``word_score``,
-    ``device``, as :meth:`Transcriber.from_path`."""
+    ``device``, ``precision``, as :meth:`Transcriber.from_path`."""
     start = time.perf_counter()
     transcriber = model if isinstance(model, Transcriber) else \
         Transcriber.from_path(model, **decoder_options)

@@ -2,24 +2,38 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
 import lightning as L
-import torch
 from lightning.pytorch.callbacks import Callback, TQDMProgressBar
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+from lightning.pytorch.plugins.precision import MixedPrecision, Precision as PrecisionPlugin
+from lightning.pytorch.utilities import GradClipAlgorithmType
 
-from audio_ssl import console
+from audio_ssl import console, precision
 from audio_ssl.tasks.pretrain import AtomicCheckpointIO
 
+log = logging.getLogger("audio_ssl")
 
-def resolve_precision(precision: str, accelerator: str) -> str:
-    """``auto``: bf16-mixed on a GPU, fp32 on the CPU; ``32``: Lightning's ``32-true``."""
-    use_gpu = accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available())
-    if precision == "auto":
-        return "bf16-mixed" if use_gpu else "32-true"
-    return "32-true" if precision == "32" else precision
+
+class BF16Mixed(MixedPrecision):
+    """Lightning's bf16-mixed, which refuses to clip gradients for a fused optimizer because it
+    would unscale them itself; bf16 has no gradient scaler, so there is nothing to unscale and
+    clipping is the plain one (fp32 gradients of fp32 parameters)."""
+
+    def __init__(self, device: str):
+        super().__init__("bf16-mixed", device)
+
+    def clip_gradients(self, optimizer, clip_val=0.0,
+                       gradient_clip_algorithm=GradClipAlgorithmType.NORM) -> None:
+        PrecisionPlugin.clip_gradients(self, optimizer, clip_val, gradient_clip_algorithm)
+
+
+def resolve_precision(requested: str, accelerator: str) -> precision.Precision:
+    """The run's precision for Lightning's ``accelerator`` (see :mod:`audio_ssl.precision`)."""
+    return precision.resolve(requested, precision.device_type_of(accelerator))
 
 
 def is_distributed(cfg: Any) -> bool:
@@ -35,18 +49,23 @@ def build_trainer(cfg: Any, output: Path, *, accelerator: str, progress: bool,
     there is no Lightning validation loop. ``strategy`` defaults to DDP when several devices or
     nodes are asked for; ``options`` go to ``L.Trainer``."""
     t = cfg.train
+    chosen = resolve_precision(t.precision, accelerator)
+    log.info(chosen.describe())
+    plugins: list[Any] = [AtomicCheckpointIO()]
+    if chosen.bf16:
+        plugins.append(BF16Mixed(precision.device_type_of(accelerator)))
     bar = [TQDMProgressBar(refresh_rate=max(1, t.log_every // 2))] if progress else []
     return L.Trainer(
         accelerator=accelerator, devices=t.devices, num_nodes=t.num_nodes,
         strategy=strategy or ("ddp" if is_distributed(cfg) else "auto"),
-        precision=resolve_precision(t.precision, accelerator), max_steps=t.max_steps,
+        max_steps=t.max_steps,
         gradient_clip_val=cfg.optim.grad_clip or None,
         accumulate_grad_batches=t.accumulate_grad_batches, use_distributed_sampler=False,
         limit_val_batches=0, num_sanity_val_steps=0, log_every_n_steps=t.log_every,
         enable_progress_bar=progress, enable_model_summary=console.verbose(), default_root_dir=output,
         logger=[CSVLogger(output, name="logs", version="csv"),
                 TensorBoardLogger(output, name="logs", version="tensorboard")],
-        callbacks=[*callbacks, *bar], plugins=[AtomicCheckpointIO()], **options,
+        callbacks=[*callbacks, *bar], plugins=plugins, **options,
     )
 
 

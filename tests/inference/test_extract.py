@@ -109,6 +109,39 @@ def test_every_layer_equals_the_backbone_on_a_padded_batch(norm, layer_norm_firs
     torch.testing.assert_close(out["layer_2"], ref.context, atol=1e-4, rtol=1e-4)
 
 
+@pytest.mark.parametrize("norm,layer_norm_first", [("group", False), ("layer", True)])
+def test_cpu_bf16_kernels_agree_with_the_modules_under_autocast(norm, layer_norm_first):
+    """bf16 on the CPU takes the fused kernels; they compute what autocast's modules compute,
+    to bf16's precision, and both stay near fp32."""
+    model = _model(norm, layer_norm_first)
+    selection = parse_layers("all", model.cfg.context.layers)
+    fast = InferenceModel(model, selection, "cpu", "bf16")
+    assert fast.kernels == "channels_last"
+    autocast = InferenceModel(model, selection, "cpu", "bf16", kernels="modules")
+    exact = InferenceModel(model, selection, "cpu", "fp32", kernels="modules")
+    x = torch.randn(2, 16_000, generator=torch.Generator().manual_seed(2))
+    lengths = torch.tensor([16_000, 12_000])
+    outs = [m(x, lengths)[0] for m in (fast, autocast, exact)]
+    for name in selection.names:
+        a, b, ref = (o[name][1, :37].float() for o in outs)
+        scale = ref.norm()
+        assert (a - b).norm() / scale < 0.03, name
+        assert (a - ref).norm() / scale < 0.03 and (b - ref).norm() / scale < 0.03, name
+
+
+def test_extractor_precision_auto_follows_the_cpu(monkeypatch):
+    from audio_ssl import precision
+
+    model = _model()
+    monkeypatch.setattr(precision, "cpu_bf16", lambda **_: (False, "mocked: no units"))
+    extractor = FeatureExtractor(model, device="cpu")
+    assert extractor.precision.name == "32" and extractor.model.kernels != "channels_last"
+    monkeypatch.setattr(precision, "cpu_bf16", lambda **_: (True, "mocked: AMX"))
+    extractor = FeatureExtractor(model, device="cpu")
+    assert extractor.precision.bf16 and extractor.model.compute_dtype == torch.bfloat16
+    assert FeatureExtractor(model, device="cpu", precision="32").model.compute_dtype == torch.float32
+
+
 def test_layers_after_the_deepest_asked_for_are_not_run():
     model = _model()
     inference = InferenceModel(model, parse_layers("1", 2), "cpu", kernels="modules")
@@ -414,7 +447,7 @@ def test_resume_after_a_kill_redoes_nothing_and_leaves_no_partial_file(checkpoin
                  SR)
     out = tmp_path / "out"
     args = ["extract", str(checkpoint), str(corpus), str(out), "--workers", "0",
-            "--batch-seconds", "4", "--no-progress"]
+            "--precision", "32", "--batch-seconds", "4", "--no-progress"]
     victim = _cli(args)
     deadline = time.monotonic() + 120
     while len(list(out.glob("*.npy"))) < 3 and victim.poll() is None and time.monotonic() < deadline:
