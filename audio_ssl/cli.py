@@ -314,7 +314,6 @@ def _load_config(args: argparse.Namespace, init=None):
     """The run's config: preset, --config, command-line values; on ``init`` (a
     :class:`~audio_ssl.interop.LoadedModel` to continue from) its network and normalisation."""
     from audio_ssl import config
-    from audio_ssl.inference.transcribe import audio_normalize_of
 
     train = {"max_steps": args.max_steps, "devices": args.devices, "num_nodes": args.num_nodes,
              "precision": args.precision}
@@ -325,7 +324,7 @@ def _load_config(args: argparse.Namespace, init=None):
         overrides["data"] = {"targets": str(Path(args.targets).resolve())}
     return config.load(args.preset, args.config, overrides=overrides,
                        model=init.config if init is not None else None,
-                       normalize=audio_normalize_of(init) if init is not None else None)
+                       normalize=init.expects_normalized if init is not None else None)
 
 
 def _run_pretrain(args: argparse.Namespace, data: str | Path, output: Path) -> int:

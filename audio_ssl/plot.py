@@ -198,7 +198,7 @@ def code_usage(checkpoint: str | os.PathLike, data: str | os.PathLike,
     """How often each code of each group is the quantizer's hard choice over the first
     ``max_files`` files of ``data`` (a folder, manifest or list): (G, V) counts."""
     from audio_ssl.data.manifest import scan
-    from audio_ssl.inference.extract import FeatureExtractor, checkpoint_normalize
+    from audio_ssl.inference.extract import FeatureExtractor
     from audio_ssl.interop import CheckpointError, load_model
 
     try:
@@ -210,7 +210,7 @@ def code_usage(checkpoint: str | os.PathLike, data: str | os.PathLike,
                         f"false), so it has no codebook to plot")
     try:
         extractor = FeatureExtractor(loaded.model, layers="codes",
-                                     normalize=checkpoint_normalize(loaded))
+                                     normalize=loaded.expects_normalized)
     except ValueError as err:  # no quantizer: a fine-tuned or backbone-only checkpoint
         raise PlotError(f"{checkpoint}: {err}") from err
     quantizer = extractor.model.quantizer

@@ -158,11 +158,10 @@ def main() -> None:
         name, _, path = spec.partition("=")  # NAME=PATH; a bare PATH may hold '=' itself
         if not path or "/" in name:
             name, path = "", spec
-        from audio_ssl.inference.extract import checkpoint_normalize
         from audio_ssl.interop import load_model
 
         loaded = load_model(path)
-        sets[name or Path(path).stem] = model_features(loaded.model, checkpoint_normalize(loaded),
+        sets[name or Path(path).stem] = model_features(loaded.model, loaded.expects_normalized,
                                                        wavs)
 
     summary = {}

@@ -9,7 +9,6 @@ back.
 from audio_ssl.inference.extract import (
     FeatureExtractor,
     Features,
-    checkpoint_normalize,
     extract_folder,
 )
 from audio_ssl.inference.features import LayerSelection, parse_layers
@@ -17,6 +16,6 @@ from audio_ssl.inference.pipeline import ExtractSummary, run_extraction
 from audio_ssl.inference.writers import load_entry, read_index
 
 __all__ = [
-    "FeatureExtractor", "Features", "checkpoint_normalize", "extract_folder", "LayerSelection",
+    "FeatureExtractor", "Features", "extract_folder", "LayerSelection",
     "parse_layers", "ExtractSummary", "run_extraction", "read_index", "load_entry",
 ]

@@ -65,17 +65,6 @@ class Features:
         return next(iter(self.arrays.values())).shape[0]
 
 
-def checkpoint_normalize(loaded) -> bool:
-    """Whether the model of a :class:`~audio_ssl.interop.LoadedModel` expects zero-mean
-    unit-variance audio: what its checkpoint says (``loaded.normalize``: the run config's
-    ``data.normalize``, HF's ``do_normalize``, fairseq's ``task.normalize``), else the
-    fairseq/HF convention that layer-norm encoders (LARGE) were trained on normalised audio and
-    group-norm ones (BASE) were not."""
-    if loaded.normalize is not None:
-        return bool(loaded.normalize)
-    return loaded.config.encoder.norm == "layer"
-
-
 class FeatureExtractor:
     """A model in inference mode that turns audio into the selected layers' features.
 
@@ -125,13 +114,13 @@ class FeatureExtractor:
     def from_checkpoint(cls, path: str | os.PathLike, *, normalize: bool | None = None,
                         **kwargs) -> FeatureExtractor:
         """Load any checkpoint :func:`audio_ssl.interop.load_model` reads; ``normalize=None``
-        takes the setting the model was trained with (:func:`checkpoint_normalize`). Other
+        takes the setting the model was trained with (``LoadedModel.expects_normalized``). Other
         arguments as the constructor's."""
         from audio_ssl.interop import load_model
 
         loaded = load_model(path)
         if normalize is None:
-            normalize = checkpoint_normalize(loaded)
+            normalize = loaded.expects_normalized
         extractor = cls(loaded.model, normalize=normalize, **kwargs)
         extractor.checkpoint = Path(path).absolute()
         return extractor
@@ -332,5 +321,5 @@ def run_extract_command(args) -> int:
     return 0 if summary.ok else 1
 
 
-__all__ = ["Features", "FeatureExtractor", "LongFileStats", "checkpoint_normalize", "collate",
+__all__ = ["Features", "FeatureExtractor", "LongFileStats", "collate",
            "extract_folder", "run_extract_command", "SAMPLE_RATE"]

@@ -61,17 +61,7 @@ class InferenceSettings:
         run = run_config_of(loaded)
         data = run.get("data") or {}
         text = merge(TextConfig(), run["text"]) if isinstance(run.get("text"), dict) else TextConfig()
-        return cls(int(data.get("sample_rate", 16_000)), audio_normalize_of(loaded, run), text)
-
-
-def audio_normalize_of(loaded: Any, run: dict[str, Any] | None = None) -> bool:
-    """Whether the model expects zero-mean unit-variance input: its run config's
-    ``data.normalize``, else what its source format declares (``LoadedModel.normalize``)."""
-    run = run_config_of(loaded) if run is None else run
-    normalize = (run.get("data") or {}).get("normalize")
-    if normalize is None:
-        normalize = getattr(loaded, "normalize", None)
-    return bool(normalize)
+        return cls(int(data.get("sample_rate", 16_000)), loaded.expects_normalized, text)
 
 
 @dataclass
@@ -324,6 +314,6 @@ def evaluate(model: str | os.PathLike | Transcriber, labelled: str | os.PathLike
     return result
 
 
-__all__ = ["run_config_of", "audio_normalize_of", "InferenceSettings", "Transcription", "Transcriber",
+__all__ = ["run_config_of", "InferenceSettings", "Transcription", "Transcriber",
            "expand_inputs", "TranscribeResult", "transcribe", "UtteranceErrors", "EvalResult",
            "evaluate"]

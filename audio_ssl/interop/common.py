@@ -58,6 +58,17 @@ class LoadedModel:
         return None if value is None else bool(value)
 
     @property
+    def expects_normalized(self) -> bool:
+        """Whether to give the model zero-mean unit-variance audio: what its checkpoint says
+        (the run config's ``data.normalize``, HF's ``do_normalize``, fairseq's
+        ``task.normalize``), else the fairseq/HF convention that layer-norm encoders (LARGE)
+        were trained on normalised audio and group-norm ones (BASE) were not. Every command
+        (extract, finetune, transcribe, evaluate, pretrain --init, plot) asks this."""
+        if self.normalize is not None:
+            return self.normalize
+        return self.config.encoder.norm == "layer"
+
+    @property
     def backbone(self) -> nn.Module:
         """The :class:`~audio_ssl.models.Wav2Vec2Model` inside ``model`` (or ``model`` itself)."""
         return getattr(self.model, "backbone", self.model)

@@ -372,13 +372,13 @@ def _initial_weights(pretrained: str | Path | None, from_scratch: bool):
     of the checkpoint, whether it expects normalised audio, description)."""
     if pretrained is None:
         return None, None, None, {}, False, "random weights (no checkpoint)"
-    from audio_ssl.inference.transcribe import audio_normalize_of, run_config_of
+    from audio_ssl.inference.transcribe import run_config_of
     from audio_ssl.interop import load_model
     from audio_ssl.models import PRETRAINING_MODELS, Wav2Vec2Model
 
     loaded = load_model(pretrained)
     run = run_config_of(loaded)
-    norm = audio_normalize_of(loaded, run)
+    norm = loaded.expects_normalized
     model = loaded.model
     if from_scratch:
         return loaded.config, None, None, run, norm, f"random weights (the network of {pretrained})"
