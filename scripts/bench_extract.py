@@ -123,7 +123,7 @@ def e2e_ours(args, ours, files_dir: Path, out: Path):
     from audio_ssl.inference import extract_folder
 
     summary = extract_folder(ours, files_dir, out, num_workers=args.workers, progress=False,
-                             dtype=args.store, fsync=not args.no_fsync)
+                             dtype=args.store, fsync=not args.no_fsync, shards=args.shards)
     assert summary.ok and summary.extracted > 0, summary.summary()
 
 
@@ -293,6 +293,8 @@ def main() -> None:
                         help="end to end: the stored features' dtype (both sides)")
     parser.add_argument("--no-fsync", action="store_true",
                         help="ours: no fsync before each rename (HF's loop never fsyncs)")
+    parser.add_argument("--shards", action="store_true",
+                        help="end to end: ours writes shards (extract --shards), not a file each")
     parser.add_argument("--no-forward", action="store_true")
     parser.add_argument("--no-memory", action="store_true")
     parser.add_argument("--no-e2e", action="store_true")
@@ -352,6 +354,7 @@ def main() -> None:
                 median = statistics.median(ts)
                 row = {"measure": "end_to_end", "impl": name, **common, "store": args.store,
                        "fsync": name == "audio_ssl" and not args.no_fsync,
+                       "shards": name == "audio_ssl" and args.shards,
                        "files": len(list(files_dir.iterdir())),
                        "audio_s": round(audio_total, 1), "wall_s": round(median, 3),
                        "audio_s_per_s": round(audio_total / median, 2)}

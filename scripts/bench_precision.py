@@ -8,10 +8,11 @@ Each measurement is `audio_ssl.cli.main([...])`, in this process, on one corpus:
 data needed). The runs alternate 32, auto, 32, auto (`--rounds` pairs), so drift on a shared
 machine falls on both sides alike.
 
-- pretrain: `audio-ssl pretrain CORPUS --preset P --precision X --max-steps N`, logging every
-  update; the figure is the median of the logged `train/audio_seconds_per_second` after the first
-  `--skip` updates (warm-up). `base` runs with 2 x 4 s batches (the CPU bench's shape) instead of
-  its GPU batch of 75 s.
+- pretrain: `audio-ssl pretrain CORPUS --preset P --precision X --max-steps N`; the figure is
+  the median of the logged `train/audio_seconds_per_second` (the audio of every update between
+  two records over the time between them) from update 40 (tiny: 161 updates recorded every 20) or 3 (base: 13 updates
+  recorded every 3): the first updates meet every batch shape for the first time. `base` runs with 2 x 4 s batches (the CPU bench's shape)
+  instead of its GPU batch of 75 s.
 - extract: `audio-ssl extract CHECKPOINT CORPUS OUT --precision X` with a checkpoint of the
   preset's network (random weights: speed does not depend on them); the figure is the corpus's
   audio seconds over the command's wall time, model loading included.
@@ -23,6 +24,8 @@ the precision `auto` chose on this machine, with its reason.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import json
 import platform
 import statistics
@@ -40,6 +43,10 @@ sys.path.insert(0, str(ROOT))
 from audio_ssl import config, console, precision  # noqa: E402
 from audio_ssl.cli import main as cli  # noqa: E402
 
+PLAN = {  # per preset: updates, updates between records, first update counted
+    "tiny": (161, 20, 40),
+    "base": (13, 3, 3),
+}
 PRETRAIN_DATA = {  # per preset: the batch shape of scripts/bench_pretrain.py's CPU runs
     "tiny": {},
     "base": {"max_batch_samples": 2 * 64_000, "max_crop_samples": 64_000},
@@ -57,13 +64,16 @@ def corpus_seconds(folder: Path) -> float:
     return sum(sf.info(str(p)).duration for p in folder.rglob("*.flac"))
 
 
-def pretrain_rate(data: Path, preset: str, prec: str, steps: int, skip: int, work: Path) -> float:
+def pretrain_rate(data: Path, preset: str, prec: str, steps: int, log_every: int, skip: int,
+                  work: Path) -> float:
     run = work / f"pretrain-{preset}-{prec}-{time.monotonic_ns()}"
     overrides = work / f"{preset}.yaml"
-    overrides.write_text(json.dumps({"train": {"log_every": 1, "checkpoint_every": 10 ** 6},
+    overrides.write_text(json.dumps({"train": {"log_every": log_every,
+                                               "checkpoint_every": 10 ** 6},
                                      "data": PRETRAIN_DATA[preset]}))
-    code = cli(["pretrain", str(data), "-o", str(run), "--preset", preset, "--config",
-                str(overrides), "--max-steps", str(steps), "--precision", prec, "--quiet"])
+    with contextlib.redirect_stdout(io.StringIO()):  # its summary: not this script's output
+        code = cli(["pretrain", str(data), "-o", str(run), "--preset", preset, "--config",
+                    str(overrides), "--max-steps", str(steps), "--precision", prec, "--quiet"])
     if code != 0:
         raise SystemExit(f"pretrain exited {code}")
     rates = [row["train/audio_seconds_per_second"]
@@ -75,8 +85,9 @@ def pretrain_rate(data: Path, preset: str, prec: str, steps: int, skip: int, wor
 def extract_rate(data: Path, checkpoint: Path, prec: str, audio: float, work: Path) -> float:
     out = work / f"extract-{checkpoint.stem}-{prec}-{time.monotonic_ns()}"
     start = time.perf_counter()
-    code = cli(["extract", str(checkpoint), str(data), str(out), "--precision", prec,
-                "--no-fsync", "--quiet"])
+    with contextlib.redirect_stdout(io.StringIO()):
+        code = cli(["extract", str(checkpoint), str(data), str(out), "--precision", prec,
+                    "--no-fsync", "--quiet"])
     seconds = time.perf_counter() - start
     if code != 0:
         raise SystemExit(f"extract exited {code}")
@@ -91,10 +102,6 @@ def main() -> int:
     parser.add_argument("--commands", nargs="+", default=["pretrain", "extract"],
                         choices=["pretrain", "extract"])
     parser.add_argument("--rounds", type=int, default=2, help="pairs of runs (default 2)")
-    parser.add_argument("--steps", type=int, default=None,
-                        help="pretraining updates per run (default: 40 tiny, 12 base)")
-    parser.add_argument("--skip", type=int, default=None,
-                        help="first updates not counted (default: 5 tiny, 3 base)")
     args = parser.parse_args()
     console.configure(console.QUIET)
     auto = precision.resolve("auto", "cpu")
@@ -118,10 +125,7 @@ def main() -> int:
                 for _ in range(args.rounds):
                     for prec in ("32", "auto"):
                         if command == "pretrain":
-                            steps = args.steps or (40 if preset == "tiny" else 12)
-                            skip = args.skip if args.skip is not None else \
-                                (5 if preset == "tiny" else 3)
-                            rate = pretrain_rate(data, preset, prec, steps, skip, work)
+                            rate = pretrain_rate(data, preset, prec, *PLAN[preset], work)
                         else:
                             rate = extract_rate(data, checkpoint, prec, audio, work)
                         rates[prec].append(rate)

@@ -173,6 +173,8 @@ def make_dataloader(
         rank=rank,
         world_size=world_size,
         crop_to_shortest=cfg.crop_to_shortest,
+        crop_multiple=cfg.crop_multiple,
+        batch_multiple=cfg.batch_multiple,
     )
     sampler.set_position(position)
     dataset = AudioBatchDataset(items, sample_rate=cfg.sample_rate, normalize=cfg.normalize,

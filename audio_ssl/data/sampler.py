@@ -80,6 +80,11 @@ class BucketBatchSampler(Sampler[BatchRequest]):
         seed: the plan depends on ``seed`` and the epoch only (not on the rank).
         rank, world_size: this process's shard.
         crop_to_shortest: crop a batch to its shortest item (no padding; fairseq), else pad.
+        crop_multiple: with ``crop_to_shortest``, round each batch's crop down to a multiple of
+            this many samples (crops shorter than one multiple are kept); 0: exact.
+        batch_multiple: keep the first multiple of this many items of a batch (at least one
+            multiple, or the whole batch when it is smaller); the others are not seen this
+            epoch. With ``crop_multiple``, a run meets few batch shapes.
     """
 
     def __init__(
@@ -94,6 +99,8 @@ class BucketBatchSampler(Sampler[BatchRequest]):
         rank: int = 0,
         world_size: int = 1,
         crop_to_shortest: bool = True,
+        crop_multiple: int = 0,
+        batch_multiple: int = 1,
     ) -> None:
         self.max_batch_samples = _check_int("max_batch_samples", max_batch_samples, 1)
         self.max_crop_samples = _check_int("max_crop_samples", max_crop_samples, 1)
@@ -105,6 +112,8 @@ class BucketBatchSampler(Sampler[BatchRequest]):
         if self.rank >= self.world_size:
             raise ValueError(f"BucketBatchSampler: rank {rank} must be < world_size {world_size}")
         self.crop_to_shortest = bool(crop_to_shortest)
+        self.crop_multiple = _check_int("crop_multiple", crop_multiple, 0)
+        self.batch_multiple = _check_int("batch_multiple", batch_multiple, 1)
 
         self.lengths = np.asarray(lengths, dtype=np.int64)  # (N,)
         if self.lengths.ndim != 1:
@@ -171,8 +180,16 @@ class BucketBatchSampler(Sampler[BatchRequest]):
         """This rank's batches of ``epoch``: (indices, starts, num_samples, lengths) each."""
         rng, items, begins, ends = self._groups(epoch)
         lens = self.lengths[items]  # (N',)
+        size, m = ends - begins, self.batch_multiple  # (NB,)
+        kept = np.where(size >= m, size // m * m, size)  # (NB,) a batch's first items it keeps
+        dropped = np.arange(lens.size) >= np.repeat(begins + kept, size)  # (N',)
         reduce = np.minimum if self.crop_to_shortest else np.maximum
-        num = np.minimum(reduce.reduceat(lens, begins), self.max_crop_samples)  # (NB,)
+        # the crop over the kept items only: dropped ones cannot be the shortest or longest
+        bound = np.where(dropped, np.iinfo(np.int64).max if self.crop_to_shortest else 0, lens)
+        num = np.minimum(reduce.reduceat(bound, begins), self.max_crop_samples)  # (NB,)
+        q = self.crop_multiple
+        if q > 1 and self.crop_to_shortest:
+            num = np.where(num >= q, num // q * q, num)
         item_num = np.repeat(num, ends - begins)  # (N',) crop of each item's batch
         starts = rng.integers(0, np.maximum(lens - item_num, 0) + 1)  # (N',)
         real = np.minimum(lens, item_num)  # (N',)
@@ -185,7 +202,7 @@ class BucketBatchSampler(Sampler[BatchRequest]):
             (tuple(items[b:e].tolist()), tuple(starts[b:e].tolist()), int(num[k]),
              tuple(real[b:e].tolist()))
             for k in mine
-            for b, e in ((int(begins[k]), int(ends[k])),)
+            for b, e in ((int(begins[k]), int(begins[k] + kept[k])),)
         ]
 
     def locate(self, position: int) -> tuple[int, int]:

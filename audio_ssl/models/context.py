@@ -31,14 +31,15 @@ class ConvPositionalEmbedding(nn.Module):
         return rearrange(F.gelu(y), "b d t -> b t d")
 
 
-def cpu_attention_inputs(*qkv: torch.Tensor) -> tuple[torch.Tensor, ...]:
-    """Queries, keys and values as the attention kernel should get them: on the CPU, bf16 ones
-    (from autocast's projections) in fp32, because torch's bf16 CPU attention is slower than its
-    fp32 one (forward + backward, 2 cores with AMX: 11.4 against 2.7 ms for tiny's 8 x 100
-    frames, 9.0 against 6.0 ms for base's 2 x 200); elsewhere unchanged."""
-    if qkv[0].device.type == "cpu" and qkv[0].dtype == torch.bfloat16:
-        return tuple(t.float() for t in qkv)
-    return qkv
+def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, **options) -> torch.Tensor:
+    """``F.scaled_dot_product_attention``, except that on the CPU bf16 inputs (from autocast's
+    projections) are computed in fp32, outside autocast (which would cast them back): torch's
+    bf16 CPU attention is slower than its fp32 one (forward + backward, 2 cores with AMX: 11.4
+    against 2.7 ms for tiny's 8 x 100 frames, 9.0 against 6.0 ms for base's 2 x 200)."""
+    if q.device.type == "cpu" and q.dtype == torch.bfloat16:
+        with torch.autocast("cpu", enabled=False):
+            return F.scaled_dot_product_attention(q.float(), k.float(), v.float(), **options)
+    return F.scaled_dot_product_attention(q, k, v, **options)
 
 
 class SelfAttention(nn.Module):
@@ -54,9 +55,9 @@ class SelfAttention(nn.Module):
 
     def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None) -> torch.Tensor:
         # x: (B, T, D); attn_mask: (B, 1, 1, T) bool, True = attend, or None
-        q, k, v = cpu_attention_inputs(*(rearrange(p(x), "b t (h e) -> b h t e", h=self.heads)
-                                         for p in (self.q_proj, self.k_proj, self.v_proj)))
-        y = F.scaled_dot_product_attention(
+        q, k, v = (rearrange(p(x), "b t (h e) -> b h t e", h=self.heads)
+                   for p in (self.q_proj, self.k_proj, self.v_proj))
+        y = attention(
             q, k, v, attn_mask=attn_mask, dropout_p=self.dropout if self.training else 0.0
         )  # (B, H, T, E)
         return self.out_proj(rearrange(y, "b h t e -> b t (h e)"))

@@ -8,7 +8,8 @@ from dataclasses import dataclass, field
 
 @dataclass
 class CollapseWatch:
-    """Feed it each step's contrastive loss and code perplexity; it returns warnings.
+    """Feed it the contrastive loss and code perplexity of every step, or of every few steps
+    (the training loop feeds it the steps it logs); it returns warnings.
 
     - *no learning signal*: the contrastive loss stays within ``tolerance`` of log(K + 1), a
       uniform guess among the candidates (fairseq#3661, #3718, #4530);
@@ -16,7 +17,8 @@ class CollapseWatch:
       code per group is used for everything (fairseq#3687, transformers#14387).
 
     A symptom must hold for ``patience`` consecutive steps (after ``grace`` steps of warm-up) to
-    warn; each warning is given once until the symptom clears.
+    warn, counted in training steps between the updates that show it; each warning is given once
+    until the symptom clears.
     """
 
     num_negatives: int
@@ -27,6 +29,7 @@ class CollapseWatch:
     tolerance: float = 0.02
     _streak: dict[str, int] = field(default_factory=lambda: {"plateau": 0, "collapse": 0})
     _warned: set[str] = field(default_factory=set)
+    _last_step: int | None = None
 
     @property
     def uniform_loss(self) -> float:
@@ -38,8 +41,10 @@ class CollapseWatch:
             "collapse": code_perplexity < 2.0 * self.groups,
         }
         warnings = []
+        gap = 1 if self._last_step is None else max(1, step - self._last_step)
+        self._last_step = step
         for name, present in symptoms.items():
-            self._streak[name] = self._streak[name] + 1 if present else 0
+            self._streak[name] = self._streak[name] + gap if present else 0
             if not present:
                 self._warned.discard(name)
             elif (step >= self.grace and self._streak[name] >= self.patience
@@ -49,11 +54,13 @@ class CollapseWatch:
         return warnings
 
     def state_dict(self) -> dict:
-        return {"streak": dict(self._streak), "warned": sorted(self._warned)}
+        return {"streak": dict(self._streak), "warned": sorted(self._warned),
+                "last_step": self._last_step}
 
     def load_state_dict(self, state: dict) -> None:
         self._streak.update(state["streak"])
         self._warned = set(state["warned"])
+        self._last_step = state.get("last_step")
 
     def _message(self, name: str, step: int, loss: float, ppl: float) -> str:
         if name == "plateau":

@@ -52,7 +52,8 @@ class PretrainTask(L.LightningModule):
         self.first_metrics: dict[str, float] | None = None
         self.last_metrics: dict[str, float] = {}
         self.warnings: list[str] = []
-        self._last_time: float | None = None
+        self._last_time: float | None = None  # when the last record was taken
+        self._samples: torch.Tensor | None = None  # audio samples trained on since then
         self._pending: tuple[int, dict[str, float]] | None = None  # this step's record, for the log
         self._probe: tuple[torch.Tensor, torch.Tensor] | None = None  # fixed audio for code churn
         self._probe_codes: torch.Tensor | None = None
@@ -74,8 +75,13 @@ class PretrainTask(L.LightningModule):
         generator = torch.Generator(device=self.device).manual_seed(seed)
         extra = {"labels": batch.labels} if self.cfg.model.objective == "hubert" else {}
         out = self.model(batch.waveforms, batch.lengths, step=step, generator=generator, **extra)
+        # audio of this rank's batches since the last record, added on the device: a step that
+        # writes no record reads nothing back to the host
+        samples = batch.lengths.sum()
+        self._samples = samples if self._samples is None else self._samples + samples
+        if step % self.cfg.train.log_every:
+            return out.loss
         now = time.perf_counter()
-        seconds = float(batch.lengths.sum()) / self.cfg.data.sample_rate * self.trainer.world_size
         metrics = {
             **out.metrics(),
             "train/gumbel_temperature": self.cfg.model.quantizer.temperature(step),
@@ -84,11 +90,12 @@ class PretrainTask(L.LightningModule):
         }
         if not self.cfg.model.quantize_targets or self.cfg.model.objective != "wav2vec2":
             del metrics["train/gumbel_temperature"]  # no Gumbel quantizer
-        if step % self.cfg.train.log_every == 0:
-            churn = self._code_churn(batch)
-            if churn is not None:
-                metrics["train/code_churn"] = churn
-        if self._last_time is not None:
+        churn = self._code_churn(batch)
+        if churn is not None:
+            metrics["train/code_churn"] = churn
+        seconds = float(self._samples) / self.cfg.data.sample_rate * self.trainer.world_size
+        self._samples = None
+        if self._last_time is not None:  # the audio of every update since the last record
             metrics["train/audio_seconds_per_second"] = seconds / max(now - self._last_time, 1e-9)
         self._last_time = now
         shown = {"train/loss", "train/accuracy", "train/code_perplexity"}
@@ -112,6 +119,8 @@ class PretrainTask(L.LightningModule):
         return float((codes != previous).float().mean())
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        if self._pending is None:  # gradient norms go with a step's record only
+            return
         parts: dict[str, list[torch.Tensor]] = {}
         for name, p in self.model.named_parameters():
             if p.grad is not None:
@@ -124,10 +133,9 @@ class PretrainTask(L.LightningModule):
         for name, value in grads.items():
             self.log(name, value)
         self.last_metrics.update(grads)
-        if self._pending is not None:
-            step, record = self._pending
-            self._pending = None
-            self._append_jsonl("metrics.jsonl", {"step": step, **record, **grads})
+        step, record = self._pending
+        self._pending = None
+        self._append_jsonl("metrics.jsonl", {"step": step, **record, **grads})
 
     def configure_optimizers(self):
         o = self.cfg.optim
@@ -176,8 +184,8 @@ class PretrainTask(L.LightningModule):
             self.warnings.append(message)
             if self.global_rank == 0:
                 warnings.warn(message, stacklevel=1)
-        if self.output_dir is not None and (step % self.cfg.train.log_every == 0):
-            self._pending = (step, metrics)  # written with the gradient norms, before the update
+        # written with the gradient norms, before the update
+        self._pending = (step, metrics) if self.output_dir is not None else None
 
     @rank_zero_only
     def _append_jsonl(self, name: str, record: dict[str, Any]) -> None:

@@ -160,7 +160,7 @@ def pretrain(data: str | Path, cfg: PretrainConfig, output_dir: str | Path, *,
         ModelCheckpoint(dirpath=output / "checkpoints", filename="step={step:07d}",
                         auto_insert_metric_name=False, every_n_train_steps=cfg.train.checkpoint_every,
                         save_top_k=-1, save_last=True),
-    ])
+    ], log_every_n_steps=1)  # the task logs only every train.log_every steps itself
     trainer.fit(task, datamodule=PretrainData(items, cfg, labels), ckpt_path=ckpt_path)
     result = PretrainResult(
         output_dir=output, last_checkpoint=find_last_checkpoint(output), steps=trainer.global_step,

@@ -49,6 +49,7 @@ def build_trainer(cfg: Any, output: Path, *, accelerator: str, progress: bool,
     there is no Lightning validation loop. ``strategy`` defaults to DDP when several devices or
     nodes are asked for; ``options`` go to ``L.Trainer``."""
     t = cfg.train
+    log_every = options.pop("log_every_n_steps", t.log_every)
     chosen = resolve_precision(t.precision, accelerator)
     log.info(chosen.describe())
     plugins: list[Any] = [AtomicCheckpointIO()]
@@ -61,7 +62,8 @@ def build_trainer(cfg: Any, output: Path, *, accelerator: str, progress: bool,
         max_steps=t.max_steps,
         gradient_clip_val=cfg.optim.grad_clip or None,
         accumulate_grad_batches=t.accumulate_grad_batches, use_distributed_sampler=False,
-        limit_val_batches=0, num_sanity_val_steps=0, log_every_n_steps=t.log_every,
+        limit_val_batches=0, num_sanity_val_steps=0,
+        log_every_n_steps=log_every,
         enable_progress_bar=progress, enable_model_summary=console.verbose(), default_root_dir=output,
         logger=[CSVLogger(output, name="logs", version="csv"),
                 TensorBoardLogger(output, name="logs", version="tensorboard")],

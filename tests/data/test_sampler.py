@@ -158,3 +158,25 @@ def test_padding_repeats_from_the_start():
     # more ranks than batches: every rank still gets one
     for rank in range(3):
         assert len(_epoch(_sampler([60_000], rank=rank, world_size=3, **kw), 0)) == 1
+
+
+def test_crop_and_batch_multiples_give_few_shapes():
+    """crop_multiple rounds crops down, batch_multiple trims batches: few (B, S) shapes, each
+    crop still within every item it cuts, and no item twice in an epoch."""
+    lengths = _lengths(600)
+    plain = _sampler(lengths)
+    s = _sampler(lengths, crop_multiple=3_200, batch_multiple=4)
+    for epoch in (0, 1):
+        batches = _epoch(s, epoch)
+        assert len(batches) == len(_epoch(plain, epoch))  # the same batches, trimmed
+        seen = Counter(i for r in batches for i in r.indices)
+        assert set(seen.values()) == {1}
+        for r in batches:
+            lens = [lengths[i] for i in r.indices]
+            assert r.num_samples % 3_200 == 0 and r.num_samples <= min(min(lens), 50_000)
+            assert len(r.indices) % 4 == 0 or len(r.indices) < 4
+            assert len(r.indices) == 1 or len(r.indices) * r.num_samples <= 200_000
+            assert r.lengths == tuple(min(n, r.num_samples) for n in lens)
+    shapes = {(len(r.indices), r.num_samples) for e in (0, 1) for r in _epoch(s, e)}
+    exact = {(len(r.indices), r.num_samples) for e in (0, 1) for r in _epoch(plain, e)}
+    assert len(shapes) * 3 < len(exact)

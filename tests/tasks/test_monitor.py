@@ -43,3 +43,15 @@ def test_escape_step_is_where_the_loss_stays_below_the_line_long_enough():
     assert escape_step(dips_back, uniform, 0.9, hold=50) == 30  # the dip at 10 does not count
     assert escape_step(dips_back, uniform, 0.9, hold=60) is None  # not held long enough yet
     assert escape_step([(0, 4.0), (10, 4.1)], uniform) is None
+
+
+def test_streaks_count_steps_when_fed_every_few_steps():
+    """The training loop feeds only the steps it logs: patience is still in steps."""
+    watch = CollapseWatch(num_negatives=100, groups=2, codes=320, patience=50, grace=0)
+    stuck = math.log(101)
+    said = [(step, w) for step in range(0, 100, 10) for w in watch.update(step, stuck, 300.0)]
+    # seen at 0, 10, ..., 50: the steps 0..50 all count
+    assert [step for step, _ in said] == [50] and "for 51 steps" in said[0][1]
+    restored = CollapseWatch(num_negatives=100, groups=2, codes=320, patience=50, grace=0)
+    restored.load_state_dict(watch.state_dict())
+    assert restored.update(100, 3.0, 300.0) == [] and restored.state_dict()["last_step"] == 100
