@@ -328,13 +328,40 @@ def _overlay(cfg: Any, yaml_path: str | Path | None, overrides: dict[str, Any] |
         path = Path(yaml_path)
         if not path.is_file():
             raise FileNotFoundError(f"config file {path} does not exist")
-        data = yaml.safe_load(path.read_text()) or {}
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as err:
+            mark = getattr(err, "problem_mark", None)
+            where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
+            problem = getattr(err, "problem", None) or "malformed"
+            raise ValueError(f"config file {path}: not valid YAML{where}: {problem}") from None
         if not isinstance(data, dict):
             raise ValueError(f"config file {path}: expected a mapping at the top level")
         cfg = merge(cfg, data)
     if overrides:
         cfg = merge(cfg, overrides)
+    _check_counts(cfg)
     return cfg
+
+
+# counts that must be at least 1 (0 or less would train forever, never log, or divide by zero)
+_AT_LEAST_ONE = {
+    "train": ("max_steps", "checkpoint_every", "log_every", "val_every", "devices", "num_nodes",
+              "accumulate_grad_batches"),
+    "data": ("max_batch_samples", "max_crop_samples", "max_samples", "num_buckets",
+             "batch_multiple"),
+}
+
+
+def _check_counts(cfg: Any) -> None:
+    for section, names in _AT_LEAST_ONE.items():
+        part = getattr(cfg, section, None)
+        for name in names:
+            value = getattr(part, name, None)
+            if value is not None and value < 1:
+                flag = {"max_steps": " (--max-steps)", "devices": " (--devices)",
+                        "num_nodes": " (--num-nodes)"}.get(name, "")
+                raise ValueError(f"{section}.{name}{flag} is {value}: expected at least 1")
 
 
 def load(preset_name: str = "tiny", yaml_path: str | Path | None = None,

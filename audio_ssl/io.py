@@ -107,6 +107,19 @@ def atomic_write_text(path: str | os.PathLike, text: str, *, fsync: bool = True,
         tmp.write_text(text, encoding="utf-8")
 
 
+def check_run_folder(output: Path, *, resume: bool, last: Path | None) -> None:
+    """Refuse, before anything is written, an output folder that cannot take this run: an
+    existing file, a folder that already holds a run (``last``, its latest checkpoint) without
+    ``resume``, or ``resume`` with no checkpoint."""
+    if output.exists() and not output.is_dir():
+        raise FileExistsError(f"--output {output} is a file: expected a folder for the run")
+    if resume and last is None:
+        raise FileNotFoundError(f"--resume: no checkpoint to resume in {output / 'checkpoints'}")
+    if not resume and last is not None:
+        raise FileExistsError(f"{output} already holds a run ({last.name}): pass --resume to "
+                              "continue it or choose another --output")
+
+
 def iter_jsonl(path: str | os.PathLike) -> Iterator[tuple[int, dict]]:
     """(line number, object) for each non-blank line of a JSONL file; a line that is not a JSON
     object is an error naming the file and line."""

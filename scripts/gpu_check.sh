@@ -33,7 +33,7 @@ LOG="$OUTDIR/gpu_check.log"
 WORK=$(mktemp -d)
 trap 'rm -rf "$WORK"' EXIT
 if [ "$SMALL" = 1 ]; then  # sizes for a dry run on a CPU
-    PRESET=tiny; BATCH=2; SECONDS_=2; FILES=40; MINUTES=0.3; BATCH_S=8
+    PRESET=tiny; BATCH=2; SECONDS_=2; FILES=40; MINUTES=1; BATCH_S=8
 else
     PRESET=base; BATCH=8; SECONDS_=11; FILES=4000; MINUTES=3; BATCH_S=160
 fi

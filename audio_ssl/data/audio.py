@@ -66,6 +66,15 @@ def _resample_width(orig: int, new: int) -> int:
     return math.ceil(_LOWPASS_FILTER_WIDTH * orig / base)
 
 
+def _missing(path: str) -> str | None:
+    """Why ``path`` is not there to read (libsndfile says only "System error"), or None."""
+    if os.path.exists(path):
+        return None
+    if os.path.islink(path):
+        return f"no such file: a symbolic link to {os.readlink(path)}, which does not exist"
+    return "no such file"
+
+
 def _read(f: sf.SoundFile, start: int, frames: int) -> np.ndarray:
     """(N, C) float32 from source frame ``start``; ``frames=-1`` reads to the end."""
     if start > 0 and start >= f.frames:
@@ -111,6 +120,8 @@ def load_audio(
     if num_samples is not None and num_samples <= 0:
         raise ValueError(f"load_audio: num_samples must be positive or None, got {num_samples}")
     path = os.fspath(path)
+    if (why := _missing(path)) is not None:
+        raise AudioError(path, why)
     try:
         with sf.SoundFile(path) as f:
             wav = _decode_span(f, sample_rate, start, num_samples)  # (S,)
@@ -164,6 +175,8 @@ def audio_info(path: str | os.PathLike) -> tuple[int, int, int]:
     millisecond; if the header is off by more than that, the whole file is decoded.
     """
     path = os.fspath(path)
+    if (why := _missing(path)) is not None:
+        raise FileNotFoundError(why)
     info = sf.info(path)
     frames, sr, channels = int(info.frames), int(info.samplerate), int(info.channels)
     if info.format in ("MP3", "OGG") and frames > 0:

@@ -314,7 +314,7 @@ def run_extract_command(args) -> int:
             args.input, args.output_dir, fmt=args.format, dtype=args.dtype, shards=args.shards,
             shard_mb=args.shard_mb, num_workers=args.workers, progress=not args.no_progress,
             fsync=not args.no_fsync)
-    except (FileNotFoundError, NoAudioError, RuntimeError) as err:
+    except (FileNotFoundError, FileExistsError, NoAudioError, RuntimeError) as err:
         print(f"audio-ssl: error: {err}", file=sys.stderr)
         return 2
     print(summary.summary())

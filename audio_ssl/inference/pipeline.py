@@ -426,6 +426,8 @@ def run_extraction(extractor: FeatureExtractor, source: str | os.PathLike,
         raise ValueError(f"shard size must be positive, got {shard_mb} MB")
 
     root = Path(output).absolute()
+    if root.exists() and not root.is_dir():
+        raise FileExistsError(f"output {output} is a file: expected a folder for the features")
     root.mkdir(parents=True, exist_ok=True)
     lock = _Lock(root)
     try:

@@ -17,6 +17,7 @@ Exports: :func:`~audio_ssl.interop.hf.save_hf` (an HF folder), :func:`~audio_ssl
 
 from __future__ import annotations
 
+import pickle
 from pathlib import Path
 
 from audio_ssl.config import ModelConfig, merge
@@ -69,7 +70,13 @@ def load_model(path: str | Path, map_location: str = "cpu",
     if path.name == "config.json" or path.suffix == ".safetensors" or (
             path.suffix == ".bin" and (path.parent / "config.json").is_file()):
         return from_hf(path.parent)
-    checkpoint = safe_torch_load(path, map_location)
+    try:
+        checkpoint = safe_torch_load(path, map_location)
+    except (pickle.UnpicklingError, EOFError, RuntimeError, UnicodeDecodeError, ValueError,
+            ImportError, AttributeError, IndexError, KeyError, TypeError) as err:
+        reason = str(err).split(". ")[0] or type(err).__name__
+        raise CheckpointError(f"{path}: not a checkpoint torch can read (random bytes, text or a "
+                              f"truncated file?): {reason}") from None
     if isinstance(checkpoint, dict):
         if CONFIG_KEY in checkpoint:
             return _load_native(path, checkpoint)

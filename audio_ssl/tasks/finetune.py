@@ -31,6 +31,7 @@ from audio_ssl.data.labelled import (
 )
 from audio_ssl.data.manifest import Rejected
 from audio_ssl.data.text import TokenError, Vocabulary, ctc_frames_needed, normalize_text
+from audio_ssl.io import check_run_folder
 from audio_ssl.inference.decode import greedy_decode
 from audio_ssl.inference.metrics import ZERO, char_errors, word_errors
 from audio_ssl.interop import CONFIG_KEY, VOCAB_KEY
@@ -421,13 +422,8 @@ def finetune(pretrained: str | Path | None, train: str | Path, valid: str | Path
     """
     start = time.perf_counter()
     output = Path(output_dir)
-    output.mkdir(parents=True, exist_ok=True)
     last = output / "checkpoints" / "last.ckpt"
-    if resume and not last.is_file():
-        raise FileNotFoundError(f"--resume: no checkpoint to resume in {output / 'checkpoints'}")
-    if not resume and last.is_file():
-        raise FileExistsError(f"{output} already holds a run (checkpoints/last.ckpt): pass "
-                              "--resume to continue it or choose another --output")
+    check_run_folder(output, resume=resume, last=last if last.is_file() else None)
     if pretrained is None and not from_scratch:
         raise ValueError("fine-tuning needs a pretrained checkpoint (or --from-scratch)")
 
@@ -458,6 +454,7 @@ def finetune(pretrained: str | Path | None, train: str | Path, valid: str | Path
     if not valid_set.items:
         raise ValueError(f"no usable validation utterance in {valid}: see "
                          f"{output / 'rejected.jsonl'}")
+    output.mkdir(parents=True, exist_ok=True)  # only now: a refused run writes nothing
     if not resume:
         (output / "rejected.jsonl").unlink(missing_ok=True)
         (output / "metrics.jsonl").unlink(missing_ok=True)

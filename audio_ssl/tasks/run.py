@@ -17,6 +17,7 @@ from audio_ssl.data import make_dataloader, scan, write_rejected
 from audio_ssl.data.targets import LabelStore, check_targets
 from audio_ssl.interop import CheckpointError, LoadedModel, load_model
 from audio_ssl.interop.common import load_exact
+from audio_ssl.io import check_run_folder
 from audio_ssl.tasks.pretrain import PretrainTask
 from audio_ssl.tasks.trainer import build_trainer
 
@@ -116,15 +117,9 @@ def pretrain(data: str | Path, cfg: PretrainConfig, output_dir: str | Path, *,
     start = time.perf_counter()
     cfg, labels = check_targets(cfg)
     output = Path(output_dir)
-    output.mkdir(parents=True, exist_ok=True)
-    ckpt_path = find_last_checkpoint(output) if resume else None
-    if resume and ckpt_path is None:
-        raise FileNotFoundError(f"--resume: no checkpoint to resume in {output / 'checkpoints'}")
-    if not resume and find_last_checkpoint(output) is not None:
-        raise FileExistsError(
-            f"{output} already holds a run (checkpoints/last.ckpt): pass --resume to continue it "
-            "or choose another --output"
-        )
+    last = find_last_checkpoint(output)
+    check_run_folder(output, resume=resume, last=last)
+    ckpt_path = last if resume else None
 
     init_state = None
     loaded = init if isinstance(init, LoadedModel) else None
@@ -137,6 +132,7 @@ def pretrain(data: str | Path, cfg: PretrainConfig, output_dir: str | Path, *,
 
     items, rejected = scan(data, progress=progress, min_samples=cfg.data.min_samples,
                            sample_rate=cfg.data.sample_rate)
+    output.mkdir(parents=True, exist_ok=True)  # only now: a refused run writes nothing
     write_rejected(rejected, output / "rejected.jsonl")
     if labels is not None:
         missing = labels.missing([item.path for item in items])

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import soundfile as sf
@@ -109,3 +111,27 @@ def test_errors_name_the_file(tmp_path):
         load_audio(empty)
     with pytest.raises(AudioError, match="missing.wav"):
         load_audio(tmp_path / "missing.wav")
+
+
+def test_missing_files_and_dangling_links_say_no_such_file(tmp_path):
+    """libsndfile's own message for both is "System error"."""
+    from audio_ssl.data import scan
+    from audio_ssl.data.audio import AudioError, audio_info, load_audio
+
+    link = tmp_path / "dangling.flac"
+    link.symlink_to(tmp_path / "gone.flac")
+    missing = tmp_path / "missing.flac"
+    for path, detail in ((missing, ""), (link, "a symbolic link to")):
+        with pytest.raises(FileNotFoundError, match="no such file"):
+            audio_info(path)
+        with pytest.raises(AudioError, match=f"no such file.*{detail}"):
+            load_audio(path)
+    good = tmp_path / "good.flac"
+    sf.write(good, np.zeros(16_000, dtype=np.float32), 16_000)
+    listing = tmp_path / "files.lst"
+    listing.write_text(f"{missing}\n{link}\n{good}\n")
+    items, rejected = scan(listing, progress=False)
+    assert [it.path for it in items] == [str(good)]
+    reasons = {Path(r.path).name: r.reason for r in rejected}
+    assert reasons["missing.flac"] == "unreadable: no such file"
+    assert "no such file: a symbolic link to" in reasons["dangling.flac"]

@@ -1,0 +1,95 @@
+"""Misuse of every command ends with one line that names the value or file and what was
+expected, exit status 2, no traceback, and nothing written."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from audio_ssl.cli import main
+from audio_ssl.interop.export import save_native
+from audio_ssl.models import Wav2Vec2ForPretraining
+from tests.conftest import small_model_config
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("misuse")
+    torch.manual_seed(0)
+    good = save_native(Wav2Vec2ForPretraining(small_model_config()), root / "good.ckpt")
+    (root / "random.ckpt").write_bytes(bytes(range(256)) * 64)
+    (root / "text.ckpt").write_text("this is not a checkpoint\n")
+    (root / "truncated.ckpt").write_bytes(good.read_bytes()[: good.stat().st_size // 2])
+    (root / "bad.yaml").write_text("train: {max_steps: 3\n  log_every: [\n")
+    (root / "log0.yaml").write_text("train: {log_every: 0}\n")
+    (root / "ckpt0.yaml").write_text("train: {checkpoint_every: 0}\n")
+    (root / "val0.yaml").write_text("train: {val_every: 0}\n")
+    (root / "a_file").write_text("I am a file\n")
+    (root / "labelled.tsv").write_text("missing.flac\thello\n")
+    return {"root": root, "good": good, **{p.stem: p for p in root.iterdir()}}
+
+
+BAD_CHECKPOINTS = ("random", "text", "truncated")
+
+
+def _cases(f: dict[str, Path], data: Path) -> list[tuple[str, list[str], str]]:
+    out = f["root"] / "out"  # must not exist after any refusal
+    ft = ["--train", str(f["labelled"]), "--valid", str(f["labelled"])]
+    cases = [
+        ("malformed YAML", ["pretrain", str(data), "-o", str(out), "--config", str(f["bad"])],
+         "not valid YAML"),
+        ("--max-steps 0", ["pretrain", str(data), "-o", str(out), "--max-steps", "0"],
+         "train.max_steps (--max-steps) is 0: expected at least 1"),
+        ("--max-steps -1", ["pretrain", str(data), "-o", str(out), "--max-steps", "-1"],
+         "train.max_steps (--max-steps) is -1"),
+        ("log_every 0", ["pretrain", str(data), "-o", str(out), "--config", str(f["log0"])],
+         "train.log_every is 0"),
+        ("checkpoint_every 0",
+         ["pretrain", str(data), "-o", str(out), "--config", str(f["ckpt0"])],
+         "train.checkpoint_every is 0"),
+        ("val_every 0", ["finetune", str(f["good"]), *ft, "-o", str(out), "--config",
+                         str(f["val0"])], "train.val_every is 0"),
+        ("finetune --max-steps 0", ["finetune", str(f["good"]), *ft, "-o", str(out),
+                                    "--max-steps", "0"], "train.max_steps (--max-steps) is 0"),
+        ("pretrain into a file", ["pretrain", str(data), "-o", str(f["a_file"])],
+         "is a file: expected a folder"),
+        ("finetune into a file", ["finetune", str(f["good"]), *ft, "-o", str(f["a_file"])],
+         "is a file: expected a folder"),
+        ("extract into a file", ["extract", str(f["good"]), str(data), str(f["a_file"])],
+         "is a file"),
+    ]
+    for bad in BAD_CHECKPOINTS:
+        path = str(f[bad])
+        cases += [
+            (f"extract {bad}", ["extract", path, str(data), str(out)], path),
+            (f"finetune {bad}", ["finetune", path, *ft, "-o", str(out)], path),
+            (f"transcribe {bad}", ["transcribe", path, str(data)], path),
+            (f"evaluate {bad}", ["evaluate", path, str(f["labelled"])], path),
+            (f"convert {bad}", ["convert", path, str(out), "--to", "hf"], path),
+            (f"pretrain --init {bad}", ["pretrain", str(data), "-o", str(out), "--init", path],
+             path),
+        ]
+    return cases
+
+
+def test_every_misuse_is_one_line_and_exit_2(files, data_dir, capsys):
+    failures = []
+    for name, argv, expected in _cases(files, data_dir / "tiny"):
+        try:
+            code = main(argv)
+        except BaseException as err:  # noqa: BLE001  (a traceback is the failure we look for)
+            failures.append(f"{name}: raised {type(err).__name__}: {err}")
+            continue
+        err = capsys.readouterr().err
+        lines = [line for line in err.splitlines() if line.strip()]
+        errors = [line for line in lines if line.startswith("audio-ssl: error:")]
+        # it ends with the one error line (a line before it may say what was loaded)
+        if code != 2 or not errors or errors != lines[-1:] or expected not in errors[0] \
+                or "Traceback" in err:
+            failures.append(f"{name}: exit {code}, stderr {lines!r}")
+        if (files["root"] / "out").exists():
+            failures.append(f"{name}: wrote {files['root'] / 'out'}")
+    assert not failures, "\n".join(failures)
+    assert files["a_file"].read_text() == "I am a file\n"
