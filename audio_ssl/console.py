@@ -54,6 +54,9 @@ def configure(level: int = DEFAULT) -> None:
         child.propagate = True
     # raised by Lightning's own use of torch.utils._pytree on every fit, not by our calls
     warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
+    # a resumed run's folders: the CSV history is kept (tasks/trainer.py), checkpoints are ours
+    warnings.filterwarnings("ignore", message=r"Experiment logs directory .* exists and is not")
+    warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")
 
 
 @contextlib.contextmanager

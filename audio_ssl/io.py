@@ -120,6 +120,25 @@ def check_run_folder(output: Path, *, resume: bool, last: Path | None) -> None:
                               "continue it or choose another --output")
 
 
+def keep_rows_before(path: Path, step: int) -> None:
+    """Rewrite the JSONL log ``path`` (atomically) without its rows of ``step`` or later."""
+    if not path.is_file():
+        return
+    lines = path.read_text().splitlines()
+    kept = [line for line in lines if line.strip() and json.loads(line).get("step", 0) < step]
+    if len(kept) != len(lines):
+        atomic_write_text(path, "".join(line + "\n" for line in kept), fsync=False)
+
+
+def remove_stale_temps(folder: Path) -> int:
+    """Remove the temporary files of writes that were killed midway in ``folder`` (a
+    checkpoint write at ``base`` size leaves a whole checkpoint's worth); how many."""
+    stale = list(folder.glob(f".*{TMP_SUFFIX}")) if folder.is_dir() else []
+    for tmp in stale:
+        tmp.unlink(missing_ok=True)
+    return len(stale)
+
+
 def iter_jsonl(path: str | os.PathLike) -> Iterator[tuple[int, dict]]:
     """(line number, object) for each non-blank line of a JSONL file; a line that is not a JSON
     object is an error naming the file and line."""

@@ -31,7 +31,7 @@ from audio_ssl.data.labelled import (
 )
 from audio_ssl.data.manifest import Rejected
 from audio_ssl.data.text import TokenError, Vocabulary, ctc_frames_needed, normalize_text
-from audio_ssl.io import check_run_folder
+from audio_ssl.io import check_run_folder, remove_stale_temps
 from audio_ssl.inference.decode import greedy_decode
 from audio_ssl.inference.metrics import ZERO, char_errors, word_errors
 from audio_ssl.interop import CONFIG_KEY, VOCAB_KEY
@@ -455,6 +455,8 @@ def finetune(pretrained: str | Path | None, train: str | Path, valid: str | Path
         raise ValueError(f"no usable validation utterance in {valid}: see "
                          f"{output / 'rejected.jsonl'}")
     output.mkdir(parents=True, exist_ok=True)  # only now: a refused run writes nothing
+    if removed := remove_stale_temps(output / "checkpoints"):
+        log.info("removed %d temporary file(s) of a checkpoint write that was killed", removed)
     if not resume:
         (output / "rejected.jsonl").unlink(missing_ok=True)
         (output / "metrics.jsonl").unlink(missing_ok=True)

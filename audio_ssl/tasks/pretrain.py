@@ -16,7 +16,7 @@ from lightning.pytorch.utilities import rank_zero_only
 
 from audio_ssl.config import PretrainConfig, to_dict
 from audio_ssl.interop import CONFIG_KEY
-from audio_ssl.io import atomic_path
+from audio_ssl.io import atomic_path, keep_rows_before
 from audio_ssl.models.pretraining import PRETRAINING_MODELS, Wav2Vec2ForPretraining, pretraining_model
 from audio_ssl.tasks.monitor import CollapseWatch
 from audio_ssl.tasks.schedules import warmup_linear
@@ -54,6 +54,8 @@ class PretrainTask(L.LightningModule):
         self.warnings: list[str] = []
         self._last_time: float | None = None  # when the last record was taken
         self._samples: torch.Tensor | None = None  # audio samples trained on since then
+        self._elapsed_before = 0.0  # training seconds of the segments before a resume
+        self._segment_start = time.perf_counter()
         self._pending: tuple[int, dict[str, float]] | None = None  # this step's record, for the log
         self._probe: tuple[torch.Tensor, torch.Tensor] | None = None  # fixed audio for code churn
         self._probe_codes: torch.Tensor | None = None
@@ -198,16 +200,43 @@ class PretrainTask(L.LightningModule):
                                {"step": self.global_step, "path": failure.path,
                                 "reason": failure.reason})
 
+    def on_train_start(self) -> None:
+        self._segment_start = time.perf_counter()
+
+    @property
+    def seconds_before_resume(self) -> float:
+        """Training time of the segments before this one (0 for a run that was not resumed)."""
+        return self._elapsed_before
+
+    @property
+    def elapsed_seconds(self) -> float:
+        """Training time of the whole run, over every segment a resume joined."""
+        return self._elapsed_before + time.perf_counter() - self._segment_start
+
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint[CONFIG_KEY] = to_dict(self.cfg)
         checkpoint["batches_seen"] = self.batches_seen
         checkpoint["collapse_watch"] = self.watch.state_dict()
+        checkpoint["first_metrics"] = self.first_metrics
+        checkpoint["elapsed_seconds"] = self.elapsed_seconds
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self.batches_seen = int(checkpoint.get("batches_seen", 0))
         state = checkpoint.get("collapse_watch")
         if state:
             self.watch.load_state_dict(state)
+        self.first_metrics = checkpoint.get("first_metrics") or self.first_metrics
+        self._elapsed_before = float(checkpoint.get("elapsed_seconds", 0.0))
+        self._forget_after(int(checkpoint.get("global_step", 0)))
+
+    @rank_zero_only
+    def _forget_after(self, step: int) -> None:
+        """Drop the records of steps from ``step`` on: a killed run may have logged updates
+        past its last checkpoint, and the resumed run logs them again."""
+        if self.output_dir is None:
+            return
+        for name in ("metrics.jsonl", "decode_failures.jsonl"):
+            keep_rows_before(self.output_dir / name, step)
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):

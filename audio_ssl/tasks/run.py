@@ -17,7 +17,7 @@ from audio_ssl.data import make_dataloader, scan, write_rejected
 from audio_ssl.data.targets import LabelStore, check_targets
 from audio_ssl.interop import CheckpointError, LoadedModel, load_model
 from audio_ssl.interop.common import load_exact
-from audio_ssl.io import check_run_folder
+from audio_ssl.io import check_run_folder, remove_stale_temps
 from audio_ssl.tasks.pretrain import PretrainTask
 from audio_ssl.tasks.trainer import build_trainer
 
@@ -133,6 +133,8 @@ def pretrain(data: str | Path, cfg: PretrainConfig, output_dir: str | Path, *,
     items, rejected = scan(data, progress=progress, min_samples=cfg.data.min_samples,
                            sample_rate=cfg.data.sample_rate)
     output.mkdir(parents=True, exist_ok=True)  # only now: a refused run writes nothing
+    if removed := remove_stale_temps(output / "checkpoints"):
+        log.info("removed %d temporary file(s) of a checkpoint write that was killed", removed)
     write_rejected(rejected, output / "rejected.jsonl")
     if labels is not None:
         missing = labels.missing([item.path for item in items])
@@ -161,7 +163,8 @@ def pretrain(data: str | Path, cfg: PretrainConfig, output_dir: str | Path, *,
     result = PretrainResult(
         output_dir=output, last_checkpoint=find_last_checkpoint(output), steps=trainer.global_step,
         files=len(items), hours=hours, rejected=len(rejected), first=task.first_metrics or {},
-        last=task.last_metrics, warnings=task.warnings, seconds=time.perf_counter() - start,
+        last=task.last_metrics, warnings=task.warnings,
+        seconds=task.seconds_before_resume + time.perf_counter() - start,  # the whole run
         uniform_loss=task.uniform_loss,
     )
     if trainer.global_rank == 0:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import logging
 from pathlib import Path
 from typing import Any
@@ -10,7 +11,7 @@ import lightning as L
 from lightning.pytorch.callbacks import Callback, TQDMProgressBar
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from lightning.pytorch.plugins.precision import MixedPrecision, Precision as PrecisionPlugin
-from lightning.pytorch.utilities import GradClipAlgorithmType
+from lightning.pytorch.utilities import GradClipAlgorithmType, rank_zero_only
 
 from audio_ssl import console, precision
 from audio_ssl.tasks.pretrain import AtomicCheckpointIO
@@ -29,6 +30,43 @@ class BF16Mixed(MixedPrecision):
     def clip_gradients(self, optimizer, clip_val=0.0,
                        gradient_clip_algorithm=GradClipAlgorithmType.NORM) -> None:
         PrecisionPlugin.clip_gradients(self, optimizer, clip_val, gradient_clip_algorithm)
+
+
+class HistoryCSVLogger(CSVLogger):
+    """Lightning's CSV logger, except that a resumed run keeps its history: Lightning deletes
+    ``metrics.csv`` when it starts in a folder that has one; this logger keeps that file's rows
+    of the steps before the first one it logs itself (those past the resumed checkpoint are
+    logged again)."""
+
+    @property
+    def experiment(self):
+        if self._experiment is not None or rank_zero_only.rank != 0:
+            return super().experiment
+        path = Path(self.log_dir) / "metrics.csv"
+        history = []
+        if path.is_file():
+            with open(path, newline="") as f:
+                history = list(csv.DictReader(f))
+        writer = super().experiment  # deletes metrics.csv
+        if history:
+            save = writer.save
+
+            def save_after_history() -> None:
+                if history and writer.metrics:
+                    first = min(int(row.get("step", 0)) for row in writer.metrics)
+                    kept = [row for row in history if int(float(row.get("step") or 0)) < first]
+                    if kept:
+                        keys = sorted(set().union(*kept))
+                        with open(path, "w", newline="") as f:
+                            out = csv.DictWriter(f, fieldnames=keys)
+                            out.writeheader()
+                            out.writerows(kept)
+                        writer.metrics_keys[:] = keys
+                    history.clear()
+                save()
+
+            writer.save = save_after_history
+        return writer
 
 
 def resolve_precision(requested: str, accelerator: str) -> precision.Precision:
@@ -65,7 +103,8 @@ def build_trainer(cfg: Any, output: Path, *, accelerator: str, progress: bool,
         limit_val_batches=0, num_sanity_val_steps=0,
         log_every_n_steps=log_every,
         enable_progress_bar=progress, enable_model_summary=console.verbose(), default_root_dir=output,
-        logger=[CSVLogger(output, name="logs", version="csv"),
+        logger=[HistoryCSVLogger(output, name="logs", version="csv",
+                                 flush_logs_every_n_steps=1),  # a kill loses no logged row
                 TensorBoardLogger(output, name="logs", version="tensorboard")],
         callbacks=[*callbacks, *bar], plugins=plugins, **options,
     )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import shutil
@@ -128,10 +129,23 @@ def test_resume_after_a_kill_gives_the_same_losses(tmp_path, data_dir):
         torch.load(path, map_location="cpu", weights_only=False)
     assert ref.wait() == 0, ref.stderr.read()[-2000:]
 
+    (killed / "checkpoints" / ".last.ckpt.0123abcd.tmp").write_bytes(b"half a checkpoint")
+    logged_before = [json.loads(line)["step"]
+                     for line in (killed / "metrics.jsonl").read_text().splitlines()]
     resumed = _cli(["pretrain", *common, "--output", str(killed), "--resume"])
     assert resumed.wait() == 0, resumed.stderr.read()[-2000:]
     a, b = _metrics(straight), _metrics(killed)
     assert sorted(a) == sorted(b) == list(range(9))
+    # the logs of the whole run, each step once: rows past the checkpoint were dropped
+    steps = [json.loads(line)["step"] for line in (killed / "metrics.jsonl").read_text().splitlines()]
+    assert steps == list(range(9)) and len(logged_before) >= 6
+    with open(killed / "logs" / "csv" / "metrics.csv") as f:
+        csv_steps = sorted({int(float(row["step"])) for row in csv.DictReader(f)})
+    assert csv_steps[0] == 0 and csv_steps[-1] == 8  # the history before the kill is kept
+    summary = json.loads((killed / "summary.json").read_text())
+    assert summary["first"]["train/loss"] == pytest.approx(a[0]["train/loss"], rel=1e-5)
+    assert summary["seconds"] > json.loads((straight / "summary.json").read_text())["seconds"] / 3
+    assert not list((killed / "checkpoints").glob(".*.tmp"))  # the killed write's leftover
     assert (killed / "checkpoints" / "step=0000009.ckpt").is_file()
     for step in range(6, 9):  # the steps run after the resume
         for key in ("train/loss", "train/accuracy", "train/positive_cosine", "train/lr"):
