@@ -51,6 +51,9 @@ class LoadedModel:
     # imports what the source says about the input, {"data": {"normalize": bool}}, or {}
     run_config: dict = field(default_factory=dict)
 
+    def __post_init__(self) -> None:
+        self.model.eval()  # as HF's from_pretrained returns it; training code calls .train()
+
     @property
     def normalize(self) -> bool | None:
         """Whether the model expects zero-mean unit-variance input (None: unknown)."""

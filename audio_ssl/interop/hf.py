@@ -489,11 +489,24 @@ def from_hf(folder: str | Path) -> LoadedModel:
         state["head.bias"] = state["head.bias"][perm]
     model = build_model(cfg, vocab_size, arch == "Wav2Vec2ForPreTraining", final_dropout)
     load_exact(model, state, where, keymap)
-    normalize = None
+    return LoadedModel(model, cfg, vocab, "hf", folder,
+                       input_run_config(hf_do_normalize(folder)))
+
+
+def hf_do_normalize(folder: Path) -> bool | None:
+    """The folder's ``do_normalize``: from preprocessor_config.json (transformers 4), or from
+    processor_config.json's feature extractor (transformers 5 saves a processor there only);
+    True where a file names none (HF's default), None where there is no such file."""
     pre = folder / "preprocessor_config.json"
     if pre.is_file():
-        normalize = bool(_read_json(pre).get("do_normalize", True))
-    return LoadedModel(model, cfg, vocab, "hf", folder, input_run_config(normalize))
+        return bool(_read_json(pre).get("do_normalize", True))
+    processor = folder / "processor_config.json"
+    if processor.is_file():
+        data = _read_json(processor)
+        extractor = data.get("feature_extractor", data)
+        if isinstance(extractor, dict):
+            return bool(extractor.get("do_normalize", True))
+    return None
 
 
 def save_hf(model: nn.Module, folder: str | Path, vocab: list[str] | None = None,

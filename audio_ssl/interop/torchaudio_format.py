@@ -5,8 +5,9 @@ them (conv channels and kernels, conv bias, encoder norm mode, model width, posi
 kernel and groups, layer count, FFN width, CTC outputs). Three things shapes cannot tell are
 taken from ``config`` (``wav2vec2_model``'s keyword arguments) when given, else from the
 convention every torchaudio factory follows: conv strides of the paper's stack for kernels
-(10, 3, 3, 3, 3, 2, 2), 64 dimensions per attention head, and pre-norm Transformer layers
-exactly when the encoder uses layer norm. Dropouts default to ``wav2vec2_base``'s.
+(10, 3, 3, 3, 3, 2, 2), the head count of the factory model with the same width, depth and
+feed-forward width (``FACTORY_HEADS``; other shapes need ``config``), and pre-norm Transformer
+layers exactly when the encoder uses layer norm. Dropouts default to ``wav2vec2_base``'s.
 
 torchaudio models have no mask embedding (they are not built for pretraining): the imported one
 is freshly initialised, uniform(0, 1) from a fixed seed, as fairseq and HF initialise it.
@@ -32,7 +33,15 @@ from audio_ssl.interop.common import (
 
 PAPER_KERNELS = (10, 3, 3, 3, 3, 2, 2)
 PAPER_STRIDES = (5, 2, 2, 2, 2, 2, 2)
-HEAD_DIM = 64
+# torchaudio's factories (wav2vec2_*, hubert_*; torchaudio/models/wav2vec2/model.py):
+# (encoder_embed_dim, encoder_num_layers, encoder_ff_interm_features) -> encoder_num_heads.
+# A state dict holds no head count, and width / 64 is wrong for XLS-R 1B and 2B (16 heads).
+FACTORY_HEADS = {
+    (768, 12, 3072): 12,    # wav2vec2_base, hubert_base
+    (1024, 24, 4096): 16,   # wav2vec2_large, wav2vec2_large_lv60k, wav2vec2_xlsr_300m, hubert_large
+    (1280, 48, 5120): 16,   # wav2vec2_xlsr_1b, hubert_xlarge
+    (1920, 48, 7680): 16,   # wav2vec2_xlsr_2b
+}
 # torchaudio.models.wav2vec2_base's dropouts
 DEFAULTS = {"encoder_projection_dropout": 0.1, "encoder_attention_dropout": 0.1,
             "encoder_ff_interm_dropout": 0.1, "encoder_dropout": 0.1, "encoder_layer_drop": 0.1}
@@ -123,9 +132,15 @@ def infer_config(state: dict[str, torch.Tensor], config: dict[str, Any] | None =
                               "parametrizations.weight.original1")
     inferred["encoder_pos_conv_kernel"] = int(pos.shape[2])
     inferred["encoder_pos_conv_groups"] = dim // int(pos.shape[1])
+    if any(".attention.rel_attn_embed." in k or ".attention.gru_rel_pos" in k for k in state):
+        raise CheckpointError(f"{where}: a torchaudio WavLM state dict (gated relative position "
+                              "attention); audio-ssl reads wav2vec 2.0 and HuBERT models only")
     layers = 0
     while f"{TR}layers.{layers}.attention.q_proj.weight" in state:
         layers += 1
+    if not layers:
+        raise CheckpointError(f"{where}: no transformer layers ({TR}layers.0.attention.q_proj."
+                              "weight missing): not a torchaudio wav2vec2_model state dict")
     inferred["encoder_num_layers"] = layers
     if layers:
         inferred["encoder_ff_interm_features"] = int(
@@ -152,11 +167,13 @@ def infer_config(state: dict[str, torch.Tensor], config: dict[str, Any] | None =
                               "config={'extractor_conv_layer_config': [(dim, kernel, stride), "
                               "...]}")
     if "encoder_num_heads" not in config:
-        if dim % HEAD_DIM:
-            raise CheckpointError(f"{where}: width {dim} is not a multiple of {HEAD_DIM}, so the "
-                                  "number of attention heads cannot be inferred; pass "
-                                  "config={'encoder_num_heads': ...}")
-        out["encoder_num_heads"] = dim // HEAD_DIM
+        shape = (dim, layers, out["encoder_ff_interm_features"])
+        if shape not in FACTORY_HEADS:
+            raise CheckpointError(f"{where}: width {dim}, {layers} layers and feed-forward "
+                                  f"{shape[2]} match none of torchaudio's factory models, and "
+                                  "a state dict does not hold the number of attention heads; "
+                                  "pass config={'encoder_num_heads': ...}")
+        out["encoder_num_heads"] = FACTORY_HEADS[shape]
     if "encoder_layer_norm_first" not in config:
         out["encoder_layer_norm_first"] = out["extractor_mode"] == "layer_norm"
     return out

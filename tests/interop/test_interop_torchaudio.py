@@ -96,17 +96,45 @@ def test_ctc_aux_head_and_file(tmp_path):
 
 
 def test_architecture_inferred_from_shapes(tmp_path):
-    """A plain state dict of a model 128 wide with the paper's kernels needs no config: strides
-    by the paper's stack, 128 / 64 = 2 heads, post-norm with a group-norm encoder."""
+    """A state dict of a model 128 wide with the paper's kernels needs only its head count:
+    strides by the paper's stack, post-norm with a group-norm encoder. Without the head count
+    (a width no torchaudio factory has) it is refused, naming what to pass."""
     reference = _torchaudio_model("group_norm", False, dim=128, heads=2)
     torch.save(reference.state_dict(), tmp_path / "plain.pth")
-    loaded = load_model(tmp_path / "plain.pth")
+    with pytest.raises(CheckpointError, match=r"pass config=\{'encoder_num_heads': \.\.\.\}"):
+        load_model(tmp_path / "plain.pth")
+    torch.save({"state_dict": reference.state_dict(), "config": {"encoder_num_heads": 2}},
+               tmp_path / "with_heads.pth")
+    loaded = load_model(tmp_path / "with_heads.pth")
     ctx = loaded.config.context
     assert (ctx.dim, ctx.heads, ctx.layers, ctx.ffn_dim, ctx.layer_norm_first) == (
         128, 2, 2, 128, False)
     assert (ctx.pos_conv_kernel, ctx.pos_conv_groups) == (16, 4)
     assert loaded.config.encoder.conv_layers == tuple(SMALL_CONV)
     _check_layers(reference, loaded.model.eval(), waveforms(), None, "torchaudio inferred")
+
+
+@pytest.mark.parametrize("factory,heads", [
+    ("wav2vec2_base", 12), ("wav2vec2_large", 16), ("wav2vec2_xlsr_300m", 16),
+    ("wav2vec2_xlsr_1b", 16), ("wav2vec2_xlsr_2b", 16), ("hubert_xlarge", 16)])
+def test_head_count_of_every_torchaudio_factory(factory, heads):
+    """XLS-R 1B and 2B are 1,280 and 1,920 wide with 16 heads: width / 64 would say 20 and 30."""
+    with torch.device("meta"):  # shapes only: no memory for the weights
+        state = getattr(torchaudio_models, factory)().state_dict()
+    assert infer_config(state)["encoder_num_heads"] == heads
+
+
+def test_a_torchaudio_wavlm_state_dict_is_refused_cleanly():
+    model = torchaudio_models.wavlm_model(
+        extractor_mode="group_norm", extractor_conv_layer_config=SMALL_CONV,
+        extractor_conv_bias=False, encoder_embed_dim=64, encoder_projection_dropout=0.0,
+        encoder_pos_conv_kernel=16, encoder_pos_conv_groups=4, encoder_num_layers=2,
+        encoder_num_heads=4, encoder_num_buckets=32, encoder_max_distance=128,
+        encoder_attention_dropout=0.0, encoder_ff_interm_features=128,
+        encoder_ff_interm_dropout=0.0, encoder_dropout=0.0, encoder_layer_norm_first=False,
+        encoder_layer_drop=0.0, aux_num_out=None)
+    with pytest.raises(CheckpointError, match="a torchaudio WavLM state dict"):
+        infer_config(model.state_dict())
 
 
 def test_what_shapes_cannot_tell_must_be_given():

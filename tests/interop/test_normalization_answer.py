@@ -34,7 +34,8 @@ def _ours(tmp_path, norm: str, normalize: bool | None):
 
 def _torchaudio(tmp_path, norm: str):
     path = tmp_path / f"torchaudio-{norm}.pt"
-    torch.save(_torchaudio_model(f"{norm}_norm", norm == "layer", heads=1).state_dict(), path)
+    model = _torchaudio_model(f"{norm}_norm", norm == "layer")
+    torch.save({"state_dict": model.state_dict(), "config": {"encoder_num_heads": 4}}, path)
     return path
 
 
@@ -74,3 +75,23 @@ def test_every_command_gets_the_same_answer(tmp_path, make, expected):
             precision=None, objective=None, targets=None), loaded).data.normalize,
     }
     assert answers == dict.fromkeys(answers, expected), answers
+
+
+def test_transformers_5_processor_config_and_eval_mode(tmp_path):
+    """transformers 5 writes do_normalize to processor_config.json only; it was lost, and
+    `convert --to hf` then wrote do_normalize: true. Loaded models come back in eval mode."""
+    import json
+
+    from audio_ssl.cli import main
+
+    folder = _hf(tmp_path, "layer", False)
+    pre = json.loads((folder / "preprocessor_config.json").read_text())
+    (folder / "preprocessor_config.json").unlink()
+    (folder / "processor_config.json").write_text(json.dumps(
+        {"feature_extractor": pre, "processor_class": "Wav2Vec2Processor"}))
+    loaded = load_model(folder)
+    assert loaded.normalize is False and loaded.expects_normalized is False
+    assert not loaded.model.training
+    assert main(["convert", str(folder), str(tmp_path / "back"), "--to", "hf"]) == 0
+    written = json.loads((tmp_path / "back" / "preprocessor_config.json").read_text())
+    assert written["do_normalize"] is False
