@@ -37,6 +37,16 @@ def _add_precision_option(p: argparse.ArgumentParser) -> None:
                    help=PRECISION_HELP)
 
 
+def _add_device_options(p: argparse.ArgumentParser) -> None:
+    """Where and how a training command runs: pretrain and finetune share these."""
+    p.add_argument("--devices", type=int, default=None,
+                   help="devices per node (GPUs, or CPU processes with gloo when no GPU)")
+    p.add_argument("--num-nodes", type=int, default=None, help="nodes (torchrun or SLURM)")
+    p.add_argument("--accelerator", default="auto", choices=["auto", "cpu", "gpu"],
+                   help="where to train (default: GPU when one is visible)")
+    _add_precision_option(p)
+
+
 def _add_pretrain_options(p: argparse.ArgumentParser, default_preset: str) -> None:
     p.add_argument("--preset", choices=["tiny", "base", "large"], default=default_preset,
                    help=f"model and training preset (default: {default_preset})")
@@ -50,12 +60,7 @@ def _add_pretrain_options(p: argparse.ArgumentParser, default_preset: str) -> No
                    "codes of the log-mel")
     p.add_argument("--targets", default=None, metavar="DIR",
                    help="hubert: the labels of DATA that `audio-ssl targets` wrote")
-    p.add_argument("--devices", type=int, default=None,
-                   help="devices per node (GPUs, or CPU processes with gloo when no GPU)")
-    p.add_argument("--num-nodes", type=int, default=None, help="nodes (torchrun or SLURM)")
-    p.add_argument("--accelerator", default="auto", choices=["auto", "cpu", "gpu"],
-                   help="where to train (default: GPU when one is visible)")
-    _add_precision_option(p)
+    _add_device_options(p)
     p.add_argument("--resume", action="store_true",
                    help="continue the run in --output from its last checkpoint")
     p.add_argument("--init", default=None, metavar="CHECKPOINT",
@@ -263,8 +268,7 @@ def _add_asr_commands(sub) -> None:
     f.add_argument("--max-steps", type=int, default=None, help="number of updates")
     f.add_argument("--from-scratch", action="store_true",
                    help="the same network with random weights (a baseline)")
-    f.add_argument("--accelerator", default="auto", choices=["auto", "cpu", "gpu"])
-    _add_precision_option(f)
+    _add_device_options(f)
     f.add_argument("--resume", action="store_true",
                    help="continue the run in --output from its last checkpoint")
     f.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -378,7 +382,8 @@ def _run_asr(args: argparse.Namespace) -> int:
         if args.command == "finetune":
             from audio_ssl.tasks.finetune import finetune
 
-            train = {"max_steps": args.max_steps, "precision": args.precision}
+            train = {"max_steps": args.max_steps, "precision": args.precision,
+                     "devices": args.devices, "num_nodes": args.num_nodes}
             overrides = {"train": {k: v for k, v in train.items() if v is not None}}
             result = finetune(args.pretrained, args.train, args.valid, args.output,
                               preset=args.preset, config_yaml=args.config, overrides=overrides,
@@ -424,6 +429,30 @@ def _run_asr(args: argparse.Namespace) -> int:
         return 2
 
 
+def _run_extract(args: argparse.Namespace) -> int:
+    """0 when every input was extracted (or already was), 1 when some failed (listed in
+    failures.jsonl), 2 when nothing could start (bad input or options)."""
+    from audio_ssl.data import NoAudioError
+    from audio_ssl.inference.extract import FeatureExtractor
+    from audio_ssl.inference.pipeline import extract_folder
+
+    try:
+        extractor = FeatureExtractor.from_checkpoint(
+            args.checkpoint, layers=args.layer, device=args.device,
+            precision=args.precision or "auto", normalize=args.normalize,
+            chunk_seconds=args.chunk_seconds, context_seconds=args.context_seconds,
+            batch_seconds=args.batch_seconds)
+        summary = extract_folder(
+            extractor, args.input, args.output_dir, fmt=args.format, dtype=args.dtype,
+            shards=args.shards, shard_mb=args.shard_mb, num_workers=args.workers,
+            progress=not args.no_progress, fsync=not args.no_fsync)
+    except (FileNotFoundError, FileExistsError, NoAudioError, RuntimeError) as err:
+        print(f"audio-ssl: error: {err}", file=sys.stderr)
+        return 2
+    print(summary.summary())
+    return 0 if summary.ok else 1
+
+
 def _run_demo(args: argparse.Namespace) -> int:
     from audio_ssl.data import NoAudioError
     from audio_ssl.demo.espeak import EspeakError
@@ -458,9 +487,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "targets":
             return _run_targets(args)
         if args.command == "extract":
-            from audio_ssl.inference.extract import run_extract_command
-
-            return run_extract_command(args)
+            return _run_extract(args)
         if args.command == "convert":
             from audio_ssl.interop.export import run_convert
 

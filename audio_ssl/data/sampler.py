@@ -236,16 +236,6 @@ class BucketBatchSampler(Sampler[BatchRequest]):
         """Make the next ``iter(self)`` start at stream position ``position``."""
         self._position = _check_int("position", position, 0)
 
-    def state_dict(self) -> dict[str, int]:
-        return {"position": self._position, "seed": self.seed}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore position (and the seed the stream was drawn with)."""
-        seed = _check_int("seed", state["seed"], 0)
-        if seed != self.seed:
-            self.seed = seed
-            self._batches_per_epoch.clear()
-        self.set_position(state["position"])
 
 
 __all__ = ["BatchRequest", "BucketBatchSampler"]

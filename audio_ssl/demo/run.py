@@ -179,7 +179,7 @@ class _Demo:
         return "plot", "loss, accuracy, cosines, lr, grad norm", png, True
 
     def extract(self, tag: str):
-        from audio_ssl.inference.extract import extract_folder
+        from audio_ssl.inference.pipeline import extract_folder
 
         _say(f"{tag} extract: every context layer of every file")
         done = extract_folder(self.checkpoint, self.manifest, self.features, layers="all",

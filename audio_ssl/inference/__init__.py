@@ -6,13 +6,9 @@ folder, manifest or list to disk, resumably; :func:`read_index` and :func:`load_
 back.
 """
 
-from audio_ssl.inference.extract import (
-    FeatureExtractor,
-    Features,
-    extract_folder,
-)
+from audio_ssl.inference.extract import FeatureExtractor, Features
 from audio_ssl.inference.features import LayerSelection, parse_layers
-from audio_ssl.inference.pipeline import ExtractSummary, run_extraction
+from audio_ssl.inference.pipeline import ExtractSummary, extract_folder, run_extraction
 from audio_ssl.inference.writers import load_entry, read_index
 
 __all__ = [

@@ -242,14 +242,6 @@ class FeatureExtractor:
         encoder = group_norm_stats(moments, weight, bias) if moments is not None else None
         return LongFileStats(mean, scale, encoder)
 
-    # -- collections ----------------------------------------------------------------------------
-
-    def extract_folder(self, source: str | os.PathLike, output: str | os.PathLike, **kwargs):
-        """Extract every file of ``source`` into ``output``; see :func:`extract_folder`."""
-        from audio_ssl.inference.pipeline import run_extraction
-
-        return run_extraction(self, source, output, **kwargs)
-
 
 @dataclass
 class LongFileStats:
@@ -273,53 +265,4 @@ def _to_cpu(a: torch.Tensor) -> torch.Tensor:
     return a.to("cpu", torch.int64 if a.dtype == torch.int64 else torch.float32)
 
 
-def extract_folder(checkpoint: str | os.PathLike | FeatureExtractor, source: str | os.PathLike,
-                   output: str | os.PathLike, *, layers: str | int | list = "last",
-                   device: str | None = None, precision: str = "auto",
-                   normalize: bool | None = None, chunk_seconds: float = 30.0,
-                   context_seconds: float = 5.0, batch_seconds: float | None = None,
-                   max_batch_size: int = 64, **options):
-    """Extract features of every audio file of ``source`` into ``output`` (the Python side of
-    ``audio-ssl extract``) and return an :class:`~audio_ssl.inference.pipeline.ExtractSummary`.
-
-    ``checkpoint`` is a path (any format :func:`audio_ssl.interop.load_model` reads) or a
-    :class:`FeatureExtractor` (then the model arguments here are ignored). ``options`` go to
-    :func:`audio_ssl.inference.pipeline.run_extraction`: ``fmt``, ``dtype``, ``shards``,
-    ``shard_mb``, ``num_workers``, ``progress``, ``fsync``.
-    """
-    if isinstance(checkpoint, FeatureExtractor):
-        extractor = checkpoint
-    else:
-        extractor = FeatureExtractor.from_checkpoint(
-            checkpoint, layers=layers, device=device, precision=precision, normalize=normalize,
-            chunk_seconds=chunk_seconds, context_seconds=context_seconds,
-            batch_seconds=batch_seconds, max_batch_size=max_batch_size)
-    return extractor.extract_folder(source, output, **options)
-
-
-def run_extract_command(args) -> int:
-    """``audio-ssl extract``: 0 when every input was extracted (or already was), 1 when some
-    failed (listed in failures.jsonl), 2 when nothing could start (bad input or options)."""
-    import sys
-
-    from audio_ssl.data import NoAudioError
-
-    try:
-        extractor = FeatureExtractor.from_checkpoint(
-            args.checkpoint, layers=args.layer, device=args.device,
-            precision=args.precision or "auto",
-            normalize=args.normalize, chunk_seconds=args.chunk_seconds,
-            context_seconds=args.context_seconds, batch_seconds=args.batch_seconds)
-        summary = extractor.extract_folder(
-            args.input, args.output_dir, fmt=args.format, dtype=args.dtype, shards=args.shards,
-            shard_mb=args.shard_mb, num_workers=args.workers, progress=not args.no_progress,
-            fsync=not args.no_fsync)
-    except (FileNotFoundError, FileExistsError, NoAudioError, RuntimeError) as err:
-        print(f"audio-ssl: error: {err}", file=sys.stderr)
-        return 2
-    print(summary.summary())
-    return 0 if summary.ok else 1
-
-
-__all__ = ["Features", "FeatureExtractor", "LongFileStats", "collate",
-           "extract_folder", "run_extract_command", "SAMPLE_RATE"]
+__all__ = ["Features", "FeatureExtractor", "LongFileStats", "collate", "SAMPLE_RATE"]

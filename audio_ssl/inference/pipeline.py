@@ -661,5 +661,29 @@ def _run(extractor: FeatureExtractor, source: Path, root: Path, fmt: str, dtype:
                           audio_seconds, time.perf_counter() - start_time)
 
 
+def extract_folder(checkpoint: str | os.PathLike | FeatureExtractor, source: str | os.PathLike,
+                   output: str | os.PathLike, *, layers: str | int | list = "last",
+                   device: str | None = None, precision: str = "auto",
+                   normalize: bool | None = None, chunk_seconds: float = 30.0,
+                   context_seconds: float = 5.0, batch_seconds: float | None = None,
+                   max_batch_size: int = 64, **options):
+    """Extract features of every audio file of ``source`` into ``output`` (the Python side of
+    ``audio-ssl extract``) and return an :class:`ExtractSummary`.
+
+    ``checkpoint`` is a path (any format :func:`audio_ssl.interop.load_model` reads) or a
+    :class:`FeatureExtractor` (then the model arguments here are ignored). ``options`` go to
+    :func:`run_extraction`: ``fmt``, ``dtype``, ``shards``,
+    ``shard_mb``, ``num_workers``, ``progress``, ``fsync``.
+    """
+    if isinstance(checkpoint, FeatureExtractor):
+        extractor = checkpoint
+    else:
+        extractor = FeatureExtractor.from_checkpoint(
+            checkpoint, layers=layers, device=device, precision=precision, normalize=normalize,
+            chunk_seconds=chunk_seconds, context_seconds=context_seconds,
+            batch_seconds=batch_seconds, max_batch_size=max_batch_size)
+    return run_extraction(extractor, source, output, **options)
+
+
 __all__ = ["ExtractSummary", "Job", "Unit", "Piece", "PieceStream", "plan_units", "output_keys",
-           "output_names", "run_extraction", "DTYPES"]
+           "output_names", "run_extraction", "extract_folder", "DTYPES"]

@@ -66,10 +66,6 @@ def _write_array(f, array: np.ndarray) -> None:
         f.write(memoryview(np.ascontiguousarray(rows[i:i + step])).cast("B"))
 
 
-def _arrays_spec(arrays: dict[str, np.ndarray]) -> dict[str, dict]:
-    return {name: {"shape": list(a.shape), "dtype": a.dtype.name} for name, a in arrays.items()}
-
-
 def write_npy(path: Path, arrays: dict[str, np.ndarray]) -> dict:
     """One array, or several same-shape arrays stacked (K, T, D). Returns the index fields."""
     values = list(arrays.values())

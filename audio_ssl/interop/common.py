@@ -13,8 +13,7 @@ from torch import nn
 
 from audio_ssl.config import ModelConfig, merge
 
-BLANK = "<blank>"  # CTC blank, always vocabulary index 0 in this library
-WORD_SEPARATOR = "|"
+from audio_ssl.data.text import BLANK, WORD_SEPARATOR  # noqa: F401  (re-exported)
 
 
 class CheckpointError(ValueError):

@@ -40,14 +40,10 @@ from audio_ssl.models.ctc import Wav2Vec2ForCTC
 from audio_ssl.models.feature_encoder import frame_lengths as conv_frame_lengths
 from audio_ssl.models.masking import compute_span_mask
 from audio_ssl.tasks.pretrain import step_seed
-from audio_ssl.tasks.schedules import tri_stage
+from audio_ssl.tasks.schedules import skips_weight_decay, tri_stage
 from audio_ssl.tasks.trainer import build_trainer, is_distributed
 
 log = logging.getLogger("audio_ssl")
-
-
-def _no_decay(name: str, param: torch.nn.Parameter) -> bool:
-    return param.ndim < 2 or name.endswith("mask_embedding")
 
 
 class FinetuneTask(L.LightningModule):
@@ -168,7 +164,7 @@ class FinetuneTask(L.LightningModule):
         decay, no_decay = [], []
         for name, param in self.model.named_parameters():
             if param.requires_grad:
-                (no_decay if _no_decay(name, param) else decay).append(param)
+                (no_decay if skips_weight_decay(name, param) else decay).append(param)
         optimizer = torch.optim.AdamW(
             [{"params": decay, "weight_decay": o.weight_decay},
              {"params": no_decay, "weight_decay": 0.0}],

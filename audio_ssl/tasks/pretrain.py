@@ -19,7 +19,7 @@ from audio_ssl.interop import CONFIG_KEY
 from audio_ssl.io import atomic_path, keep_rows_before
 from audio_ssl.models.pretraining import PRETRAINING_MODELS, Wav2Vec2ForPretraining, pretraining_model
 from audio_ssl.tasks.monitor import CollapseWatch
-from audio_ssl.tasks.schedules import warmup_linear
+from audio_ssl.tasks.schedules import skips_weight_decay, warmup_linear
 
 
 
@@ -36,10 +36,6 @@ def _part(name: str) -> str:
         if name.startswith(prefix):
             return part
     return "heads"  # layer norm, projection, mask embedding, final projection
-
-
-def _no_decay(name: str, param: torch.nn.Parameter) -> bool:
-    return param.ndim < 2 or name.endswith("mask_embedding") or "codevectors" in name
 
 
 class PretrainTask(L.LightningModule):
@@ -148,7 +144,7 @@ class PretrainTask(L.LightningModule):
                 scale = o.encoder_lr_scale
             elif name.startswith("quantizer."):
                 scale = o.quantizer_lr_scale
-            groups.setdefault((_no_decay(name, param), scale), []).append(param)
+            groups.setdefault((skips_weight_decay(name, param), scale), []).append(param)
         optimizer = torch.optim.AdamW(
             [{"params": params, "weight_decay": 0.0 if no_decay else o.weight_decay,
               "lr": o.lr * scale}
@@ -248,12 +244,3 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         with atomic_path(path, sync_dir=False) as tmp, open(tmp, "wb") as f:
             torch.save(checkpoint, f)
 
-
-def load_pretrained(path: str | Path, map_location: str = "cpu") -> torch.nn.Module:
-    """Rebuild a pretraining model from one of our checkpoints (config inside)."""
-    from audio_ssl.interop import load_model
-
-    loaded = load_model(path, map_location)
-    if not isinstance(loaded.model, PRETRAINING_MODELS):
-        raise ValueError(f"{path} holds a {type(loaded.model).__name__}, not a pretraining model")
-    return loaded.model

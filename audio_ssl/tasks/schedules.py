@@ -1,6 +1,15 @@
-"""Learning-rate schedules as pure functions of the update count."""
+"""Learning-rate schedules as pure functions of the update count, and which parameters get
+weight decay."""
 
 from __future__ import annotations
+
+import torch
+
+
+def skips_weight_decay(name: str, param: torch.nn.Parameter) -> bool:
+    """Parameters that get no weight decay: biases, norms' gains (every parameter of fewer than
+    two dimensions), the mask embedding and the quantizer's codevectors (as fairseq)."""
+    return param.ndim < 2 or name.endswith("mask_embedding") or "codevectors" in name
 
 
 def warmup_linear(step: int, total: int, warmup_fraction: float) -> float:

@@ -128,18 +128,12 @@ def test_resume_equals_uninterrupted():
         s = _sampler(lengths, world_size=2, rank=1)
         s.set_position(n)
         assert _take(s, 30) == ref[n : n + 30]
-    # state_dict round trip; the checkpointed seed wins over the constructor's
+    # a fresh iterator continues where the last one stopped
     s = _sampler(lengths, world_size=2, rank=1)
     it = iter(s)
     for _ in range(41):
         next(it)
-    state = s.state_dict()
-    assert state == {"position": 41, "seed": 3}
-    t = _sampler(lengths, world_size=2, rank=1, seed=99)
-    t.load_state_dict(state)
-    assert _take(t, 20) == ref[41:61]
-    # a fresh iterator continues where the last one stopped
-    assert _take(s, 5) == ref[41:46]
+    assert s.position == 41 and _take(s, 5) == ref[41:46]
 
 
 def test_invalid_arguments():

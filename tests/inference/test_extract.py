@@ -319,7 +319,7 @@ def test_formats_read_back_equal_to_the_api(checkpoint, speech, tmp_path):
     api = extractor.extract(files[0]).arrays
     for fmt in ("pt", "safetensors"):
         out = tmp_path / fmt
-        summary = extractor.extract_folder(root / "sub", out, fmt=fmt, num_workers=0,
+        summary = extract_folder(extractor, root / "sub", out, fmt=fmt, num_workers=0,
                                            progress=False)
         assert summary.ok and summary.extracted == 6
         entry = next(e for e in read_index(out) if e["path"] == str(files[0]))
@@ -334,7 +334,7 @@ def test_formats_read_back_equal_to_the_api(checkpoint, speech, tmp_path):
     with safe_open(tmp_path / "safetensors" / f"{files[0].stem}.safetensors", "np") as f:
         assert f.metadata() == {"frame_rate": "50.0", "layers": "encoder,codes,layer_2"}
     with pytest.raises(ValueError, match="use --format pt or safetensors"):
-        extractor.extract_folder(root, tmp_path / "npy", progress=False)
+        extract_folder(extractor, root, tmp_path / "npy", progress=False)
 
 
 @pytest.mark.slow
@@ -343,7 +343,7 @@ def test_shards_and_index_read_back(checkpoint, speech, tmp_path):
     extractor = FeatureExtractor.from_checkpoint(checkpoint, layers="encoder,codes,last",
                                                  device="cpu", chunk_seconds=8, context_seconds=2)
     out = tmp_path / "shards"
-    summary = extractor.extract_folder(root, out, shards=True, shard_mb=0.2, dtype="float16",
+    summary = extract_folder(extractor, root, out, shards=True, shard_mb=0.2, dtype="float16",
                                        num_workers=0, progress=False)
     assert summary.ok and summary.extracted == 7
     shards = sorted((out / "shards").glob("shard-*.bin"))
@@ -359,7 +359,7 @@ def test_shards_and_index_read_back(checkpoint, speech, tmp_path):
             np.testing.assert_allclose(stored[name].astype(np.float32), api[name].numpy(),
                                        atol=2e-2, rtol=1e-2)
         np.testing.assert_array_equal(stored["codes"], api["codes"].numpy())
-    again = extractor.extract_folder(root, out, shards=True, shard_mb=0.2, dtype="float16",
+    again = extract_folder(extractor, root, out, shards=True, shard_mb=0.2, dtype="float16",
                                      num_workers=0, progress=False)
     assert again.extracted == 0 and again.skipped == 7
     assert len(read_index(out)) == 7
@@ -422,7 +422,7 @@ def test_long_files_are_read_span_by_span(checkpoint, tmp_path, monkeypatch):
     extractor = FeatureExtractor.from_checkpoint(checkpoint, layers="last", device="cpu",
                                                  chunk_seconds=10, context_seconds=2,
                                                  batch_seconds=30)
-    summary = extractor.extract_folder(corpus, tmp_path / "out", num_workers=0, progress=False)
+    summary = extract_folder(extractor, corpus, tmp_path / "out", num_workers=0, progress=False)
     assert summary.ok
     window = 14 * SR + 400  # chunk + 2 * context (+ the receptive field)
     assert len(reads) > 18 and max(reads) <= max(window, 320_000 + 10)
