@@ -55,7 +55,7 @@ class NoLabelledDataError(ValueError):
     """A labelled source holds no usable utterance."""
 
 
-def _entries_jsonl(src: Path, split: str | None) -> Iterable[tuple[str, str | None, str]]:
+def _entries_jsonl(src: Path, split: str | None) -> Iterable[tuple[str, str | None, str, str]]:
     root = src.parent.absolute()
     for lineno, obj in iter_jsonl(src):
         audio = obj.get("audio", obj.get("path"))
@@ -66,10 +66,10 @@ def _entries_jsonl(src: Path, split: str | None) -> Iterable[tuple[str, str | No
             continue
         path = _resolve(str(audio), root)
         text = obj.get("text")
-        yield path, None if text is None else str(text), path
+        yield path, None if text is None else str(text), path, f"{src}:{lineno}"
 
 
-def _entries_tsv(src: Path) -> Iterable[tuple[str, str | None, str]]:
+def _entries_tsv(src: Path) -> Iterable[tuple[str, str | None, str, str]]:
     root = src.parent.absolute()
     with open(src, encoding="utf-8") as f:
         for lineno, line in enumerate(f, 1):
@@ -83,10 +83,10 @@ def _entries_tsv(src: Path) -> Iterable[tuple[str, str | None, str]]:
                     text.strip().lower() in ("text", "transcript", "sentence"):
                 continue  # header
             path = _resolve(path.strip(), root)
-            yield path, text, path
+            yield path, text, path, f"{src}:{lineno}"
 
 
-def _entries_librispeech(src: Path) -> Iterable[tuple[str, str | None, str]]:
+def _entries_librispeech(src: Path) -> Iterable[tuple[str, str | None, str, str]]:
     transcripts = sorted(src.rglob("*.trans.txt"))
     if not transcripts:
         raise NoLabelledDataError(f"no *.trans.txt transcripts under {src} (expected a "
@@ -101,7 +101,7 @@ def _entries_librispeech(src: Path) -> Iterable[tuple[str, str | None, str]]:
                 utt, _, text = line.partition(" ")
                 path = next((folder / (utt + ext) for ext in AUDIO_EXTENSIONS
                              if (folder / (utt + ext)).exists()), folder / (utt + ".flac"))
-                yield str(path.absolute()), text, utt
+                yield str(path.absolute()), text, utt, f"{trans}:{lineno}"
 
 
 def _probe(path: str) -> tuple[int, int] | str:
@@ -147,28 +147,29 @@ def read_labelled(source: str | os.PathLike, *, split: str | None = None, sample
     if split is not None and not src.is_dir() and src.suffix.lower() != ".jsonl":
         raise ValueError(f"split={split!r} applies to JSONL manifests only, not {src}")
 
-    paths = sorted({p for p, _, _ in entries})
+    paths = sorted({e[0] for e in entries})
     with ThreadPoolExecutor(max_workers=max(1, num_workers)) as pool:
         headers = dict(zip(paths, pool.map(_probe, paths)))
 
     items: list[LabelledItem] = []
     rejected: list[Rejected] = []
-    for path, text, uid in entries:
+    for path, text, uid, line in entries:  # line: where the row is, "file:number"
         header = headers[path]
         if text is None or not text.strip():
-            rejected.append(Rejected(path, "no transcript" if text is None else "empty transcript"))
+            rejected.append(Rejected(path, "no transcript" if text is None else "empty transcript",
+                                     line))
             continue
         if isinstance(header, str):
-            rejected.append(Rejected(path, header))
+            rejected.append(Rejected(path, header, line))
             continue
         samples = resampled_length(header[0], header[1], sample_rate)
         if samples < min_samples:
             rejected.append(Rejected(path, f"too short: {samples / sample_rate:.2f} s < minimum "
-                                           f"{min_samples / sample_rate:.2f} s"))
+                                           f"{min_samples / sample_rate:.2f} s", line))
             continue
         if max_samples is not None and samples > max_samples:
             rejected.append(Rejected(path, f"too long: {samples / sample_rate:.2f} s > maximum "
-                                           f"{max_samples / sample_rate:.2f} s"))
+                                           f"{max_samples / sample_rate:.2f} s", line))
             continue
         items.append(LabelledItem(path, text, samples, uid))
     if not items:

@@ -64,6 +64,7 @@ class Rejected:
 
     path: str
     reason: str
+    line: str | None = None  # the row of a labelled manifest or list: "file:number"
 
 
 class NoAudioError(ValueError):
@@ -105,7 +106,8 @@ def read_manifest(path: str | os.PathLike) -> list[AudioItem]:
 
 def write_rejected(rejected: Iterable[Rejected], path: str | os.PathLike) -> None:
     """Write rejected files as JSONL ``{"path", "reason"}`` (atomically)."""
-    _atomic_write_lines(path, (json.dumps(asdict(r), ensure_ascii=False) for r in rejected))
+    _atomic_write_lines(path, (json.dumps({k: v for k, v in asdict(r).items() if v is not None},
+                                          ensure_ascii=False) for r in rejected))
 
 
 def _resolve(p: str, root: Path) -> str:

@@ -394,8 +394,10 @@ def _initial_weights(pretrained: str | Path | None, from_scratch: bool):
 def _write_rejected(path: Path, split: str, rejected: list[Rejected]) -> None:
     with open(path, "a", encoding="utf-8") as f:
         for r in rejected:
-            f.write(json.dumps({"split": split, "path": r.path, "reason": r.reason},
-                               ensure_ascii=False) + "\n")
+            row = {"split": split, "path": r.path, "reason": r.reason}
+            if r.line is not None:  # two rows may name the same clip
+                row["line"] = r.line
+            f.write(json.dumps(row, ensure_ascii=False) + "\n")
 
 
 def finetune(pretrained: str | Path | None, train: str | Path, valid: str | Path,

@@ -47,6 +47,9 @@ def test_jsonl_manifest_with_split_and_bad_rows(tmp_path):
     reasons = [r.reason for r in rejected]
     assert reasons[:2] == ["no transcript", "empty transcript"]
     assert reasons[2].startswith("unreadable") and reasons[3].startswith("unreadable")
+    assert reasons[3] == "unreadable: no such file"
+    # two bad rows name the same clip: the manifest line tells them apart
+    assert [r.line for r in rejected] == [f"{manifest}:{n}" for n in (3, 4, 5, 6)]
     items, _ = read_labelled(manifest, split="test")
     assert [i.text for i in items] == ["held out"]
     with pytest.raises(NoLabelledDataError, match="split 'dev'"):
