@@ -62,7 +62,8 @@ def parity(args) -> dict:
     return {"check": "bf16_vs_fp32_one_step", "preset": args.preset, "batch": args.batch,
             "seconds": args.seconds, "loss_fp32": round(a, 5), "loss_bf16": round(b, 5),
             "loss_rel_diff": round(abs(a - b) / abs(a), 5),
-            "grad_cosine": round(float(torch.nn.functional.cosine_similarity(g32, g16, dim=0)), 5),
+            "grad_cosine": round(float(torch.nn.functional.cosine_similarity(
+                g32.double(), g16.double(), dim=0)), 5),  # fp64: millions of terms
             "grad_norm_ratio": round(float(g16.norm() / g32.norm()), 5)}
 
 
