@@ -353,15 +353,17 @@ _AT_LEAST_ONE = {
 }
 
 
+_FLAGS = {"max_steps": " (--max-steps)", "devices": " (--devices)", "num_nodes": " (--num-nodes)"}
+
+
 def _check_counts(cfg: Any) -> None:
     for section, names in _AT_LEAST_ONE.items():
         part = getattr(cfg, section, None)
         for name in names:
             value = getattr(part, name, None)
             if value is not None and value < 1:
-                flag = {"max_steps": " (--max-steps)", "devices": " (--devices)",
-                        "num_nodes": " (--num-nodes)"}.get(name, "")
-                raise ValueError(f"{section}.{name}{flag} is {value}: expected at least 1")
+                raise ValueError(f"{section}.{name}{_FLAGS.get(name, '')} is {value}: expected "
+                                 "at least 1")
 
 
 def load(preset_name: str = "tiny", yaml_path: str | Path | None = None,

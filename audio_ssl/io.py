@@ -17,6 +17,7 @@ cannot leave a partial file, but after a crash the new file may be empty or the 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import secrets
 from collections.abc import Iterator
@@ -24,6 +25,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 TMP_SUFFIX = ".tmp"
+log = logging.getLogger("audio_ssl")
 
 
 def fsync_dir(path: str | os.PathLike) -> None:
@@ -130,13 +132,17 @@ def keep_rows_before(path: Path, step: int) -> None:
         atomic_write_text(path, "".join(line + "\n" for line in kept), fsync=False)
 
 
-def remove_stale_temps(folder: Path) -> int:
-    """Remove the temporary files of writes that were killed midway in ``folder`` (a
-    checkpoint write at ``base`` size leaves a whole checkpoint's worth); how many."""
+def make_run_folder(output: Path) -> None:
+    """Create the run folder once the run is accepted (:func:`check_run_folder`), and remove
+    the temporary files of checkpoint writes that were killed midway (at ``base`` size each is a
+    whole checkpoint's worth)."""
+    output.mkdir(parents=True, exist_ok=True)
+    folder = output / "checkpoints"
     stale = list(folder.glob(f".*{TMP_SUFFIX}")) if folder.is_dir() else []
     for tmp in stale:
         tmp.unlink(missing_ok=True)
-    return len(stale)
+    if stale:
+        log.info("removed %d temporary file(s) of a checkpoint write that was killed", len(stale))
 
 
 def iter_jsonl(path: str | os.PathLike) -> Iterator[tuple[int, dict]]:

@@ -6,21 +6,18 @@ elsewhere: on a CPU without those units bf16 is emulated and slower than fp32. b
 autocast: the matrix products and convolutions run in bf16, while parameters, optimizer state
 and what is fragile (cosine logits, Gumbel softmax, CTC, the losses) stay in fp32.
 
-The CPU answer comes from torch's cpuinfo queries, or ``/proc/cpuinfo``'s flags where torch has
-none, and honours ``ONEDNN_MAX_CPU_ISA``: capped below AVX512_CORE_BF16, oneDNN cannot use the
+The CPU answer comes from ``/proc/cpuinfo``'s flags, or torch's cpuinfo queries where there is
+no such file (macOS, Windows), and honours ``ONEDNN_MAX_CPU_ISA``: capped below AVX512_CORE_BF16, oneDNN cannot use the
 units, so ``auto`` stays in fp32.
 """
 
 from __future__ import annotations
 
-import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-
-log = logging.getLogger("audio_ssl")
 
 CHOICES = ("auto", "32", "bf16-mixed")
 _ALIASES = {"fp32": "32", "32-true": "32", "bf16": "bf16-mixed"}

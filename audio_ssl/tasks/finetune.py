@@ -31,7 +31,7 @@ from audio_ssl.data.labelled import (
 )
 from audio_ssl.data.manifest import Rejected
 from audio_ssl.data.text import TokenError, Vocabulary, ctc_frames_needed, normalize_text
-from audio_ssl.io import check_run_folder, remove_stale_temps
+from audio_ssl.io import check_run_folder, make_run_folder
 from audio_ssl.inference.decode import greedy_decode
 from audio_ssl.inference.metrics import ZERO, char_errors, word_errors
 from audio_ssl.interop import CONFIG_KEY, VOCAB_KEY
@@ -40,6 +40,7 @@ from audio_ssl.models.ctc import Wav2Vec2ForCTC
 from audio_ssl.models.feature_encoder import frame_lengths as conv_frame_lengths
 from audio_ssl.models.masking import compute_span_mask
 from audio_ssl.tasks.pretrain import step_seed
+from audio_ssl.tasks.run import find_last_checkpoint
 from audio_ssl.tasks.schedules import skips_weight_decay, tri_stage
 from audio_ssl.tasks.trainer import build_trainer, is_distributed
 
@@ -420,8 +421,8 @@ def finetune(pretrained: str | Path | None, train: str | Path, valid: str | Path
     """
     start = time.perf_counter()
     output = Path(output_dir)
-    last = output / "checkpoints" / "last.ckpt"
-    check_run_folder(output, resume=resume, last=last if last.is_file() else None)
+    last = find_last_checkpoint(output)
+    check_run_folder(output, resume=resume, last=last)
     if pretrained is None and not from_scratch:
         raise ValueError("fine-tuning needs a pretrained checkpoint (or --from-scratch)")
 
@@ -452,9 +453,7 @@ def finetune(pretrained: str | Path | None, train: str | Path, valid: str | Path
     if not valid_set.items:
         raise ValueError(f"no usable validation utterance in {valid}: see "
                          f"{output / 'rejected.jsonl'}")
-    output.mkdir(parents=True, exist_ok=True)  # only now: a refused run writes nothing
-    if removed := remove_stale_temps(output / "checkpoints"):
-        log.info("removed %d temporary file(s) of a checkpoint write that was killed", removed)
+    make_run_folder(output)  # only now: a refused run writes nothing
     if not resume:
         (output / "rejected.jsonl").unlink(missing_ok=True)
         (output / "metrics.jsonl").unlink(missing_ok=True)
@@ -491,7 +490,7 @@ def finetune(pretrained: str | Path | None, train: str | Path, valid: str | Path
                         "and were skipped (rejected.jsonl)")
     result = FinetuneResult(
         output_dir=output, best_checkpoint=best if best.is_file() else None,
-        last_checkpoint=last if last.is_file() else None, steps=trainer.global_step,
+        last_checkpoint=find_last_checkpoint(output), steps=trainer.global_step,
         train_utterances=len(train_set.items), train_hours=hours,
         valid_utterances=len(valid_set.items),
         rejected=len(train_set.rejected) + len(valid_set.rejected) + task.skipped_in_training,

@@ -17,7 +17,7 @@ from audio_ssl.data import make_dataloader, scan, write_rejected
 from audio_ssl.data.targets import LabelStore, check_targets
 from audio_ssl.interop import CheckpointError, LoadedModel, load_model
 from audio_ssl.interop.common import load_exact
-from audio_ssl.io import check_run_folder, remove_stale_temps
+from audio_ssl.io import check_run_folder, make_run_folder
 from audio_ssl.tasks.pretrain import PretrainTask
 from audio_ssl.tasks.trainer import build_trainer
 
@@ -132,9 +132,7 @@ def pretrain(data: str | Path, cfg: PretrainConfig, output_dir: str | Path, *,
 
     items, rejected = scan(data, progress=progress, min_samples=cfg.data.min_samples,
                            sample_rate=cfg.data.sample_rate)
-    output.mkdir(parents=True, exist_ok=True)  # only now: a refused run writes nothing
-    if removed := remove_stale_temps(output / "checkpoints"):
-        log.info("removed %d temporary file(s) of a checkpoint write that was killed", removed)
+    make_run_folder(output)  # only now: a refused run writes nothing
     write_rejected(rejected, output / "rejected.jsonl")
     if labels is not None:
         missing = labels.missing([item.path for item in items])

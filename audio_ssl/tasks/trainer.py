@@ -69,11 +69,6 @@ class HistoryCSVLogger(CSVLogger):
         return writer
 
 
-def resolve_precision(requested: str, accelerator: str) -> precision.Precision:
-    """The run's precision for Lightning's ``accelerator`` (see :mod:`audio_ssl.precision`)."""
-    return precision.resolve(requested, precision.device_type_of(accelerator))
-
-
 def is_distributed(cfg: Any) -> bool:
     return cfg.train.devices > 1 or cfg.train.num_nodes > 1
 
@@ -88,11 +83,12 @@ def build_trainer(cfg: Any, output: Path, *, accelerator: str, progress: bool,
     nodes are asked for; ``options`` go to ``L.Trainer``."""
     t = cfg.train
     log_every = options.pop("log_every_n_steps", t.log_every)
-    chosen = resolve_precision(t.precision, accelerator)
+    device_type = precision.device_type_of(accelerator)
+    chosen = precision.resolve(t.precision, device_type)
     log.info(chosen.describe())
     plugins: list[Any] = [AtomicCheckpointIO()]
     if chosen.bf16:
-        plugins.append(BF16Mixed(precision.device_type_of(accelerator)))
+        plugins.append(BF16Mixed(device_type))
     bar = [TQDMProgressBar(refresh_rate=max(1, t.log_every // 2))] if progress else []
     return L.Trainer(
         accelerator=accelerator, devices=t.devices, num_nodes=t.num_nodes,
@@ -110,4 +106,4 @@ def build_trainer(cfg: Any, output: Path, *, accelerator: str, progress: bool,
     )
 
 
-__all__ = ["resolve_precision", "is_distributed", "build_trainer"]
+__all__ = ["BF16Mixed", "HistoryCSVLogger", "is_distributed", "build_trainer"]
