@@ -17,14 +17,14 @@ fine-tuning run adds out-of-vocabulary characters and transcripts too long for C
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 from audio_ssl.data.audio import AudioError, audio_info, load_audio, resampled_length
 from audio_ssl.data.collate import pad_batch
@@ -195,6 +195,7 @@ class LabelledBatch:
         target_lengths: (B,) int64.
         indices: B indices into the dataset's items.
         failures: utterances of the request that could not be decoded (left out of the rows).
+        failed: the dataset index of each of ``failures``.
         position: sampler position of the batch (training), or its index (validation).
     """
 
@@ -204,6 +205,7 @@ class LabelledBatch:
     target_lengths: torch.Tensor
     indices: list[int]
     failures: list[Rejected] = field(default_factory=list)
+    failed: list[int] = field(default_factory=list)
     position: int = 0
 
     def __len__(self) -> int:
@@ -228,6 +230,11 @@ class LabelledBatchDataset(Dataset):
         items: the utterances.
         targets: token ids of each item's normalised transcript.
         sample_rate, normalize: as :func:`~audio_ssl.data.audio.load_audio`.
+
+    Attributes:
+        excluded: indices the loaders of :func:`make_labelled_loader` leave out of every later
+            batch: the files that failed to decode here (in this process: a loader's workers
+            hold copies) and those given to :meth:`exclude`.
     """
 
     def __init__(self, items: Sequence[LabelledItem], targets: Sequence[Sequence[int]], *,
@@ -236,6 +243,13 @@ class LabelledBatchDataset(Dataset):
             raise ValueError(f"{len(items)} items but {len(targets)} targets")
         self.items, self.targets = list(items), [list(t) for t in targets]
         self.sample_rate, self.normalize = int(sample_rate), bool(normalize)
+        self.excluded: set[int] = set()
+
+    def exclude(self, indices: Iterable[int]) -> None:
+        """Leave ``indices`` out of the batches requested from now on. Call it in the main
+        process, where the loader's sampler runs, with the failures of batches that workers
+        loaded."""
+        self.excluded.update(indices)
 
     def __len__(self) -> int:
         return len(self.items)
@@ -244,6 +258,7 @@ class LabelledBatchDataset(Dataset):
         rows: list[torch.Tensor] = []
         kept: list[int] = []
         failures: list[Rejected] = []
+        failed: list[int] = []
         for idx in indices:
             item = self.items[idx]
             try:
@@ -251,19 +266,23 @@ class LabelledBatchDataset(Dataset):
                                  normalize=self.normalize)  # (S_i,)
             except AudioError as e:
                 failures.append(Rejected(item.path, e.reason))
+                failed.append(idx)
                 continue
             except Exception as e:  # never let one file stop training
                 failures.append(Rejected(item.path, f"cannot load: {type(e).__name__}: {e}"))
+                failed.append(idx)
                 continue
             rows.append(wav)
             kept.append(idx)
+        self.excluded.update(failed)
         waveforms, lengths = pad_batch(rows)  # (B, S), (B,)
         targets, target_lengths = pad_batch(
             [torch.tensor(self.targets[i], dtype=torch.int64) for i in kept],
             dtype=torch.int64)  # (B, L), (B,)
         return LabelledBatch(
             waveforms=waveforms, lengths=lengths, targets=targets,
-            target_lengths=target_lengths, indices=kept, failures=failures, position=position,
+            target_lengths=target_lengths, indices=kept, failures=failures, failed=failed,
+            position=position,
         )
 
     def __getitem__(self, request: BatchRequest | int) -> LabelledBatch:
@@ -272,8 +291,27 @@ class LabelledBatchDataset(Dataset):
         raise TypeError("index a LabelledBatchDataset with a BatchRequest, or call load()")
 
 
+class _WithoutExcluded(Sampler[BatchRequest]):
+    """The requests of ``sampler`` less the dataset's excluded items, read as each request is
+    made (a request left empty still comes, so that stream positions keep counting batches)."""
+
+    def __init__(self, sampler: BucketBatchSampler, dataset: LabelledBatchDataset):
+        self.sampler, self.dataset = sampler, dataset
+
+    def __iter__(self) -> Iterator[BatchRequest]:
+        for request in self.sampler:
+            excluded = self.dataset.excluded
+            if excluded and not excluded.isdisjoint(request.indices):
+                keep = [k for k, i in enumerate(request.indices) if i not in excluded]
+                request = replace(request, indices=tuple(request.indices[k] for k in keep),
+                                  starts=tuple(request.starts[k] for k in keep),
+                                  lengths=tuple(request.lengths[k] for k in keep))
+            yield request
+
+
 class _FixedBatches(Dataset):
-    """A fixed list of index groups (validation): batch ``k`` is ``groups[k]``."""
+    """A fixed list of index groups (validation): batch ``k`` is ``groups[k]`` less the
+    dataset's excluded items (read in the main process: no workers)."""
 
     def __init__(self, dataset: LabelledBatchDataset, groups: list[list[int]]):
         self.dataset, self.groups = dataset, groups
@@ -282,7 +320,8 @@ class _FixedBatches(Dataset):
         return len(self.groups)
 
     def __getitem__(self, k: int) -> LabelledBatch:
-        return self.dataset.load(self.groups[k], position=k)
+        excluded = self.dataset.excluded
+        return self.dataset.load([i for i in self.groups[k] if i not in excluded], position=k)
 
 
 def length_batches(lengths: Sequence[int], max_batch_samples: int) -> list[list[int]]:
@@ -307,7 +346,10 @@ def make_labelled_loader(dataset: LabelledBatchDataset, *, max_batch_samples: in
                          num_workers: int = 0) -> DataLoader:
     """Training: an infinite, shuffled stream of length-bucketed padded batches for one rank,
     starting at ``position`` (resumable). Evaluation (``train=False``): one pass in length order,
-    this rank's share of the batches."""
+    this rank's share of the batches; every rank gets as many (the last ones may be empty), so
+    that collective calls at the end of an evaluation meet. Both leave out the dataset's
+    ``excluded`` items from the next request on (workers fetch a few requests ahead); evaluation
+    loads in the main process (``num_workers`` is for training)."""
     kw = dict(batch_size=None, num_workers=num_workers, persistent_workers=num_workers > 0,
               pin_memory=torch.cuda.is_available(),
               worker_init_fn=_worker_init if num_workers > 0 else None)
@@ -319,8 +361,10 @@ def make_labelled_loader(dataset: LabelledBatchDataset, *, max_batch_samples: in
             crop_to_shortest=False,
         )
         sampler.set_position(position)
-        return DataLoader(dataset, sampler=sampler, **kw)
+        return DataLoader(dataset, sampler=_WithoutExcluded(sampler, dataset), **kw)
     groups = length_batches([it.samples for it in dataset.items], max_batch_samples)
+    groups += [[] for _ in range(-len(groups) % world_size)]
+    kw.update(num_workers=0, persistent_workers=False, worker_init_fn=None)
     return DataLoader(_FixedBatches(dataset, groups[rank::world_size]), shuffle=False, **kw)
 
 

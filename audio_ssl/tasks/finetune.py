@@ -3,42 +3,48 @@
 The task stays thin: masks, forward, CTC loss, log. The feature encoder is frozen; for the first
 ``ctc.freeze_updates`` updates the whole backbone runs without gradients and only the head
 learns (fairseq's ``freeze_finetune_updates``); the learning rate follows the tri-stage
-schedule. Every ``train.val_every`` updates (and at the end) the model is decoded greedily on the
-validation set; ``checkpoints/best.ckpt`` keeps the lowest WER, ``last.ckpt`` the latest state.
+schedule. Lightning's validation loop runs every ``train.val_every`` updates (and at the end):
+greedy decoding, torchmetrics' WER and CER (summed over ranks); its ``ModelCheckpoint`` keeps
+the lowest WER in ``checkpoints/best.ckpt`` and the latest state in ``last.ckpt``, written
+atomically. The data side (:func:`prepare`, :class:`FinetuneData`) and the run's records
+(rejected.jsonl, :class:`FinetuneResult`) are in :mod:`audio_ssl.tasks.finetune_data`.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import math
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import lightning as L
 import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.utilities import rank_zero_only
+from torchmetrics import MeanMetric
+from torchmetrics.text import CharErrorRate, WordErrorRate
 
 from audio_ssl.config import FinetuneConfig, dump, load_finetune, merge, to_dict
-from audio_ssl.data.labelled import (
-    LabelledBatch,
-    LabelledBatchDataset,
-    LabelledItem,
-    make_labelled_loader,
-    read_labelled,
-)
+from audio_ssl.data.labelled import LabelledBatch
 from audio_ssl.data.manifest import Rejected
-from audio_ssl.data.text import TokenError, Vocabulary, ctc_frames_needed, normalize_text
+from audio_ssl.data.text import Vocabulary
 from audio_ssl.io import check_run_folder, make_run_folder
 from audio_ssl.inference.decode import greedy_decode
-from audio_ssl.inference.metrics import ZERO, char_errors, word_errors
 from audio_ssl.interop import CONFIG_KEY, VOCAB_KEY
 from audio_ssl.losses.ctc import ctc_loss
 from audio_ssl.models.ctc import Wav2Vec2ForCTC
-from audio_ssl.models.feature_encoder import frame_lengths as conv_frame_lengths
 from audio_ssl.models.masking import compute_span_mask
+from audio_ssl.tasks.finetune_data import (
+    FinetuneData,
+    FinetuneResult,
+    Prepared,
+    keep_rows_of_checkpoint,
+    prepare,
+    read_sets,
+    rejected_row,
+    start_rejected_log,
+)
 from audio_ssl.tasks.pretrain import step_seed
 from audio_ssl.tasks.run import find_last_checkpoint
 from audio_ssl.tasks.schedules import skips_weight_decay, tri_stage
@@ -53,28 +59,29 @@ class FinetuneTask(L.LightningModule):
     Args:
         cfg: the resolved fine-tuning config.
         vocab: output tokens (blank first).
-        valid: validation dataset (its items' normalised transcripts are the references).
         valid_texts: normalised reference of each validation item.
-        output_dir: run folder (metrics.jsonl, rejected.jsonl, checkpoints), or None.
+        output_dir: run folder (metrics.jsonl, rejected.jsonl), or None.
     """
 
     def __init__(self, cfg: FinetuneConfig, vocab: Vocabulary,
-                 valid: LabelledBatchDataset | None = None, valid_texts: list[str] | None = None,
-                 output_dir: str | Path | None = None):
+                 valid_texts: list[str] | None = None, output_dir: str | Path | None = None):
         super().__init__()
         self.cfg = cfg
         self.vocab = vocab
         self.model = Wav2Vec2ForCTC(cfg.model, len(vocab), cfg.ctc.final_dropout)
         if cfg.ctc.freeze_feature_encoder:
             self.model.backbone.feature_encoder.requires_grad_(False)
-        self.valid, self.valid_texts = valid, valid_texts or []
+        self.valid_texts = valid_texts or []
         self.output_dir = Path(output_dir) if output_dir else None
+        # corpus rates: errors and reference lengths are summed over batches and ranks
+        self.valid_wer, self.valid_cer = WordErrorRate(), CharErrorRate()
+        self.valid_loss = MeanMetric()  # CTC loss per utterance
         self.batches_seen = 0
-        self.best_wer = math.inf
         self.history: list[dict[str, float]] = []  # validation rows
         self.first_loss: float | None = None
         self.last_metrics: dict[str, float] = {}
         self.skipped_in_training = 0
+        self._reported: dict[str, set[int]] = {}  # split -> items listed in rejected.jsonl
 
     # -- helpers ---------------------------------------------------------------------------------
     def backbone_frozen(self, step: int) -> bool:
@@ -121,8 +128,7 @@ class FinetuneTask(L.LightningModule):
     # -- training --------------------------------------------------------------------------------
     def training_step(self, batch: LabelledBatch, batch_idx: int) -> torch.Tensor | None:
         self.batches_seen += 1
-        for failure in batch.failures:
-            self._report(failure.path, failure.reason)
+        self._leave_out(batch.failed, batch.failures, "train")
         if len(batch) == 0:
             return None
         step = self.global_step
@@ -130,11 +136,13 @@ class FinetuneTask(L.LightningModule):
         torch.manual_seed(seed)  # dropout
         generator = torch.Generator(device=self.device).manual_seed(seed)
         logits, frames, loss = self.forward_ctc(batch, train=True, step=step, generator=generator)
-        for row in (~loss.kept).nonzero().flatten().tolist():
-            item = self.trainer.datamodule.train.items[batch.indices[row]]
-            self.skipped_in_training += 1
-            self._report(item.path, f"transcript of {int(batch.target_lengths[row])} tokens "
-                                    f"cannot be aligned to {int(frames[row])} frames")
+        rows = (~loss.kept).nonzero().flatten().tolist()
+        items = self.trainer.datamodule.train.items
+        unaligned = [Rejected(items[batch.indices[row]].path,
+                              f"transcript of {int(batch.target_lengths[row])} tokens cannot be "
+                              f"aligned to {int(frames[row])} frames") for row in rows]
+        self.skipped_in_training += self._leave_out([batch.indices[row] for row in rows],
+                                                    unaligned, "train")
         if not bool(loss.kept.any()):
             return None
         metrics = {
@@ -153,12 +161,9 @@ class FinetuneTask(L.LightningModule):
         return loss.loss
 
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
-        step = self.global_step  # updates done
-        every = self.cfg.train.val_every
-        done = step >= self.cfg.train.max_steps
-        if step > 0 and (step % every == 0 or done) and step != getattr(self, "_validated_at", -1):
-            self._validated_at = step
-            self.validate_now(step)
+        if self.global_step >= self.trainer.max_steps:
+            # Lightning's loop validates on a stop request, not on reaching max_steps by itself
+            self.trainer.should_stop = True
 
     def configure_optimizers(self):
         o = self.cfg.optim
@@ -175,194 +180,78 @@ class FinetuneTask(L.LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     # -- validation ------------------------------------------------------------------------------
-    @torch.no_grad()
-    def validate_now(self, step: int) -> dict[str, float]:
-        """Greedy WER / CER (and CTC loss) on the validation set; saves best.ckpt / last.ckpt."""
-        trainer = self.trainer
-        was_training = self.training
-        self.eval()
-        word = char = ZERO
-        loss_sum, utts = torch.zeros((), device=self.device), torch.zeros((), device=self.device)
-        loader = make_labelled_loader(self.valid, max_batch_samples=self.cfg.data.max_batch_samples,
-                                      train=False, rank=trainer.global_rank,
-                                      world_size=trainer.world_size, num_workers=0)
-        for batch in loader:
-            for failure in batch.failures:
-                self._report(failure.path, failure.reason)
-            if len(batch) == 0:
-                continue
-            batch = batch.to(self.device)
-            with trainer.precision_plugin.forward_context():
-                logits, frames, loss = self.forward_ctc(batch, train=False)
-            loss_sum += loss.per_utterance.sum()
-            utts += loss.kept.sum()
-            hyps = greedy_decode(logits.float(), frames, self.vocab)
-            for idx, hyp in zip(batch.indices, hyps):
-                ref = self.valid_texts[idx]
-                word = word + word_errors(ref, hyp)
-                char = char + char_errors(ref, hyp)
-        counts = torch.tensor([word.errors, word.reference_length, char.errors,
-                               char.reference_length], dtype=torch.float64, device=self.device)
-        counts = trainer.strategy.reduce(counts, reduce_op="sum")
-        loss_sum = trainer.strategy.reduce(loss_sum, reduce_op="sum")
-        utts = trainer.strategy.reduce(utts, reduce_op="sum")
-        row = {
-            "valid/wer": float(counts[0] / counts[1].clamp(min=1)),
-            "valid/cer": float(counts[2] / counts[3].clamp(min=1)),
-            "valid/loss": float(loss_sum / utts.clamp(min=1)),
-        }
-        if was_training:
-            self.train()
-        for name, value in row.items():
-            self.log(name, value, prog_bar=name == "valid/wer")
+    def validation_step(self, batch: LabelledBatch, batch_idx: int) -> None:
+        """Greedy hypotheses into the WER / CER metrics, the CTC loss into its mean."""
+        self._leave_out(batch.failed, batch.failures, "valid")
+        if len(batch):
+            logits, frames, loss = self.forward_ctc(batch, train=False)
+            hyps = [" ".join(h.split()) for h in greedy_decode(logits.float(), frames, self.vocab)]
+            refs = [" ".join(self.valid_texts[i].split()) for i in batch.indices]
+            self.valid_wer.update(hyps, refs)
+            self.valid_cer.update(hyps, refs)  # spaces count; runs of them are one
+            self.valid_loss.update(loss.per_utterance[loss.kept])
+        # every batch, so that each rank logs the keys ModelCheckpoint monitors
+        for name, metric in self._valid_metrics():
+            self.log(name, metric, prog_bar=name == "valid/wer", batch_size=len(batch))
+
+    def _valid_metrics(self):
+        return (("valid/wer", self.valid_wer), ("valid/cer", self.valid_cer),
+                ("valid/loss", self.valid_loss))
+
+    def on_validation_epoch_end(self) -> None:
+        # compute() sums over ranks and caches the value Lightning logs after this hook
+        row = {name: float(metric.compute()) for name, metric in self._valid_metrics()}
+        step = self.global_step
         self.history.append({"step": step, **row})
         if self.output_dir is not None:
             self._append_jsonl("metrics.jsonl", {"step": step, **row})
-            ckpt = self.output_dir / "checkpoints"
-            if row["valid/wer"] < self.best_wer or (row["valid/wer"] == self.best_wer
-                                                    and not (ckpt / "best.ckpt").exists()):
-                self.best_wer = row["valid/wer"]
-                trainer.save_checkpoint(ckpt / "best.ckpt", weights_only=False)
-            trainer.save_checkpoint(ckpt / "last.ckpt", weights_only=False)
         log.info("step %d: valid WER %.2f%%, CER %.2f%%, loss %.3f", step, 100 * row["valid/wer"],
                  100 * row["valid/cer"], row["valid/loss"])
-        return row
+        if row["valid/wer"] != row["valid/wer"]:  # NaN: no reference word on any rank
+            log.warning("step %d: no validation utterance could be scored (rejected.jsonl)", step)
 
     # -- bookkeeping -----------------------------------------------------------------------------
+    def _leave_out(self, indices: list[int], reasons: list[Rejected], split: str) -> int:
+        """Leave these utterances of ``split`` out of every later batch and list them in
+        rejected.jsonl, once each (a loader that fetched ahead may bring one again); returns how
+        many were new."""
+        self.trainer.datamodule.dataset(split).exclude(indices)
+        reported = self._reported.setdefault(split, set())
+        new = 0
+        for index, reason in zip(indices, reasons):
+            if index not in reported:
+                reported.add(index)
+                new += 1
+                if self.output_dir is not None:
+                    self._append_jsonl("rejected.jsonl",
+                                       rejected_row(split, reason, self.global_step))
+        return new
+
     @rank_zero_only
     def _append_jsonl(self, name: str, record: dict[str, Any]) -> None:
         with open(self.output_dir / name, "a", encoding="utf-8") as f:
             f.write(json.dumps(record, ensure_ascii=False) + "\n")
 
-    def _report(self, path: str, reason: str) -> None:
-        if self.output_dir is not None:
-            self._append_jsonl("rejected.jsonl", {"split": "train", "step": self.global_step,
-                                                  "path": path, "reason": reason})
-
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint[CONFIG_KEY] = to_dict(self.cfg)
         checkpoint[VOCAB_KEY] = list(self.vocab.tokens)
         checkpoint["batches_seen"] = self.batches_seen
-        checkpoint["best_wer"] = self.best_wer
         checkpoint["valid_history"] = self.history
+        checkpoint["first_loss"] = self.first_loss
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self.batches_seen = int(checkpoint.get("batches_seen", 0))
-        self.best_wer = float(checkpoint.get("best_wer", math.inf))
         self.history = list(checkpoint.get("valid_history", []))
+        self.first_loss = checkpoint.get("first_loss", self.first_loss)
+        self._forget_after(int(checkpoint.get("global_step", 0)))
 
-
-class FinetuneData(L.LightningDataModule):
-    def __init__(self, train: LabelledBatchDataset, cfg: FinetuneConfig):
-        super().__init__()
-        self.train, self.cfg = train, cfg
-
-    def train_dataloader(self):
-        trainer = self.trainer
-        return make_labelled_loader(
-            self.train, max_batch_samples=self.cfg.data.max_batch_samples, train=True,
-            seed=self.cfg.train.seed, num_buckets=self.cfg.data.num_buckets,
-            rank=trainer.global_rank, world_size=trainer.world_size,
-            position=trainer.lightning_module.batches_seen, num_workers=self.cfg.data.num_workers,
-        )
-
-
-# ---------------------------------------------------------------------------------------------
-# The run
-
-
-@dataclass
-class Prepared:
-    """A labelled set ready for CTC: items, their normalised texts and token ids."""
-
-    items: list[LabelledItem]
-    texts: list[str]
-    targets: list[list[int]]
-    rejected: list[Rejected]
-
-
-def prepare(items: list[LabelledItem], rejected: list[Rejected], cfg: FinetuneConfig,
-            vocab: Vocabulary) -> Prepared:
-    """Normalise, encode and length-check each utterance; the bad ones join ``rejected``."""
-    out = Prepared([], [], [], list(rejected))
-    convs = cfg.model.encoder.conv_layers
-    frames = conv_frame_lengths(torch.tensor([it.samples for it in items] or [0]), convs).tolist()
-    for it, n in zip(items, frames):
-        text = normalize_text(it.text, cfg.text)
-        if not text:
-            out.rejected.append(Rejected(it.path, f"empty transcript after normalisation "
-                                                  f"(was {it.text!r})"))
-            continue
-        try:
-            ids = vocab.encode(text)
-        except TokenError as e:
-            out.rejected.append(Rejected(it.path, str(e)))
-            continue
-        need = ctc_frames_needed(ids)
-        if need > n:
-            out.rejected.append(Rejected(
-                it.path, f"transcript too long for CTC: {len(ids)} tokens need {need} frames, "
-                         f"the audio gives {n}"))
-            continue
-        out.items.append(it)
-        out.texts.append(text)
-        out.targets.append(ids)
-    return out
-
-
-@dataclass
-class FinetuneResult:
-    output_dir: Path
-    best_checkpoint: Path | None
-    last_checkpoint: Path | None
-    steps: int
-    train_utterances: int
-    train_hours: float
-    valid_utterances: int
-    rejected: int
-    vocab: list[str]
-    history: list[dict[str, float]]  # validation rows: step, valid/wer, valid/cer, valid/loss
-    first_loss: float | None
-    last_loss: float | None
-    seconds: float
-    from_scratch: bool
-    init: str  # what the weights started from
-    warnings: list[str] = field(default_factory=list)
-
-    @property
-    def best(self) -> dict[str, float] | None:
-        return min(self.history, key=lambda r: (r["valid/wer"], r["valid/cer"]), default=None)
-
-    def summary(self) -> str:
-        best = self.best
-        text = (f"fine-tuned {self.steps} steps with CTC on {self.train_utterances} utterances "
-                f"({self.train_hours:.2f} h) in {self.seconds / 60:.1f} min, from {self.init}; "
-                f"{self.rejected} utterance(s) skipped\n")
-        if self.first_loss is not None and self.last_loss is not None:
-            text += f"  CTC loss {self.first_loss:.3f} -> {self.last_loss:.3f}\n"
-        if best is not None:
-            last = self.history[-1]
-            text += (f"  validation ({self.valid_utterances} utterances, greedy): best WER "
-                     f"{100 * best['valid/wer']:.2f}% CER {100 * best['valid/cer']:.2f}% at step "
-                     f"{int(best['step'])}; last WER {100 * last['valid/wer']:.2f}% CER "
-                     f"{100 * last['valid/cer']:.2f}%\n")
-        text += (f"  vocabulary {len(self.vocab)} tokens: {' '.join(self.vocab)}\n"
-                 f"outputs in {self.output_dir}:\n"
-                 f"  best        {self.best_checkpoint}\n"
-                 f"  last        {self.last_checkpoint}\n"
-                 f"  config      {self.output_dir / 'config.yaml'}\n"
-                 f"  metrics     {self.output_dir / 'metrics.jsonl'}\n"
-                 f"  skipped     {self.output_dir / 'rejected.jsonl'}\n")
-        for w in self.warnings:
-            text += f"warning: {w}\n"
-        return text
-
-    def transcribe(self, inputs, **options):
-        """Transcribe files/folders with the best checkpoint (see
-        :func:`audio_ssl.inference.transcribe.transcribe`)."""
-        from audio_ssl.inference.transcribe import transcribe
-
-        return transcribe(self.best_checkpoint or self.last_checkpoint, inputs, **options)
+    @rank_zero_only
+    def _forget_after(self, step: int) -> None:
+        """Drop the log rows a killed run wrote past its last checkpoint: the resumed run
+        writes them again."""
+        if self.output_dir is not None:
+            for name in ("metrics.jsonl", "rejected.jsonl"):
+                keep_rows_of_checkpoint(self.output_dir / name, step)
 
 
 def _initial_weights(pretrained: str | Path | None, from_scratch: bool):
@@ -390,15 +279,6 @@ def _initial_weights(pretrained: str | Path | None, from_scratch: bool):
         state = {f"backbone.{k}": v for k, v in model.state_dict().items()}
         return loaded.config, state, None, run, norm, f"the pretrained backbone of {pretrained}"
     raise ValueError(f"{pretrained} holds a {type(model).__name__}: expected a wav2vec 2.0 model")
-
-
-def _write_rejected(path: Path, split: str, rejected: list[Rejected]) -> None:
-    with open(path, "a", encoding="utf-8") as f:
-        for r in rejected:
-            row = {"split": split, "path": r.path, "reason": r.reason}
-            if r.line is not None:  # two rows may name the same clip
-                row["line"] = r.line
-            f.write(json.dumps(row, ensure_ascii=False) + "\n")
 
 
 def finetune(pretrained: str | Path | None, train: str | Path, valid: str | Path,
@@ -437,41 +317,24 @@ def finetune(pretrained: str | Path | None, train: str | Path, valid: str | Path
     if ctc_vocab is not None and isinstance(run.get("text"), dict) and \
             not (overrides or {}).get("text") and config_yaml is None:
         cfg = merge(cfg, {"text": run["text"]})  # continue with the model's own text settings
-    d = cfg.data
-    read = dict(sample_rate=d.sample_rate, min_samples=d.min_samples, max_samples=d.max_samples)
-    train_items, train_rejected = read_labelled(train, split=train_split, **read)
-    valid_items, valid_rejected = read_labelled(valid, split=valid_split, **read)
-    if ctc_vocab is not None:
-        vocab = Vocabulary(tuple(ctc_vocab))
-    else:
-        vocab = Vocabulary.build(t for t in (normalize_text(it.text, cfg.text) for it in train_items)
-                                 if t)
-    train_set = prepare(train_items, train_rejected, cfg, vocab)
-    valid_set = prepare(valid_items, valid_rejected, cfg, vocab)
-    if not train_set.items:
-        raise ValueError(f"no usable training utterance in {train}: see {output / 'rejected.jsonl'}")
-    if not valid_set.items:
-        raise ValueError(f"no usable validation utterance in {valid}: see "
-                         f"{output / 'rejected.jsonl'}")
+    vocab, train_set, valid_set = read_sets(
+        train, valid, cfg, ctc_vocab, train_split=train_split, valid_split=valid_split,
+        rejected_log=output / "rejected.jsonl")
     make_run_folder(output)  # only now: a refused run writes nothing
     if not resume:
-        (output / "rejected.jsonl").unlink(missing_ok=True)
         (output / "metrics.jsonl").unlink(missing_ok=True)
-    _write_rejected(output / "rejected.jsonl", "train", train_set.rejected)
-    _write_rejected(output / "rejected.jsonl", "valid", valid_set.rejected)
+    start_rejected_log(output / "rejected.jsonl",
+                       {"train": train_set.rejected, "valid": valid_set.rejected}, resume)
     dump(cfg, output / "config.yaml")
     (output / "vocab.json").write_text(json.dumps(list(vocab.tokens), ensure_ascii=False))
-    hours = sum(it.samples for it in train_set.items) / d.sample_rate / 3600
+    hours = sum(it.samples for it in train_set.items) / cfg.data.sample_rate / 3600
     log.info("%d training utterances (%.2f h), %d validation; %d skipped (listed in %s)",
              len(train_set.items), hours, len(valid_set.items),
              len(train_set.rejected) + len(valid_set.rejected), output / "rejected.jsonl")
 
     torch.manual_seed(cfg.train.seed)  # the same head (and scratch network) for the same seed
-    train_data = LabelledBatchDataset(train_set.items, train_set.targets,
-                                      sample_rate=d.sample_rate, normalize=d.normalize)
-    valid_data = LabelledBatchDataset(valid_set.items, valid_set.targets,
-                                      sample_rate=d.sample_rate, normalize=d.normalize)
-    task = FinetuneTask(cfg, vocab, valid_data, valid_set.texts, output)
+    train_data, valid_data = train_set.dataset(cfg), valid_set.dataset(cfg)
+    task = FinetuneTask(cfg, vocab, valid_set.texts, output)
     if state is not None:
         if ctc_vocab is not None:
             task.model.load_state_dict(state)
@@ -480,20 +343,29 @@ def finetune(pretrained: str | Path | None, train: str | Path, valid: str | Path
     # a frozen context network has no gradients for its first updates
     strategy = ("ddp_find_unused_parameters_true"
                 if is_distributed(cfg) and cfg.ctc.freeze_updates > 0 else None)
+    # after each validation: best.ckpt if its WER is the lowest yet (the first of equal ones
+    # stays), then last.ckpt (save_last would write it only with a new best)
+    checkpoints = [ModelCheckpoint(dirpath=output / "checkpoints", filename=name, save_top_k=1,
+                                   enable_version_counter=False, **monitor)
+                   for name, monitor in (("best", {"monitor": "valid/wer", "mode": "min"}),
+                                         ("last", {}))]
     trainer = build_trainer(cfg, output, accelerator=accelerator, progress=progress,
-                            strategy=strategy, enable_checkpointing=False)
-    trainer.fit(task, datamodule=FinetuneData(train_data, cfg), ckpt_path=last if resume else None)
+                            strategy=strategy, callbacks=checkpoints,
+                            val_every=cfg.train.val_every)
+    trainer.fit(task, datamodule=FinetuneData(train_data, valid_data, cfg),
+                ckpt_path=last if resume else None)
     best = output / "checkpoints" / "best.ckpt"
     warnings = []
     if task.skipped_in_training:
         warnings.append(f"{task.skipped_in_training} training utterance(s) could not be aligned "
                         "and were skipped (rejected.jsonl)")
+    left_out = len(train_data.excluded) + len(valid_data.excluded)  # while training
     result = FinetuneResult(
         output_dir=output, best_checkpoint=best if best.is_file() else None,
         last_checkpoint=find_last_checkpoint(output), steps=trainer.global_step,
-        train_utterances=len(train_set.items), train_hours=hours,
-        valid_utterances=len(valid_set.items),
-        rejected=len(train_set.rejected) + len(valid_set.rejected) + task.skipped_in_training,
+        train_utterances=len(train_set.items) - len(train_data.excluded), train_hours=hours,
+        valid_utterances=len(valid_set.items) - len(valid_data.excluded),
+        rejected=len(train_set.rejected) + len(valid_set.rejected) + left_out,
         vocab=list(vocab.tokens), history=task.history, first_loss=task.first_loss,
         last_loss=task.last_metrics.get("train/loss"), seconds=time.perf_counter() - start,
         from_scratch=from_scratch, init=init, warnings=warnings,

@@ -75,12 +75,13 @@ def is_distributed(cfg: Any) -> bool:
 
 def build_trainer(cfg: Any, output: Path, *, accelerator: str, progress: bool,
                   strategy: str | None = None, callbacks: list[Callback] = (),
-                  **options: Any) -> L.Trainer:
+                  val_every: int | None = None, **options: Any) -> L.Trainer:
     """A trainer for ``cfg`` (a pretraining or fine-tuning config: its ``train`` section and
     ``optim.grad_clip``) writing CSV and TensorBoard logs under ``output``; checkpoints are
-    written atomically. The loaders shard and position themselves (no distributed sampler), and
-    there is no Lightning validation loop. ``strategy`` defaults to DDP when several devices or
-    nodes are asked for; ``options`` go to ``L.Trainer``."""
+    written atomically. The loaders shard and position themselves (no distributed sampler).
+    ``val_every``: Lightning's validation loop runs every this many updates of the (endless)
+    training stream; None: no validation loop. ``strategy`` defaults to DDP when several devices
+    or nodes are asked for; ``options`` go to ``L.Trainer``."""
     t = cfg.train
     log_every = options.pop("log_every_n_steps", t.log_every)
     device_type = precision.device_type_of(accelerator)
@@ -90,13 +91,18 @@ def build_trainer(cfg: Any, output: Path, *, accelerator: str, progress: bool,
     if chosen.bf16:
         plugins.append(BF16Mixed(device_type))
     bar = [TQDMProgressBar(refresh_rate=max(1, t.log_every // 2))] if progress else []
+    if val_every is None:
+        validation = dict(limit_val_batches=0)
+    else:  # Lightning counts training batches (across epochs): accumulated ones per update
+        validation = dict(val_check_interval=val_every * t.accumulate_grad_batches,
+                          check_val_every_n_epoch=None)
     return L.Trainer(
         accelerator=accelerator, devices=t.devices, num_nodes=t.num_nodes,
         strategy=strategy or ("ddp" if is_distributed(cfg) else "auto"),
         max_steps=t.max_steps,
         gradient_clip_val=cfg.optim.grad_clip or None,
         accumulate_grad_batches=t.accumulate_grad_batches, use_distributed_sampler=False,
-        limit_val_batches=0, num_sanity_val_steps=0,
+        num_sanity_val_steps=0, **validation,
         log_every_n_steps=log_every,
         enable_progress_bar=progress, enable_model_summary=console.verbose(), default_root_dir=output,
         logger=[HistoryCSVLogger(output, name="logs", version="csv",
