@@ -15,8 +15,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from audio_ssl.config import ConvSpec, DataConfig
-from audio_ssl.data.audio import AudioError, load_audio
-from audio_ssl.data.collate import pad_batch
+from audio_ssl.data.collate import load_batch
 from audio_ssl.data.manifest import AudioItem, Rejected
 from audio_ssl.data.sampler import BatchRequest, BucketBatchSampler
 from audio_ssl.data.targets import LabelStore
@@ -85,43 +84,27 @@ class AudioBatchDataset(Dataset):
 
     def __getitem__(self, request: BatchRequest) -> Batch:
         """Decode every crop of ``request`` -> Batch with waveforms (B, num_samples)."""
-        rows: list[torch.Tensor] = []
-        paths: list[str] = []
-        starts: list[int] = []
-        failures: list[Rejected] = []
-        for idx, start, length in zip(request.indices, request.starts, request.lengths):
-            item = self.items[idx]
-            if self.labels is not None and item.path not in self.labels:
-                failures.append(Rejected(item.path, f"no labels in {self.labels.folder}"))
-                continue
-            try:
-                wav = load_audio(item.path, sample_rate=self.sample_rate,
-                                 normalize=self.normalize, start=start, num_samples=length)  # (L,)
-            except AudioError as e:
-                failures.append(Rejected(item.path, e.reason))
-                continue
-            except Exception as e:  # never let one file stop training
-                failures.append(Rejected(item.path, f"cannot load: {type(e).__name__}: {e}"))
-                continue
-            if wav.numel() != length:
-                failures.append(Rejected(
-                    item.path,
-                    f"decoded {wav.numel()} samples from sample {start}, expected {length} "
-                    f"(has the file changed since it was scanned?)",
-                ))
-                continue
-            rows.append(wav)
-            paths.append(item.path)
-            starts.append(start)
-
-        waveforms, lengths = pad_batch(rows, request.num_samples)  # (B, S), (B,)
+        every = [self.items[i].path for i in request.indices]
+        reasons: dict[int, str] = {}  # position in the request -> why it is left out
+        if self.labels is not None:
+            reasons = {k: f"no labels in {self.labels.folder}" for k, path in enumerate(every)
+                       if path not in self.labels}
+        asked = [k for k in range(len(every)) if k not in reasons]  # positions to decode
+        decoded = load_batch([every[k] for k in asked], sample_rate=self.sample_rate,
+                             normalize=self.normalize,
+                             spans=[(request.starts[k], request.lengths[k]) for k in asked],
+                             width=request.num_samples)  # (B, S), (B,)
+        reasons.update((asked[j], reason) for j, reason in decoded.failures)
+        rows = [asked[j] for j in decoded.kept]  # request position of each row
+        paths = [every[k] for k in rows]
         return Batch(
-            waveforms=waveforms,
-            lengths=lengths,
+            waveforms=decoded.waveforms,
+            lengths=decoded.lengths,
             paths=paths,
-            failures=failures,
+            failures=[Rejected(every[k], reasons[k]) for k in sorted(reasons)],
             position=request.position,
-            labels=self._labels(paths, starts, lengths, request.num_samples),
+            labels=self._labels(paths, [request.starts[k] for k in rows], decoded.lengths,
+                                request.num_samples),
         )
 
     def _labels(self, paths: list[str], starts: list[int], lengths: torch.Tensor,

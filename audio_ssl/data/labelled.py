@@ -26,10 +26,9 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from audio_ssl.data.audio import AudioError, audio_info, load_audio, resampled_length
-from audio_ssl.data.collate import pad_batch
+from audio_ssl.data.collate import load_batch, pad_batch
 from audio_ssl.data.dataset import _worker_init
-from audio_ssl.data.manifest import AUDIO_EXTENSIONS, Rejected, _resolve
+from audio_ssl.data.manifest import AUDIO_EXTENSIONS, Rejected, _resolve, read_header
 from audio_ssl.data.sampler import BatchRequest, BucketBatchSampler
 from audio_ssl.io import iter_jsonl
 
@@ -104,17 +103,6 @@ def _entries_librispeech(src: Path) -> Iterable[tuple[str, str | None, str, str]
                 yield str(path.absolute()), text, utt, f"{trans}:{lineno}"
 
 
-def _probe(path: str) -> tuple[int, int] | str:
-    """(frames, sample_rate) from the header, or the reason it cannot be used."""
-    try:
-        frames, sr, _ = audio_info(path)
-    except Exception as e:  # LibsndfileError, RuntimeError, OSError, ...
-        return f"unreadable: {str(e).strip() or type(e).__name__}"
-    if frames <= 0:
-        return f"empty: {frames} frames"
-    return frames, sr
-
-
 def read_labelled(source: str | os.PathLike, *, split: str | None = None, sample_rate: int = 16_000,
                   min_samples: int = 0, max_samples: int | None = None,
                   num_workers: int = 4) -> tuple[list[LabelledItem], list[Rejected]]:
@@ -149,7 +137,7 @@ def read_labelled(source: str | os.PathLike, *, split: str | None = None, sample
 
     paths = sorted({e[0] for e in entries})
     with ThreadPoolExecutor(max_workers=max(1, num_workers)) as pool:
-        headers = dict(zip(paths, pool.map(_probe, paths)))
+        headers = dict(zip(paths, pool.map(read_header, paths)))
 
     items: list[LabelledItem] = []
     rejected: list[Rejected] = []
@@ -159,10 +147,10 @@ def read_labelled(source: str | os.PathLike, *, split: str | None = None, sample
             rejected.append(Rejected(path, "no transcript" if text is None else "empty transcript",
                                      line))
             continue
-        if isinstance(header, str):
-            rejected.append(Rejected(path, header, line))
+        if isinstance(header, Rejected):
+            rejected.append(replace(header, line=line))
             continue
-        samples = resampled_length(header[0], header[1], sample_rate)
+        samples = header.samples_at(sample_rate)
         if samples < min_samples:
             rejected.append(Rejected(path, f"too short: {samples / sample_rate:.2f} s < minimum "
                                            f"{min_samples / sample_rate:.2f} s", line))
@@ -255,32 +243,17 @@ class LabelledBatchDataset(Dataset):
         return len(self.items)
 
     def load(self, indices: Sequence[int], position: int = 0) -> LabelledBatch:
-        rows: list[torch.Tensor] = []
-        kept: list[int] = []
-        failures: list[Rejected] = []
-        failed: list[int] = []
-        for idx in indices:
-            item = self.items[idx]
-            try:
-                wav = load_audio(item.path, sample_rate=self.sample_rate,
-                                 normalize=self.normalize)  # (S_i,)
-            except AudioError as e:
-                failures.append(Rejected(item.path, e.reason))
-                failed.append(idx)
-                continue
-            except Exception as e:  # never let one file stop training
-                failures.append(Rejected(item.path, f"cannot load: {type(e).__name__}: {e}"))
-                failed.append(idx)
-                continue
-            rows.append(wav)
-            kept.append(idx)
+        decoded = load_batch([self.items[i].path for i in indices], sample_rate=self.sample_rate,
+                             normalize=self.normalize)  # (B, S), (B,)
+        kept = [indices[k] for k in decoded.kept]
+        failed = [indices[k] for k, _ in decoded.failures]
+        failures = [Rejected(self.items[indices[k]].path, reason) for k, reason in decoded.failures]
         self.excluded.update(failed)
-        waveforms, lengths = pad_batch(rows)  # (B, S), (B,)
         targets, target_lengths = pad_batch(
             [torch.tensor(self.targets[i], dtype=torch.int64) for i in kept],
             dtype=torch.int64)  # (B, L), (B,)
         return LabelledBatch(
-            waveforms=waveforms, lengths=lengths, targets=targets,
+            waveforms=decoded.waveforms, lengths=decoded.lengths, targets=targets,
             target_lengths=target_lengths, indices=kept, failures=failures, failed=failed,
             position=position,
         )

@@ -246,8 +246,9 @@ def _save_cache(path: Path, entries: list[tuple[AudioItem, int, int]]) -> None:
 # Scan
 
 
-def _probe(path: str) -> AudioItem | Rejected:
-    """Read one header -> AudioItem, or Rejected naming what was wrong."""
+def read_header(path: str) -> AudioItem | Rejected:
+    """Read one header -> AudioItem, or Rejected naming what was wrong (``unreadable: ...``,
+    ``empty: 0 frames``). The one header probe of scanning, labelled sets and transcription."""
     try:
         frames, sr, channels = audio_info(path)
     except Exception as e:  # LibsndfileError, RuntimeError, OSError, ...
@@ -260,18 +261,18 @@ def _probe(path: str) -> AudioItem | Rejected:
     return AudioItem(path=path, frames=frames, sample_rate=sr, channels=channels)
 
 
-def _probe_all(paths: Sequence[str], num_workers: int, progress: bool,
+def _read_headers(paths: Sequence[str], num_workers: int, progress: bool,
                desc: str) -> list[AudioItem | Rejected]:
     bar = tqdm(total=len(paths), desc=desc, unit="file", disable=not progress or not paths)
     results: list[AudioItem | Rejected] = []
     try:
         if num_workers <= 1 or len(paths) <= 1:
             for p in paths:
-                results.append(_probe(p))
+                results.append(read_header(p))
                 bar.update()
         else:
             with ThreadPoolExecutor(max_workers=num_workers) as pool:
-                for r in pool.map(_probe, paths, chunksize=1):
+                for r in pool.map(read_header, paths, chunksize=1):
                     results.append(r)
                     bar.update()
     finally:
@@ -358,7 +359,7 @@ def scan(
         if hit is not None and (hit[0], hit[1]) == stats[p] and stats[p][0] >= 0:
             fresh[p] = hit[2]
     to_read = sorted({p for p in todo if p not in fresh})
-    probed = _probe_all(to_read, num_workers, progress, desc=f"reading headers of {src.name}")
+    probed = _read_headers(to_read, num_workers, progress, desc=f"reading headers of {src.name}")
     fresh.update(zip(to_read, probed))
 
     if cfile is not None:
@@ -403,5 +404,5 @@ def _no_audio_message(src: Path, seen: int, others: int, rejected: list[Rejected
 
 __all__ = [
     "AUDIO_EXTENSIONS", "AudioItem", "Rejected", "NoAudioError", "scan", "write_manifest",
-    "read_manifest", "write_rejected", "default_cache_dir", "cache_path",
+    "read_manifest", "write_rejected", "default_cache_dir", "cache_path", "read_header",
 ]

@@ -20,9 +20,15 @@ from typing import Any
 import torch
 
 from audio_ssl.config import TextConfig, merge
-from audio_ssl.data.audio import AudioError, audio_info, load_audio, resampled_length
-from audio_ssl.data.collate import pad_batch
-from audio_ssl.data.manifest import AUDIO_EXTENSIONS, LIST_SUFFIXES, NoAudioError, Rejected, scan
+from audio_ssl.data.collate import load_batch
+from audio_ssl.data.manifest import (
+    AUDIO_EXTENSIONS,
+    LIST_SUFFIXES,
+    NoAudioError,
+    Rejected,
+    read_header,
+    scan,
+)
 from audio_ssl.data.text import Vocabulary, normalize_text
 from audio_ssl.inference.decode import BeamSearchDecoder, greedy_decode
 from audio_ssl.inference.metrics import ZERO, EditCounts, char_errors, word_errors
@@ -138,32 +144,24 @@ class Transcriber:
         lengths: list[int] = []
         usable: list[str] = []
         failed: list[Rejected] = []
-        for p in paths:
-            try:
-                frames, sr, _ = audio_info(p)
-            except Exception as e:
-                failed.append(Rejected(str(p), f"unreadable: {str(e).strip() or type(e).__name__}"))
+        for header in map(read_header, map(str, paths)):
+            if isinstance(header, Rejected):
+                failed.append(header)
                 continue
-            usable.append(str(p))
-            lengths.append(resampled_length(frames, sr, s.sample_rate))
+            usable.append(header.path)
+            lengths.append(header.samples_at(s.sample_rate))
         from audio_ssl.data.labelled import length_batches
 
         texts: dict[str, Transcription] = {}
         for group in length_batches(lengths, self.max_batch_samples):
-            rows, names = [], []
-            for i in group:
-                try:
-                    wav = load_audio(usable[i], sample_rate=s.sample_rate,
-                                     normalize=s.normalize_audio)  # (S_i,)
-                except AudioError as e:
-                    failed.append(Rejected(usable[i], e.reason))
-                    continue
-                rows.append(wav)
-                names.append(usable[i])
-            if not rows:
+            decoded = load_batch([usable[i] for i in group], sample_rate=s.sample_rate,
+                                 normalize=s.normalize_audio)  # (B, S), (B,)
+            failed.extend(Rejected(usable[group[k]], reason) for k, reason in decoded.failures)
+            if not decoded.kept:
                 continue
-            waveforms, lens = pad_batch(rows)  # (B, S), (B,)
-            for name, text, n in zip(names, self.decode_batch(waveforms, lens), lens.tolist()):
+            hypotheses = self.decode_batch(decoded.waveforms, decoded.lengths)
+            for k, text, n in zip(decoded.kept, hypotheses, decoded.lengths.tolist()):
+                name = usable[group[k]]
                 texts[name] = Transcription(name, text, n / s.sample_rate)
         return [texts[p] for p in usable if p in texts], failed
 
