@@ -405,18 +405,18 @@ def test_rerun_with_other_settings_is_refused(checkpoint, speech, tmp_path, caps
 def test_long_files_are_read_span_by_span(checkpoint, tmp_path, monkeypatch):
     """Memory does not grow with a file's length: a 3-minute file is read, batched and
     stitched in pieces no larger than one chunk window or one statistics span."""
-    import audio_ssl.inference.pipeline as pipeline
+    import audio_ssl.inference.plan as plan
 
     corpus = tmp_path / "corpus"
     corpus.mkdir()
     noise = np.random.default_rng(0).standard_normal(180 * SR).astype(np.float32) * 0.1
     sf.write(corpus / "three_minutes.wav", noise, SR)
     reads, batches = [], []
-    real_read = pipeline._read_span
-    monkeypatch.setattr(pipeline, "_read_span",
+    real_read = plan._read_span
+    monkeypatch.setattr(plan, "_read_span",
                         lambda path, start, n: reads.append(n) or real_read(path, start, n))
-    real_collate = pipeline.collate
-    monkeypatch.setattr(pipeline, "collate",
+    real_collate = plan.collate
+    monkeypatch.setattr(plan, "collate",
                         lambda rows: batches.append(sum(r.numel() for r in rows))
                         or real_collate(rows))
     extractor = FeatureExtractor.from_checkpoint(checkpoint, layers="last", device="cpu",
