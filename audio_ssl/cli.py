@@ -20,6 +20,8 @@ commands:
   transcribe speech to text with a fine-tuned model (greedy, or beam search with an LM)
   evaluate   word and character error rates of a fine-tuned model on transcribed audio
   lm         build an n-gram language model (ARPA) from a text file, for beam search
+  probe      what a checkpoint's features know: SUPERB-style probes on labelled manifests,
+             beside MFCC, log-mel and random-weight baselines
   plot       curves of pretraining and fine-tuning runs; a checkpoint's codebook usage
   convert    convert a checkpoint (HF folder, fairseq .pt, torchaudio .pt, audio-ssl .ckpt) to
              an HF folder or an audio-ssl .ckpt
@@ -152,6 +154,10 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument("--title", default=None, help="figure title")
 
     _add_asr_commands(sub)
+
+    from audio_ssl.probe.command import add_parser as add_probe_parser
+
+    add_probe_parser(sub)
 
     c = sub.add_parser(
         "convert", help="convert a checkpoint to an HF folder or an audio-ssl .ckpt",
@@ -496,6 +502,10 @@ def main(argv: list[str] | None = None) -> int:
             return _run_asr(args)
         if args.command == "demo":
             return _run_demo(args)
+        if args.command == "probe":
+            from audio_ssl.probe.command import run as run_probe_command
+
+            return run_probe_command(args)
         if args.command == "plot":
             from audio_ssl.plot import run_plot_command
 

@@ -1,0 +1,259 @@
+"""Probe tasks: what is predicted from which manifest, and how it is split.
+
+A task reads a labelled JSONL manifest (the shared-data layout: ``audio`` relative to the
+manifest, ``speaker``, ``split``, ``text`` and any other fields)::
+
+    digits=../shared/data/fsdd/manifest.jsonl:text     utterance classification of ``text``
+    chars=../shared/data/ljspeech/manifest.jsonl       sequence recognition (CTC on ``text``)
+
+Splits (always named in the results):
+
+- ``manifest``: the rows' ``split`` field (``train``; ``test``; ``dev``/``valid`` if present);
+- ``speaker``: speaker-disjoint. With at most :data:`LOSO_MAX_SPEAKERS` speakers, each speaker is
+  held out in turn (leave-one-speaker-out); otherwise a fixed fifth of the speakers (chosen by a
+  hash of their names, so it never depends on row order) is the test set;
+- ``within-speaker``: a fifth of each speaker's utterances is the test set (speaker
+  identification; a single-speaker corpus such as LJSpeech).
+
+Rows that cannot be used (no label, a label seen fewer than ``min_per_label`` times, a missing
+file) are returned as :class:`~audio_ssl.data.manifest.Rejected` with the reason, never raised.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections import Counter
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+
+from audio_ssl.data.manifest import Rejected
+from audio_ssl.data.text import normalize_text
+from audio_ssl.io import iter_jsonl
+
+CLASSIFICATION = "classification"
+RECOGNITION = "recognition"
+KINDS = (CLASSIFICATION, RECOGNITION)
+SPLITS = ("manifest", "speaker", "within-speaker")
+LOSO_MAX_SPEAKERS = 6
+TEST_FRACTION = 0.2
+
+
+@dataclass(frozen=True)
+class ProbeTask:
+    """One probe task.
+
+    Attributes:
+        name: the task's name in tables and plots.
+        data: the JSONL manifest.
+        kind: ``classification`` (one label per utterance) or ``recognition`` (CTC on ``text``).
+        field: the label's field (classification) or the transcript's (recognition).
+        split_by: ``manifest``, ``speaker`` or ``within-speaker`` (see the module docstring).
+        where: keep only rows whose fields have these values ({"lang": "en"}).
+        min_per_label: classification: labels with fewer utterances are left out.
+        max_per_label: classification: at most this many utterances of each label (0: all),
+            the first ones in manifest order.
+    """
+
+    name: str
+    data: Path
+    kind: str = CLASSIFICATION
+    field: str = "text"
+    split_by: str = "manifest"
+    where: dict = dataclasses.field(default_factory=dict)
+    min_per_label: int = 2
+    max_per_label: int = 0
+
+    def __post_init__(self) -> None:
+        if self.kind not in KINDS:
+            raise ValueError(f"task {self.name!r}: kind {self.kind!r}: expected one of {KINDS}")
+        if self.split_by not in SPLITS:
+            raise ValueError(f"task {self.name!r}: split_by {self.split_by!r}: expected one of "
+                             f"{SPLITS}")
+        if self.min_per_label < 1 or self.max_per_label < 0:
+            raise ValueError(f"task {self.name!r}: min_per_label must be >= 1 and max_per_label "
+                             f">= 0, got {self.min_per_label}, {self.max_per_label}")
+
+    def describe_split(self, folds: int) -> str:
+        if self.split_by == "manifest":
+            return "the manifest's split field"
+        if self.split_by == "within-speaker":
+            return f"within each speaker ({100 * TEST_FRACTION:.0f} % of each speaker's clips held out)"
+        if folds > 1:
+            return f"speaker-disjoint, leave-one-speaker-out ({folds} folds)"
+        return f"speaker-disjoint ({100 * TEST_FRACTION:.0f} % of the speakers held out)"
+
+
+def parse_task(spec: str) -> ProbeTask:
+    """``NAME=MANIFEST[:FIELD]``: with FIELD, classification of that field; without, CTC
+    recognition of ``text``."""
+    name, sep, rest = spec.partition("=")
+    if not sep or not name or not rest:
+        raise ValueError(f"--task {spec!r}: expected NAME=MANIFEST[:FIELD], e.g. "
+                         f"digits=fsdd/manifest.jsonl:text")
+    path, colon, label = rest.rpartition(":")
+    if not colon or not path or "/" in label or label.endswith(".jsonl"):
+        return ProbeTask(name, Path(rest), kind=RECOGNITION, field="text")
+    return ProbeTask(name, Path(path), kind=CLASSIFICATION, field=label)
+
+
+@dataclass
+class Example:
+    """One usable row: the audio file and what is predicted from it."""
+
+    path: str  # absolute
+    label: str  # the class (classification) or the normalised transcript (recognition)
+    speaker: str
+    split: str  # the manifest's split field
+    line: str  # "manifest:number"
+
+
+def read_examples(task: ProbeTask) -> tuple[list[Example], list[Rejected]]:
+    """The task's usable rows, and the rows left out with their reasons.
+
+    Raises:
+        FileNotFoundError: the manifest does not exist.
+        ValueError: the manifest is not JSONL, or no row is usable.
+    """
+    src = Path(os.path.expanduser(os.fspath(task.data))).absolute()
+    if not src.is_file():
+        raise FileNotFoundError(f"task {task.name!r}: no such file {src} (expected a JSONL "
+                                f"manifest with audio, speaker, split and {task.field!r})")
+    if src.suffix.lower() != ".jsonl":
+        raise ValueError(f"task {task.name!r}: {src} is not a .jsonl manifest")
+    examples: list[Example] = []
+    rejected: list[Rejected] = []
+    for lineno, row in iter_jsonl(src):
+        line = f"{src}:{lineno}"
+        if any(str(row.get(k)) != str(v) for k, v in task.where.items()):
+            continue
+        audio = row.get("audio", row.get("path"))
+        if audio is None:
+            rejected.append(Rejected(str(src), "no 'audio' field", line))
+            continue
+        path = os.path.abspath(src.parent / os.path.expanduser(str(audio)))
+        label = row.get(task.field)
+        if label is None or not str(label).strip():
+            rejected.append(Rejected(path, f"no {task.field!r} label", line))
+            continue
+        if not os.path.isfile(path):
+            rejected.append(Rejected(path, "no such file", line))
+            continue
+        speaker = str(row.get("speaker") or "")
+        if task.split_by != "manifest" and not speaker:
+            rejected.append(Rejected(path, f"no speaker (split_by {task.split_by})", line))
+            continue
+        label = str(label).strip()
+        if task.kind == RECOGNITION:
+            label = normalize_text(label)
+            if not label:
+                rejected.append(Rejected(path, "empty transcript after normalisation", line))
+                continue
+        examples.append(Example(path, label, speaker,
+                                str(row.get("split") or "train"), line))
+    if task.kind == CLASSIFICATION:
+        examples, rare = _balance(examples, task)
+        rejected += rare
+    if not examples:
+        first = "; ".join(f"{r.line}: {r.reason}" for r in rejected[:3])
+        raise ValueError(f"task {task.name!r}: no usable rows in {src}"
+                         + (f" (e.g. {first})" if first else ""))
+    return examples, rejected
+
+
+def _balance(examples: list[Example], task: ProbeTask) -> tuple[list[Example], list[Rejected]]:
+    counts = Counter(e.label for e in examples)
+    kept, rejected, seen = [], [], Counter()
+    for e in examples:
+        if counts[e.label] < task.min_per_label:
+            rejected.append(Rejected(e.path, f"label {e.label!r} has {counts[e.label]} "
+                                             f"utterances, fewer than min_per_label "
+                                             f"{task.min_per_label}", e.line))
+        elif not task.max_per_label or seen[e.label] < task.max_per_label:
+            seen[e.label] += 1
+            kept.append(e)
+    return kept, rejected
+
+
+@dataclass(frozen=True)
+class Fold:
+    """Indices into the task's examples: train (the head's weights), dev (its epoch), test."""
+
+    name: str
+    train: list[int]
+    dev: list[int]
+    test: list[int]
+
+
+def _stable_fraction(key: str) -> float:
+    """A number in [0, 1) fixed by ``key`` alone."""
+    return int(hashlib.sha1(key.encode()).hexdigest()[:8], 16) / 2 ** 32
+
+
+def _dev_of(train: list[int], groups: list[str]) -> tuple[list[int], list[int]]:
+    """A tenth of ``train`` for choosing the head's epoch: whole groups where there are enough
+    of them (so the choice never sees a test-like speaker twice), else single utterances."""
+    names = sorted({groups[i] for i in train})
+    if len(names) >= 5:
+        held = {g for g in names if _stable_fraction("dev:" + g) < 0.1} or {names[-1]}
+        dev = [i for i in train if groups[i] in held]
+    else:
+        dev = [i for i in train if _stable_fraction(f"dev:{i}") < 0.1] or train[-1:]
+    chosen = set(dev)
+    return [i for i in train if i not in chosen], dev
+
+
+def make_folds(task: ProbeTask, examples: list[Example]) -> list[Fold]:
+    """The train/dev/test folds of ``task.split_by`` (one fold, or one per speaker for
+    leave-one-speaker-out).
+
+    Raises:
+        ValueError: a split without train or test examples.
+    """
+    n = len(examples)
+    speakers = [e.speaker for e in examples]
+    if task.split_by == "manifest":
+        splits = [e.split.lower() for e in examples]
+        test = [i for i in range(n) if splits[i] == "test"]
+        dev = [i for i in range(n) if splits[i] in ("dev", "valid", "validation")]
+        train = [i for i in range(n) if splits[i] not in ("test", "dev", "valid", "validation")]
+        if not dev:
+            train, dev = _dev_of(train, speakers if any(speakers) else [str(i) for i in range(n)])
+        folds = [Fold("test", train, dev, test)]
+    elif task.split_by == "within-speaker":
+        chosen: set[int] = set()
+        for name in sorted(set(speakers)):  # a fifth of each speaker, at least one of two or more
+            own = sorted((i for i in range(n) if speakers[i] == name),
+                         key=lambda i: _stable_fraction("test:" + examples[i].path))
+            if len(own) >= 2:
+                chosen.update(own[:max(1, round(TEST_FRACTION * len(own)))])
+        test = sorted(chosen)
+        train, dev = _dev_of([i for i in range(n) if i not in chosen], [str(i) for i in range(n)])
+        folds = [Fold("within-speaker", train, dev, test)]
+    else:
+        names = sorted(set(speakers))
+        if len(names) < 2:
+            raise ValueError(f"task {task.name!r}: split_by speaker needs at least 2 speakers, "
+                             f"found {len(names)}")
+        if len(names) <= LOSO_MAX_SPEAKERS:
+            held_out = [{s} for s in names]
+        else:
+            held = {s for s in names if _stable_fraction("test:" + s) < TEST_FRACTION}
+            held_out = [held or {names[0]}]
+        folds = []
+        for held in held_out:
+            test = [i for i in range(n) if speakers[i] in held]
+            train, dev = _dev_of([i for i in range(n) if speakers[i] not in held], speakers)
+            folds.append(Fold(",".join(sorted(held)) if len(held) == 1 else "held-out speakers",
+                              train, dev, test))
+    for fold in folds:
+        if not fold.train or not fold.test:
+            raise ValueError(f"task {task.name!r}: split {task.split_by!r} leaves "
+                             f"{len(fold.train)} train and {len(fold.test)} test utterances "
+                             f"(fold {fold.name}): expected some of each")
+    return folds
+
+
+__all__ = ["ProbeTask", "Example", "Fold", "parse_task", "read_examples", "make_folds",
+           "CLASSIFICATION", "RECOGNITION", "SPLITS"]
