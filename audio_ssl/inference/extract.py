@@ -174,6 +174,8 @@ class FeatureExtractor:
         """
         if isinstance(audio, (str, os.PathLike)):
             path = os.fspath(audio)
+            # one file asked for by name: a bad header raises here, where a collection's files
+            # go through data.manifest.read_header and are reported
             frames, rate, _ = audio_info(path)
             num_samples = resampled_length(frames, rate, SAMPLE_RATE)
 

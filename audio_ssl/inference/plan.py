@@ -169,6 +169,8 @@ class ChunkBatchStream(IterableDataset):
                           [(indices[k], reason) for k, reason in decoded.failures])
 
     def _long(self, i: int) -> Iterator[ChunkBatch]:
+        # read span by span with the whole file's statistics (bounded memory), so not through
+        # data.collate.load_batch, which decodes whole files or independent crops
         file = self.files[i]
         read = partial(_read_span, file.path)
         try:

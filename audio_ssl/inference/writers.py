@@ -31,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
-from audio_ssl.io import atomic_path, commit, create_temp, fsync_dir, iter_jsonl  # fsync_dir: for pipeline
+from audio_ssl.io import atomic_path, commit, create_temp, fsync_dir, iter_jsonl  # fsync_dir: for runner
 
 TMP_DIR = ".tmp"
 INDEX = "index.jsonl"
