@@ -1,10 +1,8 @@
-from pathlib import Path
 
 import pytest
 
 from audio_ssl import config
 
-ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.mark.parametrize("name", sorted(config.PRESETS))
@@ -24,8 +22,3 @@ def test_unknown_key_and_wrong_type_are_named():
         config.load("tiny", overrides={"model": {"encoder": {"norm": "batch"}}})
     with pytest.raises(ValueError, match="unknown preset"):
         config.preset("huge")
-
-
-@pytest.mark.parametrize("path", sorted((ROOT / "configs").glob("*.yaml")), ids=lambda p: p.name)
-def test_shipped_configs_load(path):
-    config.load("base", path)

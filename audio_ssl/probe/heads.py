@@ -180,16 +180,20 @@ def train_classifier(pooled: torch.Tensor, labels: np.ndarray, classes: list[str
 # Recognition
 
 
-def _frame_stats(arrays: list[np.ndarray], rows: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per layer and dimension mean and standard deviation over every frame of ``rows``."""
+def standardized_frames(arrays: list[np.ndarray], train: list[int]) -> list[torch.Tensor]:
+    """[(L, T, D)] -> [(T, L, D)] float32, each layer's dimensions standardised with the mean
+    and standard deviation over every frame of the ``train`` utterances. Computed once per
+    fold and shared by every recognition head of it."""
     total = count = squares = 0
-    for i in rows:
+    for i in train:
         x = torch.from_numpy(np.asarray(arrays[i], dtype=np.float32))  # (L, T, D)
         total = total + x.sum(1)
         squares = squares + (x * x).sum(1)
         count += x.shape[1]
     mean = total / count  # (L, D)
-    return mean, (squares / count - mean * mean).clamp_min(1e-10).sqrt()
+    std = (squares / count - mean * mean).clamp_min(1e-10).sqrt()
+    return [((torch.from_numpy(np.asarray(a, dtype=np.float32)) - mean[:, None]) / std[:, None])
+            .transpose(0, 1).contiguous() for a in arrays]
 
 
 def _batches(lengths: list[int], rows: list[int], max_frames: int,
@@ -209,15 +213,12 @@ def _batches(lengths: list[int], rows: list[int], max_frames: int,
     return out
 
 
-def _padded(arrays, rows, mean, std) -> tuple[torch.Tensor, torch.Tensor]:
-    """(B, T, L, D) standardised frames and (B,) lengths."""
-    xs = [(torch.from_numpy(np.asarray(arrays[i], dtype=np.float32)) - mean[:, None])
-          / std[:, None] for i in rows]  # (L, T, D) each
-    lengths = torch.tensor([x.shape[1] for x in xs])
-    batch = torch.zeros(len(xs), int(lengths.max()), *xs[0].shape[::2])  # (B, T, L, D)
-    for b, x in enumerate(xs):
-        batch[b, : x.shape[1]] = x.transpose(0, 1)
-    return batch, lengths
+def _padded(frames: list[torch.Tensor], rows: list[int],
+            layer: int | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B, T, L, D) frames of ``rows`` (only ``layer``, as L = 1, when given) and (B,) lengths."""
+    xs = [frames[i] if layer is None else frames[i][:, layer:layer + 1] for i in rows]
+    lengths = torch.tensor([x.shape[0] for x in xs])
+    return torch.nn.utils.rnn.pad_sequence(xs, batch_first=True), lengths
 
 
 def _greedy(log_probs: torch.Tensor, lengths: torch.Tensor, vocab: Vocabulary) -> list[str]:
@@ -235,24 +236,22 @@ def _rates(references: list[str], hypotheses: list[str]) -> tuple[float, float]:
     return cer(references, hypotheses), wer(references, hypotheses)
 
 
-def train_recognizer(arrays: list[np.ndarray], texts: list[str], train: list[int],
+def train_recognizer(frames: list[torch.Tensor], texts: list[str], train: list[int],
                      dev: list[int], test: list[int], *, layer: int | None, seed: int,
                      cfg: HeadConfig) -> HeadResult:
-    """arrays: per utterance (L, T, D); texts: normalised transcripts. Score: test CER."""
-    num_layers = np.asarray(arrays[0]).shape[0]
-    if layer is not None:  # read (and convert) only the layer asked for
-        arrays = [a[layer:layer + 1] for a in arrays]
+    """frames: per utterance (T, L, D) from :func:`standardized_frames` (with this ``train``);
+    texts: normalised transcripts. Score: test CER."""
+    num_layers, dim = frames[0].shape[1:]
     vocab = Vocabulary.build(texts[i] for i in train)
     assert vocab.tokens[0] == BLANK
     # train transcripts only are targets: every character is in the vocabulary
     members = set(train)
     targets = [vocab.encode(text) if i in members else [] for i, text in enumerate(texts)]
-    mean, std = _frame_stats(arrays, train)
-    lengths = [np.asarray(a).shape[1] for a in arrays]
+    lengths = [f.shape[0] for f in frames]
     torch.manual_seed(seed)
     generator = torch.Generator().manual_seed(seed)
-    probe = Probe(mean.shape[0], mean.shape[1], len(vocab), None if layer is None else 0,
-                  cfg.head)
+    probe = Probe(num_layers if layer is None else 1, dim, len(vocab),
+                  None if layer is None else 0, cfg.head)
     optimizer = _optimizer(probe, cfg.ctc_lr, cfg.weight_decay)
 
     def decode(rows: list[int]) -> list[str]:
@@ -260,7 +259,7 @@ def train_recognizer(arrays: list[np.ndarray], texts: list[str], train: list[int
         hypotheses = {}
         with torch.no_grad():
             for batch in _batches(lengths, rows, cfg.ctc_batch_frames, None):
-                x, n = _padded(arrays, batch, mean, std)
+                x, n = _padded(frames, batch, layer)
                 for i, text in zip(batch, _greedy(probe(x), n, vocab)):
                     hypotheses[i] = text
         return [hypotheses[i] for i in rows]
@@ -270,7 +269,7 @@ def train_recognizer(arrays: list[np.ndarray], texts: list[str], train: list[int
     for epoch in range(1, cfg.ctc_epochs + 1):
         probe.train()
         for batch in _batches(lengths, usable, cfg.ctc_batch_frames, generator):
-            x, n = _padded(arrays, batch, mean, std)
+            x, n = _padded(frames, batch, layer)
             log_probs = probe(x).float().log_softmax(-1)  # (B, T, V)
             flat = torch.tensor([t for i in batch for t in targets[i]])
             target_lengths = torch.tensor([len(targets[i]) for i in batch])
@@ -292,4 +291,4 @@ def train_recognizer(arrays: list[np.ndarray], texts: list[str], train: list[int
 
 
 __all__ = ["HeadConfig", "HeadResult", "LayerMix", "Probe", "pool", "train_classifier",
-           "train_recognizer", "HEADS"]
+           "standardized_frames", "train_recognizer", "HEADS"]

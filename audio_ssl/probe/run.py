@@ -14,10 +14,12 @@ import logging
 import os
 import statistics
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from audio_ssl.data.manifest import Rejected
 from audio_ssl.probe.data import (
@@ -37,7 +39,14 @@ from audio_ssl.probe.features import (
     model_features,
     random_model,
 )
-from audio_ssl.probe.heads import HeadConfig, HeadResult, pool, train_classifier, train_recognizer
+from audio_ssl.probe.heads import (
+    HeadConfig,
+    HeadResult,
+    pool,
+    standardized_frames,
+    train_classifier,
+    train_recognizer,
+)
 
 log = logging.getLogger("audio_ssl")
 RANDOM_SEED = 0  # the random-weights network's
@@ -94,6 +103,19 @@ def _summary(values: list[float]) -> dict:
             "values": values}
 
 
+@contextmanager
+def _one_thread():
+    """The heads' tensors are small: one intra-op thread runs them fastest, and several wait on
+    each other whenever another process shares the cores (a step of the digits head took 3 ms
+    on one thread and 92 ms on two of a busy 2-core machine)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
 def _fit(prep: Prepared, fs: FeatureSet, rows: list[int], settings: ProbeSettings) -> dict:
     """Every head of one task on one feature set: {score, wer, layer_weights, sweep, ...}."""
     task = prep.task
@@ -103,38 +125,47 @@ def _fit(prep: Prepared, fs: FeatureSet, rows: list[int], settings: ProbeSetting
     folds = [Fold(f.name, [position[i] for i in f.train if i in position],
                   [position[i] for i in f.dev if i in position],
                   [position[i] for i in f.test if i in position]) for f in prep.folds]
+    folds = [f for f in folds if f.train and f.test]
     if task.kind == CLASSIFICATION:
         pooled = pool(arrays)  # (N, L, 2D)
         classes = sorted(set(labels))
         y = np.array(labels)
 
-        def train(fold: Fold, layer: int | None, seed: int) -> HeadResult:
-            return train_classifier(pooled, y, classes, fold.train, fold.dev, fold.test,
-                                    layer=layer, seed=seed, cfg=settings.head)
+        def heads(fold: Fold):
+            return lambda layer, seed: train_classifier(
+                pooled, y, classes, fold.train, fold.dev, fold.test, layer=layer, seed=seed,
+                cfg=settings.head)
     else:
-        def train(fold: Fold, layer: int | None, seed: int) -> HeadResult:
-            return train_recognizer(arrays, labels, fold.train, fold.dev, fold.test,
-                                    layer=layer, seed=seed, cfg=settings.head)
+        def heads(fold: Fold):
+            frames = standardized_frames(arrays, fold.train)  # once per fold
+            return lambda layer, seed: train_recognizer(
+                frames, labels, fold.train, fold.dev, fold.test, layer=layer, seed=seed,
+                cfg=settings.head)
 
-    per_seed, per_seed_wer, weights, predictions = [], [], [], []
-    for seed in range(settings.seeds):
-        results = [train(fold, None, seed) for fold in folds]
-        per_seed.append(statistics.fmean(r.score for r in results))
-        if results[0].wer is not None:
-            per_seed_wer.append(statistics.fmean(r.wer for r in results))
-        weights.append(np.mean([r.layer_weights for r in results], axis=0))
-        if seed == 0:  # the test predictions of the first seed, every fold
-            predictions = [(labels[i], p) for fold, r in zip(folds, results)
-                           for i, p in zip(fold.test, r.predictions)]
+    sweep = settings.sweep and len(fs.layers) > 1
+    weighted: list[list[HeadResult]] = []  # [fold][seed]
+    single: list[list[float]] = []  # [fold][layer], the first seed
+    with _one_thread():
+        for fold in folds:
+            train = heads(fold)
+            weighted.append([train(None, seed) for seed in range(settings.seeds)])
+            if sweep:
+                single.append([train(layer, 0).score for layer in range(len(fs.layers))])
+    per_seed = [statistics.fmean(f[seed].score for f in weighted)
+                for seed in range(settings.seeds)]
     out = {"score": _summary(per_seed),
-           "layer_weights": np.mean(weights, axis=0).round(4).tolist(),
+           "layer_weights": np.mean([r.layer_weights for f in weighted for r in f],
+                                    axis=0).round(4).tolist(),
            "layers": fs.layers}
-    if per_seed_wer:
-        out["wer"] = _summary(per_seed_wer)
-    if settings.sweep and len(fs.layers) > 1:
-        out["sweep"] = {name: statistics.fmean(train(fold, layer, 0).score for fold in folds)
-                        for layer, name in enumerate(fs.layers)}
-    out["predictions"] = predictions
+    if task.kind != CLASSIFICATION:
+        out["wer"] = _summary([statistics.fmean(f[seed].wer for f in weighted)
+                               for seed in range(settings.seeds)])
+    if sweep:
+        out["sweep"] = {name: statistics.fmean(f[k] for f in single)
+                        for k, name in enumerate(fs.layers)}
+    # the first seed's test predictions, every fold
+    out["predictions"] = [(labels[i], p) for fold, f in zip(folds, weighted)
+                          for i, p in zip(fold.test, f[0].predictions)]
     return out
 
 
