@@ -1,8 +1,6 @@
-
 import pytest
 
 from audio_ssl import config
-
 
 
 @pytest.mark.parametrize("name", sorted(config.PRESETS))
