@@ -258,27 +258,22 @@ def _save(fig, output: str | os.PathLike) -> Path:
 
 
 def run_plot_command(args) -> int:
-    """``audio-ssl plot``: run folders, or one checkpoint with ``--data``."""
-    import sys
-
+    """``audio-ssl plot``: run folders, or one checkpoint with ``--data``. A
+    :class:`PlotError` reaches :func:`audio_ssl.cli.main`, which prints it as one line."""
     paths = [Path(p) for p in args.paths]
-    try:
-        files = [p for p in paths if p.is_file()]
-        if files:
-            if len(paths) != 1 or args.data is None:
-                raise PlotError(f"{files[0]}: a checkpoint is plotted alone and needs --data "
-                                f"(audio whose codes to count)")
-            out = args.output or paths[0].with_suffix(".codebook.png")
-            plot_codebook(paths[0], args.data, out, max_files=args.max_files)
-        else:
-            missing = [p for p in paths if not p.exists()]
-            if missing:
-                raise PlotError(f"{missing[0]}: no such run folder or checkpoint")
-            out = args.output or paths[0] / "curves.png"
-            plot_runs(paths, out, title=args.title)
-    except PlotError as err:
-        print(f"audio-ssl plot: error: {err}", file=sys.stderr)
-        return 2
+    files = [p for p in paths if p.is_file()]
+    if files:
+        if len(paths) != 1 or args.data is None:
+            raise PlotError(f"{files[0]}: a checkpoint is plotted alone and needs --data "
+                            f"(audio whose codes to count)")
+        out = args.output or paths[0].with_suffix(".codebook.png")
+        plot_codebook(paths[0], args.data, out, max_files=args.max_files)
+    else:
+        missing = [p for p in paths if not p.exists()]
+        if missing:
+            raise PlotError(f"{missing[0]}: no such run folder or checkpoint")
+        out = args.output or paths[0] / "curves.png"
+        plot_runs(paths, out, title=args.title)
     print(out)
     return 0
 

@@ -15,6 +15,10 @@ from audio_ssl.inference.writers import SETTINGS, write_jsonl
 COMPARED_SETTINGS = ("checkpoint", "layers", "format", "dtype", "normalize", "frame_rate")
 
 
+class FolderInUseError(RuntimeError):
+    """Another extraction holds the output folder's lock."""
+
+
 class FolderLock:
     """An exclusive lock on OUTPUT/.lock: one extraction per folder at a time (released by the
     system when the process dies, even by SIGKILL)."""
@@ -26,7 +30,7 @@ class FolderLock:
             fcntl.flock(self.file, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as e:
             self.file.close()
-            raise RuntimeError(f"{root}: another audio-ssl extract is writing to this folder "
+            raise FolderInUseError(f"{root}: another audio-ssl extract is writing to this folder "
                                f"(lock {self.path} is held)") from e
 
     def release(self) -> None:
@@ -85,4 +89,4 @@ class LongFileArrays:
                 pass
 
 
-__all__ = ["FolderLock", "check_settings", "LongFileArrays", "COMPARED_SETTINGS"]
+__all__ = ["FolderInUseError", "FolderLock", "check_settings", "LongFileArrays", "COMPARED_SETTINGS"]

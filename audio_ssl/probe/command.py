@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 DESCRIPTION = (
@@ -67,39 +66,33 @@ def _tasks(args: argparse.Namespace):
 
 
 def run(args: argparse.Namespace) -> int:
-    from audio_ssl.interop import CheckpointError
+    """The command; user errors propagate to :func:`audio_ssl.cli.main` (one line, exit 2)."""
     from audio_ssl.probe.heads import HeadConfig
     from audio_ssl.probe.report import compare, table
     from audio_ssl.probe.run import ProbeSettings, run_probe
 
-    try:
-        if args.compare:
-            text = compare(args.compare)
-            print(text, end="")
-            if args.output is not None:
-                from audio_ssl.io import atomic_write_text
+    if args.output is not None and args.output.exists() and not args.output.is_dir():
+        raise FileExistsError(f"output {args.output} is a file: expected a folder")
+    if args.compare:
+        text = compare(args.compare)
+        print(text, end="")
+        if args.output is not None:
+            from audio_ssl.io import atomic_write_text
 
-                if args.output.exists() and not args.output.is_dir():
-                    raise FileExistsError(f"output {args.output} is a file: expected a folder")
-                args.output.mkdir(parents=True, exist_ok=True)
-                atomic_write_text(args.output / "compare.md", text, fsync=False)
-            return 0
-        if args.checkpoint is None or args.output is None:
-            raise ValueError("expected CHECKPOINT and --output DIR (or --compare DIR DIR...)")
-        if not args.task and args.suite is None:
-            raise ValueError("no task: give --task NAME=MANIFEST[:FIELD] or --suite YAML")
-        baselines = () if args.baselines == "none" else tuple(
-            b.strip() for b in args.baselines.split(",") if b.strip())
-        settings = ProbeSettings(name=args.name, baselines=baselines, seeds=args.seeds,
-                                 sweep=not args.no_sweep, head=HeadConfig(head=args.head),
-                                 device=args.device, precision=args.precision or "auto",
-                                 progress=not args.no_progress)
-        if args.output.exists() and not args.output.is_dir():
-            raise FileExistsError(f"output {args.output} is a file: expected a folder")
-        results = run_probe(args.checkpoint, _tasks(args), args.output, settings)
-    except (FileNotFoundError, FileExistsError, CheckpointError) as err:
-        print(f"audio-ssl: error: {err}", file=sys.stderr)
-        return 2
+            args.output.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(args.output / "compare.md", text, fsync=False)
+        return 0
+    if args.checkpoint is None or args.output is None:
+        raise ValueError("expected CHECKPOINT and --output DIR (or --compare DIR DIR...)")
+    if not args.task and args.suite is None:
+        raise ValueError("no task: give --task NAME=MANIFEST[:FIELD] or --suite YAML")
+    baselines = () if args.baselines == "none" else tuple(
+        b.strip() for b in args.baselines.split(",") if b.strip())
+    settings = ProbeSettings(name=args.name, baselines=baselines, seeds=args.seeds,
+                             sweep=not args.no_sweep, head=HeadConfig(head=args.head),
+                             device=args.device, precision=args.precision or "auto",
+                             progress=not args.no_progress)
+    results = run_probe(args.checkpoint, _tasks(args), args.output, settings)
     print(table(results), end="")
     print(f"results: {args.output / 'results.md'} ({results['seconds']:.0f} s)")
     return 0

@@ -1,0 +1,319 @@
+"""The `audio-ssl` command line: every command's options (:func:`build_parser`). What each
+command runs is in :mod:`audio_ssl.cli`."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+DESCRIPTION = """\
+audio-ssl: self-supervised speech representation learning (wav2vec 2.0).
+
+commands:
+  demo       the whole workflow on spoken digits it synthesises: pretrain, plot, extract,
+             probe, fine-tune with CTC, transcribe unseen voices (no input needed)
+  pretrain   pretrain a model on a folder of raw audio (any format, rate, channels, length)
+  extract    features (any layer, or quantizer codes) of every file of a folder, manifest or
+             list, from any checkpoint; resumable
+  finetune   fine-tune a pretrained model for speech recognition (CTC) on transcribed audio
+  transcribe speech to text with a fine-tuned model (greedy, or beam search with an LM)
+  evaluate   word and character error rates of a fine-tuned model on transcribed audio
+  lm         build an n-gram language model (ARPA) from a text file, for beam search
+  probe      what a checkpoint's features know: SUPERB-style probes on labelled manifests,
+             beside MFCC, log-mel and random-weight baselines
+  plot       curves of pretraining and fine-tuning runs; a checkpoint's codebook usage
+  convert    convert a checkpoint (HF folder, fairseq .pt, torchaudio .pt, audio-ssl .ckpt) to
+             an HF folder or an audio-ssl .ckpt
+
+Run `audio-ssl COMMAND --help` for each command's options.
+"""
+
+
+PRECISION_HELP = ("auto (default): bf16-mixed on a GPU and on CPUs with bf16 units (AVX512-BF16, "
+                  "AMX), fp32 elsewhere; 32; bf16-mixed. The log says which and why")
+
+
+def _add_precision_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--precision", default=None, choices=["auto", "32", "bf16-mixed"],
+                   help=PRECISION_HELP)
+
+
+def _add_device_options(p: argparse.ArgumentParser) -> None:
+    """Where and how a training command runs: pretrain and finetune share these."""
+    p.add_argument("--devices", type=int, default=None,
+                   help="devices per node (GPUs, or CPU processes with gloo when no GPU)")
+    p.add_argument("--num-nodes", type=int, default=None, help="nodes (torchrun or SLURM)")
+    p.add_argument("--accelerator", default="auto", choices=["auto", "cpu", "gpu"],
+                   help="where to train (default: GPU when one is visible)")
+    _add_precision_option(p)
+
+
+def _add_pretrain_options(p: argparse.ArgumentParser, default_preset: str) -> None:
+    p.add_argument("--preset", choices=["tiny", "base", "large"], default=default_preset,
+                   help=f"model and training preset (default: {default_preset})")
+    p.add_argument("--config", type=Path, default=None,
+                   help="YAML file of overrides on top of the preset (see configs/)")
+    p.add_argument("--max-steps", type=int, default=None, help="number of updates")
+    p.add_argument("--objective", choices=["wav2vec2", "hubert", "best-rq"], default=None,
+                   help="self-supervised objective (default: the preset's, wav2vec2): wav2vec "
+                   "2.0's contrastive loss; HuBERT's masked prediction of k-means labels "
+                   "(needs --targets); BEST-RQ's masked prediction of fixed random-projection "
+                   "codes of the log-mel")
+    p.add_argument("--targets", default=None, metavar="DIR",
+                   help="hubert: the labels of DATA that `audio-ssl targets` wrote")
+    _add_device_options(p)
+    p.add_argument("--resume", action="store_true",
+                   help="continue the run in --output from its last checkpoint")
+    p.add_argument("--init", default=None, metavar="CHECKPOINT",
+                   help="continue pretraining from this checkpoint's weights (ours, an HF "
+                   "Wav2Vec2ForPreTraining folder or a fairseq .pt) on DATA, with a fresh "
+                   "optimizer and schedule; its network replaces the preset's, --config may "
+                   "still change masks, loss weights and temperatures")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="audio-ssl", description=DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    p = sub.add_parser(
+        "pretrain", help="pretrain on a folder of raw audio",
+        description="Pretrain a wav2vec 2.0 model on DATA: a folder (scanned recursively for "
+        "wav, flac, ogg, opus, mp3), a JSONL manifest or a list of files. Audio is mixed down "
+        "to mono and resampled to 16 kHz; unreadable, empty or too-short files are skipped and "
+        "listed in OUTPUT/rejected.jsonl. Checkpoints, the resolved config, metrics and logs go "
+        "to --output.",
+    )
+    p.add_argument("data", help="folder of audio, JSONL manifest or list of files")
+    p.add_argument("--output", "-o", type=Path, default=Path("runs/pretrain"),
+                   help="run folder (default: runs/pretrain)")
+    _add_pretrain_options(p, "tiny")
+
+    k = sub.add_parser(
+        "targets", help="k-means labels of every file, for HuBERT pretraining",
+        description="Cluster frames of DATA (one per encoder frame, 20 ms) with MiniBatchKMeans "
+        "and write each file's labels to OUTPUT, for `audio-ssl pretrain DATA --objective hubert "
+        "--targets OUTPUT`. --kind mfcc: 39-d MFCC + deltas (HuBERT's first iteration); --kind "
+        "layer: a checkpoint's context layer (later iterations). Resumes where a stopped run "
+        "left off; unreadable files are listed in OUTPUT/rejected.jsonl.",
+    )
+    k.add_argument("data", help="folder of audio, JSONL manifest or list of files")
+    k.add_argument("--output", "-o", type=Path, required=True, help="targets folder")
+    k.add_argument("--kind", choices=["mfcc", "layer"], default="mfcc")
+    k.add_argument("--clusters", type=int, default=100)
+    k.add_argument("--checkpoint", default=None, help="--kind layer: any model load_model reads")
+    k.add_argument("--layer", type=int, default=None, help="--kind layer: context layer (0 = input)")
+    k.add_argument("--seed", type=int, default=0)
+    k.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+    d = sub.add_parser(
+        "demo", help="the whole workflow on a corpus it makes, each stage shown working",
+        description="Make a spoken-digit corpus with eSpeak NG voices (installed by pip; a few "
+        "voices held out for testing), pretrain the tiny preset on it, plot the curves, extract "
+        "every layer's features, probe them against MFCCs, fine-tune with CTC and transcribe "
+        "the held-out voices; ends with a table of what each stage showed and where its outputs "
+        "are. About 10 minutes on 2 CPU cores. Run it again to reuse finished stages.",
+    )
+    d.add_argument("--output", "-o", type=Path, default=Path("runs/demo"),
+                   help="folder for the corpus and the runs (default: runs/demo)")
+    d.add_argument("--minutes", type=float, default=20.0,
+                   help="minutes of audio to generate (default: 20)")
+    d.add_argument("--pretrain-steps", type=int, default=500,
+                   help="pretraining updates (default: 500)")
+    d.add_argument("--finetune-steps", type=int, default=600,
+                   help="CTC fine-tuning updates (default: 600; 0: stop after the probe)")
+    d.add_argument("--seed", type=int, default=0, help="corpus and training seed (default: 0)")
+    d.add_argument("--preset", choices=["tiny", "base", "large"], default="tiny",
+                   help="model preset (default: tiny)")
+    d.add_argument("--config", type=Path, default=None,
+                   help="YAML overrides on top of the preset, as for pretrain")
+    d.add_argument("--accelerator", default="auto", choices=["auto", "cpu", "gpu"])
+    d.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+    o = sub.add_parser(
+        "plot", help="curves of pretraining or fine-tuning runs; a checkpoint's codebook usage",
+        description="Draw the logged curves of one or more run folders (overlaid, one colour "
+        "each) to a PNG. Pretraining: loss as a fraction of a uniform guess's, loss terms, "
+        "accuracy, code and prob perplexity, cosines to positive and distractors, Gumbel "
+        "temperature, learning rate, gradient norm, throughput. Fine-tuning: loss, validation "
+        "WER and CER, learning rate. A checkpoint with --data: how often each code of each "
+        "quantizer group is chosen over that audio, as a heat map.",
+    )
+    o.add_argument("paths", nargs="+", metavar="RUN_DIR",
+                   help="run folders of one kind, or one checkpoint (with --data)")
+    o.add_argument("--output", "-o", type=Path, default=None,
+                   help="PNG to write (default: RUN_DIR/curves.png, or CHECKPOINT.codebook.png)")
+    o.add_argument("--data", default=None,
+                   help="checkpoint: audio whose codes to count (folder, manifest or list)")
+    o.add_argument("--max-files", type=int, default=200,
+                   help="checkpoint: files of --data to read at most (default: 200)")
+    o.add_argument("--title", default=None, help="figure title")
+
+    _add_asr_commands(sub)
+
+    from audio_ssl.probe.command import add_parser as add_probe_parser
+
+    add_probe_parser(sub)
+
+    c = sub.add_parser(
+        "convert", help="convert a checkpoint to an HF folder or an audio-ssl .ckpt",
+        description="Load SRC in any format audio-ssl reads (an HF wav2vec 2.0 folder, a fairseq "
+        "wav2vec 2.0 .pt -- pretraining, or fine-tuned CTC with dict.ltr.txt beside it -- a "
+        "torchaudio wav2vec2_model state dict, or an audio-ssl .ckpt) and write it to DST: "
+        "--to hf writes a folder transformers loads with from_pretrained (config.json, "
+        "model.safetensors, and the Wav2Vec2Processor files); --to audio-ssl writes a .ckpt "
+        "every audio-ssl command takes. The weights are copied unchanged.",
+    )
+    c.add_argument("src", type=Path, help="checkpoint file or HF folder")
+    c.add_argument("dst", type=Path, help="output folder (--to hf) or .ckpt file (--to audio-ssl)")
+    c.add_argument("--to", required=True, choices=["hf", "audio-ssl"], help="output format")
+    c.add_argument("--dictionary", type=Path, default=None,
+                   help="letter dictionary of a fine-tuned fairseq checkpoint (default: "
+                   "dict.ltr.txt beside it)")
+    c.add_argument("--overwrite", action="store_true", help="replace an existing DST")
+
+    e = sub.add_parser(
+        "extract", help="features of every audio file of a folder, manifest or list",
+        description="Extract features with CHECKPOINT (any format audio-ssl reads) from every "
+        "audio file of INPUT (a folder, scanned recursively, a JSONL manifest or a list of "
+        "files; decoded, mixed down and resampled to 16 kHz as for pretraining) into "
+        "OUTPUT_DIR: one file per input mirroring INPUT's tree (or --shards), and "
+        "OUTPUT_DIR/index.jsonl with each file's shape, frame rate and layers. Long files are "
+        "processed in chunks with overlap (the frame count is the whole file's). Every file is "
+        "written under a temporary name and renamed; a rerun skips complete outputs. "
+        "Unusable inputs are listed in OUTPUT_DIR/failures.jsonl and make the exit status 1.",
+    )
+    e.add_argument("checkpoint", help="model checkpoint (.ckpt, HF folder, fairseq or "
+                   "torchaudio .pt)")
+    e.add_argument("input", help="folder of audio, JSONL manifest or list of files")
+    e.add_argument("output_dir", type=Path, help="where the features go")
+    e.add_argument("--layer", default="last",
+                   help="context layer index (0 = the context network's input), 'last', 'all', "
+                   "'encoder' (conv features after their layer norm) or 'codes' (quantizer "
+                   "indices, (T, G) int64); several comma-separated, e.g. 6,last (default: last)")
+    e.add_argument("--format", default=None, choices=["npy", "pt", "safetensors"],
+                   help="one file per input (default: npy; several layers of different widths "
+                   "need pt or safetensors)")
+    e.add_argument("--dtype", default="float32", choices=["float32", "float16"],
+                   help="stored feature type (default: float32)")
+    e.add_argument("--shards", action="store_true",
+                   help="write a few large shard files and an index instead of one file per input")
+    e.add_argument("--shard-mb", type=float, default=1024.0,
+                   help="size of a shard in MB (default: 1024)")
+    e.add_argument("--chunk-seconds", type=float, default=30.0,
+                   help="long files: seconds kept per chunk (default: 30)")
+    e.add_argument("--context-seconds", type=float, default=5.0,
+                   help="long files: context computed and dropped on each side of a chunk "
+                   "(default: 5)")
+    e.add_argument("--batch-seconds", type=float, default=None,
+                   help="padded audio per forward (default: 160 on CUDA, 32 on the CPU)")
+    e.add_argument("--workers", type=int, default=None,
+                   help="decoding processes (default: all cores but two on CUDA, up to 16; "
+                   "0 on the CPU, where the model is the bottleneck)")
+    e.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda when visible)")
+    _add_precision_option(e)
+    e.add_argument("--normalize", default=None, action=argparse.BooleanOptionalAction,
+                   help="zero-mean unit-variance audio (default: as the checkpoint was trained)")
+    e.add_argument("--no-fsync", action="store_true",
+                   help="do not flush each output to disk before renaming it (faster where the "
+                   "disk is slower than the model; outputs still appear whole or not at all, "
+                   "but a power cut may leave empty ones)")
+    e.add_argument("--no-progress", action="store_true", help="no progress bar")
+    for command in sub.choices.values():
+        loud = command.add_mutually_exclusive_group()
+        loud.add_argument("--quiet", "-q", action="store_true",
+                          help="only warnings, errors and results; no progress bars")
+        loud.add_argument("--verbose", "-v", action="store_true",
+                          help="also Lightning's device lines and the model summary")
+    return parser
+
+
+def _add_decoder_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--lm", type=Path, default=None,
+                   help="n-gram LM (ARPA, from `audio-ssl lm`) for beam search; a word model "
+                   "needs --lexicon, a --unit char model works without one")
+    p.add_argument("--lexicon", type=Path, default=None,
+                   help="lexicon (word<TAB>w o r d |) for beam search: only its words are spelled")
+    p.add_argument("--beam-size", type=int, default=50, help="beam width (default: 50)")
+    p.add_argument("--lm-weight", type=float, default=2.0, help="LM weight (default: 2.0)")
+    p.add_argument("--word-score", type=float, default=0.0,
+                   help="score added per word (default: 0.0)")
+    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when visible)")
+    _add_precision_option(p)
+
+
+def _add_asr_commands(sub) -> None:
+    f = sub.add_parser(
+        "finetune", help="fine-tune for speech recognition with CTC",
+        description="Fine-tune PRETRAINED (a checkpoint of `audio-ssl pretrain`, or a CTC model "
+        "to continue) on transcribed audio with CTC: a character vocabulary from the training "
+        "transcripts, time and channel masking, the feature encoder frozen, the backbone frozen "
+        "for the first ctc.freeze_updates updates, tri-stage learning rate. LABELLED is a JSONL "
+        "manifest (audio, text), a LibriSpeech-style folder (*.trans.txt) or a TSV of "
+        "path<TAB>text. Utterances that cannot be used are listed in OUTPUT/rejected.jsonl; "
+        "checkpoints/best.ckpt is the lowest validation WER.",
+    )
+    f.add_argument("pretrained", nargs="?", default=None,
+                   help="pretrained checkpoint (optional with --from-scratch)")
+    f.add_argument("--train", required=True, help="labelled training data")
+    f.add_argument("--valid", required=True, help="labelled validation data")
+    f.add_argument("--train-split", default=None,
+                   help="JSONL: use the rows whose 'split' is this (e.g. train)")
+    f.add_argument("--valid-split", default=None,
+                   help="JSONL: use the rows whose 'split' is this (e.g. test)")
+    f.add_argument("--output", "-o", type=Path, default=Path("runs/finetune"),
+                   help="run folder (default: runs/finetune)")
+    f.add_argument("--preset", choices=["tiny", "base"], default="tiny",
+                   help="fine-tuning settings (default: tiny, for CPUs; base: fairseq base_100h)")
+    f.add_argument("--config", type=Path, default=None,
+                   help="YAML file of overrides (text, ctc, data, optim, train, model sections)")
+    f.add_argument("--max-steps", type=int, default=None, help="number of updates")
+    f.add_argument("--from-scratch", action="store_true",
+                   help="the same network with random weights (a baseline)")
+    _add_device_options(f)
+    f.add_argument("--resume", action="store_true",
+                   help="continue the run in --output from its last checkpoint")
+    f.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+    t = sub.add_parser(
+        "transcribe", help="speech to text with a fine-tuned model",
+        description="Transcribe audio files, folders (scanned recursively) or lists with MODEL "
+        "(a fine-tuned CTC checkpoint). Prints 'path<TAB>text' lines, or writes JSONL with "
+        "--output. Files that cannot be read are reported and skipped.",
+    )
+    t.add_argument("model", help="fine-tuned CTC checkpoint")
+    t.add_argument("inputs", nargs="+", help="audio files, folders, .jsonl or .txt lists")
+    t.add_argument("--output", "-o", type=Path, default=None,
+                   help="JSONL of {path, text, seconds} instead of text on stdout")
+    _add_decoder_options(t)
+
+    e = sub.add_parser(
+        "evaluate", help="WER and CER on transcribed audio",
+        description="Decode LABELLED (JSONL manifest, LibriSpeech-style folder or TSV) with "
+        "MODEL and print the word and character error rates; references and hypotheses are "
+        "normalised with the model's text settings. --report writes one JSONL line per "
+        "utterance (reference, hypothesis, errors).",
+    )
+    e.add_argument("model", help="fine-tuned CTC checkpoint")
+    e.add_argument("labelled", help="labelled data")
+    e.add_argument("--split", default=None, help="JSONL: the rows whose 'split' is this")
+    e.add_argument("--report", type=Path, default=None, help="per-utterance JSONL report")
+    _add_decoder_options(e)
+
+    m = sub.add_parser(
+        "lm", help="build an n-gram language model from text",
+        description="Estimate an interpolated modified Kneser-Ney n-gram model from TEXT_FILE "
+        "(one sentence a line; normalised as the default transcripts are) and write it as ARPA. "
+        "--unit word (default) for beam search with a lexicon; --unit char for lexicon-free "
+        "beam search.",
+    )
+    m.add_argument("text_file", type=Path, help="plain text, one sentence a line")
+    m.add_argument("--output", "-o", type=Path, required=True, help="ARPA file to write")
+    m.add_argument("--order", type=int, default=None,
+                   help="n-gram order (default: 3 for words, 6 for characters)")
+    m.add_argument("--unit", choices=["word", "char"], default="word")
+    m.add_argument("--lexicon", type=Path, default=None,
+                   help="also write a lexicon of the text's words here")
