@@ -36,7 +36,7 @@ def _espeak_corpus(options: dict, corpora: Path, progress: bool) -> Path:
     sentences = options.get("sentences")
     if sentences is not None:
         sentences = Path(sentences).read_text(encoding="utf-8").splitlines()
-    made = make_corpus(corpora / name, progress=progress,
+    made = make_corpus(corpora.absolute() / name, progress=progress,
                        **{k: v for k, v in options.items() if k != "sentences"},
                        sentences=sentences)
     return made / "manifest.jsonl"
