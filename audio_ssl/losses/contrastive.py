@@ -34,12 +34,16 @@ def contrastive_logits(context: torch.Tensor, targets: torch.Tensor, negatives: 
         return torch.cat([positive, negative], dim=-1) / temperature
 
 
-def contrastive_accuracy(logits: torch.Tensor) -> torch.Tensor:
+def contrastive_accuracy(logits: torch.Tensor, rows: torch.Tensor | None = None) -> torch.Tensor:
     """Number of frames (as a float tensor) whose positive ranks first, not counting rows where
-    all logits are equal (fairseq's definition)."""
+    all logits are equal (fairseq's definition). rows: (M,) bool, the rows that count (None:
+    all; False for the filler rows of a fixed-size batch of frames)."""
     best = logits.argmax(-1) == 0
     worst = logits.argmin(-1) == 0
-    return (best & ~worst).sum().float()
+    correct = best & ~worst  # (M,)
+    if rows is not None:
+        correct = correct & rows
+    return correct.sum().float()
 
 
 def diversity_loss(prob_perplexity: torch.Tensor, groups: int, codes: int) -> torch.Tensor:
@@ -54,41 +58,49 @@ def feature_penalty(features: torch.Tensor, valid: torch.Tensor | None = None) -
     features: (B, T, C) before the layer norm; valid: (B, T) bool. The penalty is sum / count.
     """
     squares = features.float().pow(2)  # (B, T, C)
-    if valid is None:
-        return squares.sum(), torch.tensor(float(squares.numel()), device=features.device)
+    if valid is None:  # a fill on the device, not a copy from the host (which would wait)
+        return squares.sum(), squares.new_full((), float(squares.numel()))
     squares = squares * valid[..., None]
     return squares.sum(), valid.sum().float() * features.shape[-1]
 
 
-def cross_entropy_sum(logits: torch.Tensor) -> torch.Tensor:
-    """Sum over rows of -log softmax at column 0 (the positive)."""
+def cross_entropy_sum(logits: torch.Tensor, rows: torch.Tensor | None = None) -> torch.Tensor:
+    """Sum over rows of -log softmax at column 0 (the positive); rows: (M,) bool, the rows
+    that count (None: all)."""
     target = torch.zeros(logits.shape[0], dtype=torch.long, device=logits.device)
+    if rows is not None:
+        target = target.masked_fill(~rows, -100)  # cross_entropy's ignore_index
     return F.cross_entropy(logits, target, reduction="sum")
 
 
 @torch.no_grad()
 def similarity_sums(logits: torch.Tensor, targets: torch.Tensor, negatives: torch.Tensor,
-                    temperature: float) -> torch.Tensor:
+                    temperature: float, rows: torch.Tensor | None = None) -> torch.Tensor:
     """Sums behind the plateau diagnostics, as one (5,) fp32 tensor so DDP can add them up:
     cos(c, positive), cos(c, distractor), cos(positive, distractor), distractors counted, rows.
 
     logits: (M, 1 + K) from :func:`contrastive_logits` (distractors that do not count are -inf);
-    targets: (M, F); negatives: (M, K). Divide the first by the rows and the next two by the
-    distractor count for means. On the log(K+1) plateau the context is as close to its
-    distractors as to its positive; a target-to-distractor cosine near 1 says the targets
-    themselves are alike.
+    targets: (M, F); negatives: (M, K); rows: (M,) bool, the rows that count (None: all; a
+    filler row's distractors are all -inf, so they never count). Divide the first by the rows
+    and the next two by the distractor count for means. On the log(K+1) plateau the context is
+    as close to its distractors as to its positive; a target-to-distractor cosine near 1 says
+    the targets themselves are alike.
     """
     cosine = logits.float() * temperature  # (M, 1 + K)
     counted = torch.isfinite(cosine[:, 1:])  # (M, K)
+    zero = cosine.new_zeros(())
     t = F.normalize(targets.float(), dim=-1, eps=1e-8)  # (M, F)
     if t.shape[0] <= _GATHER_ABOVE:  # (M, K) through the (M, M) matrix, as for the logits
-        between_sum = (t @ t.T).gather(1, negatives)[counted].sum()
+        between_sum = torch.where(counted, (t @ t.T).gather(1, negatives), zero).sum()
     else:  # too many frames for the matrix: not measured (reads 0)
-        between_sum = cosine.new_zeros(())
+        between_sum = zero
+    # sums of the counted entries by torch.where, not x[counted] (a size read back from the device)
+    positive = cosine[:, 0] if rows is None else torch.where(rows, cosine[:, 0], zero)  # (M,)
+    num_rows = cosine.new_full((), float(cosine.shape[0])) if rows is None else rows.sum().float()
     return torch.stack([
-        cosine[:, 0].sum(),
-        cosine[:, 1:][counted].sum(),
+        positive.sum(),
+        torch.where(counted, cosine[:, 1:], zero).sum(),
         between_sum,
         counted.sum().float(),
-        cosine.new_tensor(float(cosine.shape[0])),
+        num_rows,
     ])

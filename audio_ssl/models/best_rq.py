@@ -51,8 +51,7 @@ class RandomProjectionQuantizer(nn.Module):
     def forward(self, waveforms: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         """waveforms: (B, S), lengths: (B,) -> codes (B, T) int64 (padding frames: any code)."""
         with torch.autocast(device_type=waveforms.device.type, enabled=False):
-            frames = frame_lengths(torch.tensor([waveforms.shape[1]]), self.conv_layers)
-            num_frames = int(frames[0])
+            num_frames = frame_lengths(waveforms.shape[1], self.conv_layers)  # host arithmetic
             logmel = torch.log(self.mel(waveforms.float()) + 1e-6)  # (B, mels, J)
             steps = logmel.shape[-1]
             valid = torch.div(lengths - self.window, self.hop, rounding_mode="floor") + 1
@@ -81,9 +80,20 @@ class MaskedPredictionOutput:
     code_perplexity: torch.Tensor  # perplexity of the targets' codes over the masked frames
     num_masked: torch.Tensor
     masked_fraction: torch.Tensor
-    logits: torch.Tensor  # (M, V) this rank's logits
-    labels: torch.Tensor  # (M,) this rank's target codes
+    row_logits: torch.Tensor  # (R, V) this rank's logits, rows as masking.masked_rows (R >= M)
+    row_labels: torch.Tensor  # (R,) this rank's target codes (-100 in filler rows)
+    row_valid: torch.Tensor  # (R,) bool, the rows that are masked frames (the first M)
     mask: torch.Tensor  # (B, T)
+
+    @property
+    def logits(self) -> torch.Tensor:
+        """(M, V) this rank's logits of the masked frames (reads M back from the device)."""
+        return self.row_logits[self.row_valid]
+
+    @property
+    def labels(self) -> torch.Tensor:
+        """(M,) this rank's target codes of the masked frames (reads M back from the device)."""
+        return self.row_labels[self.row_valid]
 
     def metrics(self) -> dict[str, torch.Tensor]:
         return {"train/loss": self.total, "train/masked_loss": self.masked_loss,

@@ -106,15 +106,22 @@ class ContextNetwork(nn.Module):
         self.layers = nn.ModuleList(TransformerLayer(cfg) for _ in range(cfg.layers))
 
     def _dropped_layers(self, generator: torch.Generator | None) -> list[bool]:
+        """Which layers LayerDrop skips: a host decision (it decides which layers run), so drawn
+        on the CPU: from ``generator`` when it is a CPU one, else from the global CPU generator
+        (seeded per update by the training task). Drawing it on an accelerator would stall
+        every step on reading the draw back."""
         if not self.training or self.cfg.layer_drop <= 0:
             return [False] * len(self.layers)
-        draws = torch.rand(len(self.layers), generator=generator)
+        if generator is not None and generator.device.type != "cpu":
+            generator = None
+        draws = torch.rand(len(self.layers), generator=generator)  # (L,) on the host
         return (draws < self.cfg.layer_drop).tolist()
 
     def forward(self, x: torch.Tensor, padding_mask: torch.Tensor | None = None,
                 generator: torch.Generator | None = None,
                 return_layers: bool = False) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        """x: (B, T, D), padding_mask: (B, T) True = padded.
+        """x: (B, T, D), padding_mask: (B, T) True = padded, or None when nothing is padded
+        (the caller decides on the host: a mask is applied as given, never read back).
 
         Returns c (B, T, D) and, with ``return_layers``, the input to the first layer followed by
         every layer's output, as HF's ``hidden_states``, except that for pre-norm models the last
@@ -122,7 +129,7 @@ class ContextNetwork(nn.Module):
         ``hidden_states[-1]`` is before it).
         """
         attn_mask = None
-        if padding_mask is not None and bool(padding_mask.any()):
+        if padding_mask is not None:
             x = x.masked_fill(padding_mask[..., None], 0.0)
             attn_mask = rearrange(~padding_mask, "b t -> b 1 1 t")
         x = x + self.pos_conv(x)

@@ -10,14 +10,17 @@ from torch import nn
 from audio_ssl.config import ConvSpec, FeatureEncoderConfig
 
 
-def frame_lengths(lengths: torch.Tensor, conv_layers: ConvSpec) -> torch.Tensor:
-    """Sample lengths (B,) -> frame lengths (B,) after the conv stack (valid convolutions).
+def frame_lengths(lengths: torch.Tensor | int, conv_layers: ConvSpec) -> torch.Tensor | int:
+    """Sample lengths (B,) -> frame lengths (B,) after the conv stack (valid convolutions); a
+    Python int gives a Python int (host arithmetic: no tensor to read back from a device).
 
     The one place where samples become frames: every other length in the project derives from it.
     """
     for _, kernel, stride in conv_layers:
-        lengths = torch.div(lengths - kernel, stride, rounding_mode="floor") + 1
-        lengths = lengths.clamp(min=0)
+        if isinstance(lengths, torch.Tensor):
+            lengths = (torch.div(lengths - kernel, stride, rounding_mode="floor") + 1).clamp(min=0)
+        else:
+            lengths = max((lengths - kernel) // stride + 1, 0)
     return lengths
 
 
@@ -48,12 +51,13 @@ class MaskedGroupNorm(nn.GroupNorm):
 
     With no padding it equals ``nn.GroupNorm(C, C)``; with padding each utterance is normalised
     over its own frames only, so a padded batch gives the same values as items one by one
-    (the padding dependence of fairseq#3227 / transformers#21534 does not arise).
+    (the padding dependence of fairseq#3227 / transformers#21534 does not arise). Whether to
+    skip frames is the caller's (host-side) decision: ``valid`` None or not, never read back.
     """
 
     def forward(self, x: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
-        # x: (B, C, T); valid: (B, T) bool, True = real frame
-        if valid is None or bool(valid.all()):
+        # x: (B, C, T); valid: (B, T) bool, True = real frame, or None when nothing is padded
+        if valid is None:
             return super().forward(x)
         w = valid[:, None, :].to(x.dtype)  # (B, 1, T)
         count = w.sum(-1, keepdim=True).clamp(min=1)  # (B, 1, 1)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from audio_ssl.config import MaskConfig
@@ -42,22 +43,62 @@ def compute_span_mask(frame_lengths: torch.Tensor, num_frames: int, cfg: MaskCon
     return mask & (positions[None, :] < lengths[:, None])
 
 
+def max_masked_frames(num_frames: int, cfg: MaskConfig) -> int:
+    """The most frames :func:`compute_span_mask` can mask in one utterance of at most
+    ``num_frames`` frames, from host-side numbers only (no device value is read).
+
+    The span count is ``floor(prob * T_b + u)`` computed in float32 with u < 1, so at most
+    ``floor(fl(fl(prob * T) + (1 - 2**-24)))`` (float32 rounding is monotone; computed here in
+    float32 as the device does; u may round the sum up to the next integer), at least
+    ``min_masks``; each span covers at most ``length`` frames.
+    """
+    f32 = np.float32
+    spans = int(np.floor(f32(f32(f32(cfg.prob) * f32(num_frames)) + f32(1.0 - 2.0**-24))))
+    return min(num_frames, max(spans, cfg.min_masks) * cfg.length)
+
+
+def masked_rows(mask: torch.Tensor, rows: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The masked frames as a fixed number of rows, for shapes the host knows beforehand.
+
+    mask: (B, T) bool with at most ``rows`` True. Returns ``positions`` (rows,) int64 flat
+    indices b * T + t of the masked frames in row-major order (as ``x[mask]``), then 0 for the
+    rows left over, and ``valid`` (rows,) bool, True for the M rows that are masked frames.
+    ``x.flatten(0, 1).index_select(0, positions)`` is ``x[mask]`` followed by filler rows: no
+    host sync, unlike ``x[mask]``, whose size M the host must first read back from the device.
+    """
+    flat = mask.reshape(-1)  # (B*T,)
+    count = flat.sum()  # () M, left on the device
+    torch._assert_async(count <= rows, "more masked frames than rows")  # internal invariant
+    positions = torch.nonzero_static(flat, size=rows, fill_value=0)[:, 0]  # (rows,)
+    valid = torch.arange(rows, device=mask.device) < count  # (rows,)
+    return positions, valid
+
+
 def sample_negatives(mask: torch.Tensor, num_negatives: int,
-                     generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                     generator: torch.Generator | None = None,
+                     rows: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Distractors for every masked frame, drawn uniformly from the other masked frames of the
     same utterance.
 
     mask: (B, T) bool. Masked frames are numbered 0..M-1 in row-major order (as ``x[mask]``).
     Returns ``indices`` (M, K) into that numbering, never the frame itself, and ``valid`` (M, K)
-    bool, False where the utterance has no other masked frame to draw from.
+    bool, False where the utterance has no other masked frame to draw from. With ``rows`` (at
+    least M, as for :func:`masked_rows`) both are (rows, K): the first M rows as without it (on
+    the CPU the same draws), the rest filler (index 0, not valid), and the host never waits for
+    the device; without it the host reads M back.
     """
     counts = mask.sum(-1)  # (B,)
-    utt = torch.repeat_interleave(torch.arange(mask.shape[0], device=mask.device), counts)  # (M,)
-    offsets = torch.cumsum(counts, 0) - counts  # (B,) first masked index of each utterance
-    local = torch.arange(utt.shape[0], device=mask.device) - offsets[utt]  # (M,) index in utt
-    others = (counts[utt] - 1).clamp(min=0)  # (M,) how many candidates each frame has
-    draw = torch.rand(utt.shape[0], num_negatives, generator=generator, device=mask.device)
-    pick = torch.floor(draw * others[:, None]).long()  # (M, K) in [0, others)
+    if rows is None:
+        rows = int(counts.sum())  # a host sync on an accelerator
+    ends = torch.cumsum(counts, 0)  # (B,)
+    offsets = ends - counts  # (B,) first masked index of each utterance
+    row = torch.arange(rows, device=mask.device)  # (R,)
+    # (R,) utterance of each row (filler: the last), as repeat_interleave(arange(B), counts)
+    utt = torch.searchsorted(ends, row, right=True).clamp(max=mask.shape[0] - 1)
+    local = row - offsets[utt]  # (R,) index in its utterance
+    others = (counts[utt] - 1).clamp(min=0) * (row < ends[-1])  # (R,) candidates; filler: 0
+    draw = torch.rand(rows, num_negatives, generator=generator, device=mask.device)
+    pick = torch.floor(draw * others[:, None]).long()  # (R, K) in [0, others)
     pick = pick + (pick >= local[:, None]).long()  # skip the positive itself
     valid = (others > 0)[:, None].expand_as(pick)
     indices = torch.where(valid, offsets[utt][:, None] + pick, utt.new_zeros(()).expand_as(pick))

@@ -21,7 +21,12 @@ from audio_ssl.losses.contrastive import (
     similarity_sums,
 )
 from audio_ssl.models.best_rq import MaskedPredictionOutput, RandomProjectionQuantizer
-from audio_ssl.models.masking import compute_span_mask, sample_negatives
+from audio_ssl.models.masking import (
+    compute_span_mask,
+    masked_rows,
+    max_masked_frames,
+    sample_negatives,
+)
 from audio_ssl.models.quantizer import GumbelQuantizer, perplexity
 from audio_ssl.models.wav2vec2 import Wav2Vec2Model
 
@@ -40,7 +45,8 @@ class PretrainOutput:
     prob_perplexity: torch.Tensor
     num_masked: torch.Tensor  # masked frames in the whole (global) batch
     masked_fraction: torch.Tensor  # masked / valid frames
-    logits: torch.Tensor  # (M, 1 + K) this rank's logits
+    row_logits: torch.Tensor  # (R, 1 + K) this rank's logits, rows as masked_rows (R >= M)
+    row_valid: torch.Tensor  # (R,) bool, the rows that are masked frames (the first M)
     mask: torch.Tensor  # (B, T)
     # plateau diagnostics (global means): cosine of the context with its positive and with its
     # distractors, cosine between a positive and its distractors, share of the quantizer's
@@ -50,6 +56,11 @@ class PretrainOutput:
     target_cosine: torch.Tensor
     noise_flip_rate: torch.Tensor
     quantized: bool = True  # False: continuous targets, no codebook metrics
+
+    @property
+    def logits(self) -> torch.Tensor:
+        """(M, 1 + K) this rank's logits of the masked frames (reads M back from the device)."""
+        return self.row_logits[self.row_valid]
 
     def metrics(self) -> dict[str, torch.Tensor]:
         """Named metrics; the codebook's (perplexities, Gumbel noise) only for quantized targets."""
@@ -88,18 +99,29 @@ def _with_global_value(local: torch.Tensor) -> torch.Tensor:
 def _lengths_frames_mask(backbone: Wav2Vec2Model, cfg: ModelConfig, waveforms: torch.Tensor,
                          lengths: torch.Tensor | None, mask: torch.Tensor | None,
                          generator: torch.Generator | None):
-    """(lengths (B,), frame lengths (B,), mask (B, T)): all samples valid when ``lengths`` is
-    None; a random span mask (drawn on the generator's device) when ``mask`` is None."""
+    """(lengths (B,), frame lengths (B,), mask (B, T), rows): all samples valid when ``lengths``
+    is None; a random span mask (drawn on the generator's device) when ``mask`` is None. ``rows``
+    is a host-side bound on the batch's masked frames (B times the most a span mask can cover,
+    or every frame for a given mask): the masked frames travel as that many rows
+    (:func:`masked_rows`), so no shape depends on a value the host would read back."""
     batch, samples = waveforms.shape
     if lengths is None:
         lengths = torch.full((batch,), samples, dtype=torch.long, device=waveforms.device)
     frames = backbone.frame_lengths(lengths)
+    num_frames = backbone.frame_lengths(samples)  # host arithmetic
     if mask is None:
-        num_frames = int(backbone.frame_lengths(torch.tensor([samples]))[0])
         gen_device = generator.device if generator is not None else waveforms.device
         mask = compute_span_mask(frames.to(gen_device), num_frames, cfg.mask, generator)
         mask = mask.to(waveforms.device)
-    return lengths, frames, mask
+        rows = batch * max_masked_frames(num_frames, cfg.mask)
+    else:
+        rows = mask.numel()
+    return lengths, frames, mask, rows
+
+
+def _at_rows(x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+    """(B, T, ...) -> (R, ...) the frames at flat positions b * T + t (see masked_rows)."""
+    return x.flatten(0, 1).index_select(0, positions)
 
 
 def pretraining_model(cfg: ModelConfig) -> nn.Module:
@@ -111,22 +133,26 @@ def pretraining_model(cfg: ModelConfig) -> nn.Module:
     return Wav2Vec2ForPretraining(cfg)
 
 
-def _masked_prediction(logits: torch.Tensor, labels: torch.Tensor, frames: torch.Tensor,
-                       mask: torch.Tensor, codes: int) -> MaskedPredictionOutput:
-    """Cross-entropy of (M, V) fp32 logits against (M,) labels, globally normalised over DDP."""
+def _masked_prediction(logits: torch.Tensor, labels: torch.Tensor, row_valid: torch.Tensor,
+                       frames: torch.Tensor, mask: torch.Tensor,
+                       codes: int) -> MaskedPredictionOutput:
+    """Cross-entropy of (R, V) fp32 logits against (R,) labels at the rows that are masked
+    frames ((R,) bool ``row_valid``; the others are filler), globally normalised over DDP."""
+    labels = labels.masked_fill(~row_valid, -100)  # (R,) filler rows: cross_entropy's ignore_index
     ce_sum = F.cross_entropy(logits, labels, reduction="sum")
-    num_masked = _global_sum(torch.tensor(float(labels.shape[0]), device=logits.device))
+    num_masked = _global_sum(row_valid.sum().float())
     loss = _world() * ce_sum / num_masked.clamp(min=1)
-    counts = torch.bincount(labels, minlength=codes).float()
+    # (V,) label counts: index_add, not bincount (whose size comes from a read of max(labels))
+    counts = logits.new_zeros(codes).index_add_(0, labels.clamp(min=0), row_valid.float())
     code_perplexity = perplexity(_global_sum(counts)[None] / num_masked.clamp(min=1))
-    correct = _global_sum((logits.detach().argmax(-1) == labels).sum().float())
+    correct = _global_sum(((logits.detach().argmax(-1) == labels) & row_valid).sum().float())
     valid_count = _global_sum(frames.sum().float())
     masked_loss = _global_sum(ce_sum) / num_masked.clamp(min=1)
     return MaskedPredictionOutput(
         loss=loss, total=masked_loss, masked_loss=masked_loss,
         accuracy=correct / num_masked.clamp(min=1), code_perplexity=code_perplexity,
         num_masked=num_masked, masked_fraction=num_masked / valid_count.clamp(min=1),
-        logits=logits.detach(), labels=labels, mask=mask,
+        row_logits=logits.detach(), row_labels=labels, row_valid=row_valid, mask=mask,
     )
 
 
@@ -162,41 +188,49 @@ class Wav2Vec2ForPretraining(nn.Module):
     def forward(self, waveforms: torch.Tensor, lengths: torch.Tensor | None = None, *,
                 step: int = 0, mask: torch.Tensor | None = None,
                 negatives: tuple[torch.Tensor, torch.Tensor] | None = None,
-                generator: torch.Generator | None = None) -> PretrainOutput:
+                generator: torch.Generator | None = None,
+                padded: bool | None = None) -> PretrainOutput:
         """waveforms: (B, S), lengths: (B,). ``mask`` (B, T) and ``negatives`` ((M, K) indices,
         (M, K) valid) override the random ones, for exact tests. ``step`` sets the Gumbel
-        temperature. Random draws (mask, distractors, LayerDrop) come from ``generator``."""
-        cfg = self.cfg
-        lengths, frames, mask = _lengths_frames_mask(self.backbone, cfg, waveforms, lengths, mask,
-                                                     generator)
-        out = self.backbone(waveforms, lengths, mask=mask, generator=generator)
+        temperature. Random draws (mask, distractors, LayerDrop) come from ``generator``.
+        ``padded``: see :meth:`Wav2Vec2Model.forward` (a training step passes it: no host sync).
 
-        # targets and predictions at the masked frames only: (M, ...)
-        features = out.features[mask]  # (M, C)
+        The masked frames travel as a fixed number R >= M of rows (``masked_rows``), the filler
+        rows weighted out, so the host never waits for the device to learn M."""
+        cfg = self.cfg
+        lengths, frames, mask, rows = _lengths_frames_mask(self.backbone, cfg, waveforms, lengths,
+                                                           mask, generator)
+        if negatives is not None:
+            rows = negatives[0].shape[0]  # M itself
+        out = self.backbone(waveforms, lengths, mask=mask, generator=generator, padded=padded)
+        positions, row_valid = masked_rows(mask, rows)  # (R,), (R,)
+
+        # targets and predictions at the masked frames (and filler rows): (R, ...)
+        features = _at_rows(out.features, positions)  # (R, C)
         if cfg.detach_targets:
             features = features.detach()
         quantized = None
         if self.quantizer is None:  # continuous targets
-            targets = self.project_q(self.dropout_features(features))  # (M, F)
+            targets = self.project_q(self.dropout_features(features))  # (R, F)
         else:
             quantized = self.quantizer(self.dropout_features(features),
-                                       cfg.quantizer.temperature(step))
-            targets = self.project_q(quantized.quantized)  # (M, F)
-        context = self.final_proj(out.context[mask])  # (M, F)
+                                       cfg.quantizer.temperature(step), weight=row_valid)
+            targets = self.project_q(quantized.quantized)  # (R, F)
+        context = self.final_proj(_at_rows(out.context, positions))  # (R, F)
         if negatives is None:
             gen_mask = mask.to(generator.device) if generator is not None else mask
-            indices, valid = sample_negatives(gen_mask, cfg.loss.num_negatives, generator)
+            indices, valid = sample_negatives(gen_mask, cfg.loss.num_negatives, generator, rows)
             negatives = (indices.to(mask.device), valid.to(mask.device))
         codes = None
         if quantized is not None and cfg.loss.mask_identical_negatives:
             codes = quantized.codes
         logits = contrastive_logits(context, targets, negatives[0], negatives[1], codes,
-                                    cfg.loss.logit_temperature)  # (M, 1 + K)
+                                    cfg.loss.logit_temperature)  # (R, 1 + K)
 
         # global normalisation: every term is a global sum over a global count
         world = _world()
-        num_masked = _global_sum(torch.tensor(float(logits.shape[0]), device=logits.device))
-        ce_sum = cross_entropy_sum(logits)
+        num_masked = _global_sum(row_valid.sum().float())
+        ce_sum = cross_entropy_sum(logits, row_valid)
         if quantized is None:  # no codebook: no diversity term, perplexities read 0
             prob_perplexity = code_perplexity = diversity = logits.new_zeros(())
             noise_flips = logits.new_zeros(())
@@ -221,16 +255,17 @@ class Wav2Vec2ForPretraining(nn.Module):
         contrastive = _global_sum(ce_sum) / num_masked.clamp(min=1)
         penalty = _global_sum(sq_sum) / penalty_count
         total = contrastive + w.diversity_weight * diversity.detach() + w.feature_penalty_weight * penalty
-        correct = _global_sum(contrastive_accuracy(logits.detach()))
+        correct = _global_sum(contrastive_accuracy(logits.detach(), row_valid))
         valid_count = _global_sum(frames.sum().float())
-        sims = _global_sum(similarity_sums(logits, targets, negatives[0], w.logit_temperature))
+        sims = _global_sum(similarity_sums(logits, targets, negatives[0], w.logit_temperature,
+                                           row_valid))
         flips = _global_sum(noise_flips) / (num_masked * cfg.quantizer.groups).clamp(min=1)
         return PretrainOutput(
             loss=loss, total=total, contrastive=contrastive, diversity=diversity.detach(),
             feature_penalty=penalty, accuracy=correct / num_masked.clamp(min=1),
             code_perplexity=code_perplexity, prob_perplexity=prob_perplexity.detach(),
             num_masked=num_masked, masked_fraction=num_masked / valid_count.clamp(min=1),
-            logits=logits.detach(), mask=mask,
+            row_logits=logits.detach(), row_valid=row_valid, mask=mask,
             positive_cosine=sims[0] / sims[4].clamp(min=1),
             distractor_cosine=sims[1] / sims[3].clamp(min=1),
             target_cosine=sims[2] / sims[3].clamp(min=1), noise_flip_rate=flips,
@@ -253,17 +288,20 @@ class BestRqForPretraining(nn.Module):
     def forward(self, waveforms: torch.Tensor, lengths: torch.Tensor | None = None, *,
                 step: int = 0, mask: torch.Tensor | None = None,
                 negatives: None = None,
-                generator: torch.Generator | None = None) -> MaskedPredictionOutput:
+                generator: torch.Generator | None = None,
+                padded: bool | None = None) -> MaskedPredictionOutput:
         """waveforms: (B, S), lengths: (B,); ``mask`` (B, T) overrides the random one. ``step``
-        and ``negatives`` exist for a common signature with wav2vec 2.0 and are not used."""
-        lengths, frames, mask = _lengths_frames_mask(self.backbone, self.cfg, waveforms, lengths,
-                                                     mask, generator)
+        and ``negatives`` exist for a common signature with wav2vec 2.0 and are not used;
+        ``padded`` as for :meth:`Wav2Vec2Model.forward`."""
+        lengths, frames, mask, rows = _lengths_frames_mask(self.backbone, self.cfg, waveforms,
+                                                           lengths, mask, generator)
         labels_all = self.targets(waveforms, lengths)  # (B, T)
-        out = self.backbone(waveforms, lengths, mask=mask, generator=generator)
-        labels = labels_all[mask]  # (M,)
+        out = self.backbone(waveforms, lengths, mask=mask, generator=generator, padded=padded)
+        positions, row_valid = masked_rows(mask, rows)  # (R,), (R,)
+        labels = _at_rows(labels_all, positions)  # (R,)
         with torch.autocast(device_type=waveforms.device.type, enabled=False):
-            logits = self.head(out.context[mask].float())  # (M, V) fp32
-        return _masked_prediction(logits, labels, frames, mask, self.cfg.best_rq.codes)
+            logits = self.head(_at_rows(out.context, positions).float())  # (R, V) fp32
+        return _masked_prediction(logits, labels, row_valid, frames, mask, self.cfg.best_rq.codes)
 
 
 class HubertForPretraining(nn.Module):
@@ -283,18 +321,23 @@ class HubertForPretraining(nn.Module):
     def forward(self, waveforms: torch.Tensor, lengths: torch.Tensor | None = None, *,
                 labels: torch.Tensor, step: int = 0, mask: torch.Tensor | None = None,
                 negatives: None = None,
-                generator: torch.Generator | None = None) -> MaskedPredictionOutput:
+                generator: torch.Generator | None = None,
+                padded: bool | None = None) -> MaskedPredictionOutput:
         """waveforms: (B, S), lengths: (B,), labels: (B, T) cluster per frame (-1: none, never
-        masked); ``mask`` (B, T) overrides the random one."""
-        lengths, frames, mask = _lengths_frames_mask(self.backbone, self.cfg, waveforms, lengths,
-                                                     mask, generator)
-        mask = mask & (labels >= 0)  # frames without a label are not predicted
-        out = self.backbone(waveforms, lengths, mask=mask, generator=generator)
+        masked); ``mask`` (B, T) overrides the random one; ``padded`` as for
+        :meth:`Wav2Vec2Model.forward`."""
+        lengths, frames, mask, rows = _lengths_frames_mask(self.backbone, self.cfg, waveforms,
+                                                           lengths, mask, generator)
+        mask = mask & (labels >= 0)  # frames without a label are not predicted (fewer rows)
+        out = self.backbone(waveforms, lengths, mask=mask, generator=generator, padded=padded)
+        positions, row_valid = masked_rows(mask, rows)  # (R,), (R,)
         with torch.autocast(device_type=waveforms.device.type, enabled=False):
-            c = F.normalize(self.final_proj(out.context[mask].float()), dim=-1)  # (M, F)
+            c = _at_rows(out.context, positions).float()  # (R, D)
+            c = F.normalize(self.final_proj(c), dim=-1)  # (R, F)
             e = F.normalize(self.label_embeddings.float(), dim=-1)  # (V, F)
-            logits = c @ e.T / self.cfg.hubert.logit_temperature  # (M, V)
-        return _masked_prediction(logits, labels[mask], frames, mask, self.cfg.hubert.clusters)
+            logits = c @ e.T / self.cfg.hubert.logit_temperature  # (R, V)
+        return _masked_prediction(logits, _at_rows(labels, positions), row_valid, frames, mask,
+                                  self.cfg.hubert.clusters)
 
 
 PRETRAINING_MODELS = (Wav2Vec2ForPretraining, BestRqForPretraining, HubertForPretraining)  # for isinstance checks

@@ -5,7 +5,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
@@ -18,22 +17,30 @@ def perplexity(probs: torch.Tensor) -> torch.Tensor:
     return torch.exp(entropy).sum()
 
 
+def one_hot(codes: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """(..., G) codes -> (..., G, V) one-hot of ``like``'s shape and dtype. ``F.one_hot`` on the
+    CPU first reads min and max back to check them (its CUDA path leaves that to a device
+    assert); the scatter needs no read on any device."""
+    return torch.zeros_like(like).scatter_(-1, codes[..., None], 1.0)
+
+
 @dataclass
 class QuantizerOutput:
     quantized: torch.Tensor  # (N, dim) codevectors (straight-through in training)
     codes: torch.Tensor  # (N, G) int64 chosen entry per group
-    prob_sum: torch.Tensor  # (G, V) sum over the N frames of softmax(logits), no noise, fp32
+    # sums and counts over the frames that count (all N, or those ``weight`` keeps)
+    prob_sum: torch.Tensor  # (G, V) sum over the frames of softmax(logits), no noise, fp32
     code_sum: torch.Tensor  # (G, V) counts of the hard choices, fp32
-    count: int  # N
-    noise_flips: torch.Tensor  # () how many of the N x G choices Gumbel noise moved off the argmax
+    count: int | torch.Tensor  # N, or () the frames ``weight`` keeps
+    noise_flips: torch.Tensor  # () how many of the choices Gumbel noise moved off the argmax
 
     @property
     def prob_perplexity(self) -> torch.Tensor:
-        return perplexity(self.prob_sum / max(self.count, 1))
+        return perplexity(self.prob_sum / torch.as_tensor(self.count).clamp(min=1))
 
     @property
     def code_perplexity(self) -> torch.Tensor:
-        return perplexity(self.code_sum / max(self.count, 1))
+        return perplexity(self.code_sum / torch.as_tensor(self.count).clamp(min=1))
 
 
 class GumbelQuantizer(nn.Module):
@@ -52,8 +59,11 @@ class GumbelQuantizer(nn.Module):
         else:
             nn.init.normal_(self.codevectors)
 
-    def forward(self, x: torch.Tensor, temperature: float) -> QuantizerOutput:
-        """x: (N, C) features of the frames to quantize -> codevectors (N, dim)."""
+    def forward(self, x: torch.Tensor, temperature: float,
+                weight: torch.Tensor | None = None) -> QuantizerOutput:
+        """x: (N, C) features of the frames to quantize -> codevectors (N, dim). weight: (N,)
+        bool, the frames the sums and counts cover (None: all), so filler rows of a fixed-size
+        batch of frames cost no host sync and count for nothing."""
         with torch.autocast(device_type=x.device.type, enabled=False):
             logits = self.weight_proj(x.float())  # (N, G*V) fp32
             logits = rearrange(logits, "n (g v) -> n g v", g=self.groups)  # (N, G, V)
@@ -64,21 +74,30 @@ class GumbelQuantizer(nn.Module):
                     noisy = logits - torch.empty_like(logits).exponential_().log()
                 soft = (noisy / temperature).softmax(-1)
                 codes = soft.argmax(-1)  # (N, G)
-                flips = (codes != logits.argmax(-1)).sum().float()
-                hard = F.one_hot(codes, self.codes).to(soft.dtype)
+                flipped = codes != logits.argmax(-1)  # (N, G)
+                if weight is not None:
+                    flipped = flipped & weight[:, None]
+                flips = flipped.sum().float()
+                hard = one_hot(codes, soft)
                 weights = hard - soft.detach() + soft  # straight-through
             else:
                 codes = logits.argmax(-1)
-                hard = F.one_hot(codes, self.codes).to(logits.dtype)
+                hard = one_hot(codes, logits)
                 weights = hard
                 flips = torch.zeros((), device=x.device)
             book = rearrange(self.codevectors.float(), "1 (g v) d -> g v d", g=self.groups)
             quantized = torch.einsum("ngv,gvd->ngd", weights, book)  # (N, G, d)
+            hard = hard.detach()
+            count: int | torch.Tensor = x.shape[0]
+            if weight is not None:
+                probs = probs * weight[:, None, None]
+                hard = hard * weight[:, None, None]
+                count = weight.sum()
         return QuantizerOutput(
             quantized=rearrange(quantized, "n g d -> n (g d)"),
             codes=codes,
             prob_sum=probs.sum(0),
-            code_sum=hard.detach().sum(0),
-            count=x.shape[0],
+            code_sum=hard.sum(0),
+            count=count,
             noise_flips=flips.detach(),
         )

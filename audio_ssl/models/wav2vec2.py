@@ -42,15 +42,27 @@ class Wav2Vec2Model(nn.Module):
     def forward(self, waveforms: torch.Tensor, lengths: torch.Tensor | None = None,
                 mask: torch.Tensor | None = None, generator: torch.Generator | None = None,
                 return_layers: bool = False,
-                channel_mask: torch.Tensor | None = None) -> BackboneOutput:
+                channel_mask: torch.Tensor | None = None,
+                padded: bool | None = None) -> BackboneOutput:
         """waveforms: (B, S); lengths: (B,) valid samples (None = all); mask: (B, T) bool frames
         to replace by the mask embedding (None = no masking); channel_mask: (B, D) bool channels
         of the projected frames set to zero (fine-tuning's channel masking, after time masking,
-        as in fairseq and HF)."""
+        as in fairseq and HF).
+
+        padded: whether a row may be shorter than S, when the caller knows it on the host (a
+        training step knows it from its data: crops cut to the shortest item are never padded).
+        True takes the padding-aware path, right for any lengths; False asserts (on the device,
+        without waiting for it) that every length is S; None reads it from ``lengths``, which
+        on an accelerator waits for the device.
+        """
         batch, samples = waveforms.shape
         if lengths is None:
             lengths = torch.full((batch,), samples, dtype=torch.long, device=waveforms.device)
-        padded = bool((lengths < samples).any())
+            padded = False
+        elif padded is None:
+            padded = bool((lengths < samples).any())  # a host sync on an accelerator
+        elif not padded:
+            torch._assert_async((lengths == samples).all(), "padded=False but a row is padded")
         raw = self.feature_encoder(waveforms, lengths if padded else None)  # (B, T, C)
         num_frames = raw.shape[1]
         frames = self.frame_lengths(lengths).clamp(max=num_frames)  # (B,)

@@ -72,7 +72,10 @@ class PretrainTask(L.LightningModule):
         torch.manual_seed(seed)  # dropout and Gumbel noise
         generator = torch.Generator(device=self.device).manual_seed(seed)
         extra = {"labels": batch.labels} if self.cfg.model.objective == "hubert" else {}
-        out = self.model(batch.waveforms, batch.lengths, step=step, generator=generator, **extra)
+        # crops cut to the batch's shortest item are never padded: the host knows it from the
+        # config, so the model need not read the lengths back from the device to find out
+        out = self.model(batch.waveforms, batch.lengths, step=step, generator=generator,
+                         padded=not self.cfg.data.crop_to_shortest, **extra)
         # audio of this rank's batches since the last record, added on the device: a step that
         # writes no record reads nothing back to the host
         samples = batch.lengths.sum()
