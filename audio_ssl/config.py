@@ -163,15 +163,24 @@ class OptimConfig:
 
 
 @dataclass(frozen=True)
-class TrainConfig:
+class TrainerConfig:
+    """The loop settings pretraining and fine-tuning share: what
+    :func:`audio_ssl.tasks.trainer.build_trainer` reads."""
+
     max_steps: int = 400_000
-    checkpoint_every: int = 1000
     log_every: int = 10
     seed: int = 1
     precision: Literal["auto", "32", "bf16-mixed"] = "auto"  # auto: bf16-mixed on GPU, fp32 on CPU
     devices: int = 1
     num_nodes: int = 1
     accumulate_grad_batches: int = 1
+
+
+@dataclass(frozen=True)
+class TrainConfig(TrainerConfig):
+    """Pretraining's loop: checkpoints every N updates, and the collapse watch."""
+
+    checkpoint_every: int = 1000
     collapse_patience: int = 200  # steps a collapse symptom must persist before the warning
 
 
@@ -289,7 +298,7 @@ def from_dict(data: dict[str, Any]) -> PretrainConfig:
 
 __all__ = [
     "FeatureEncoderConfig", "ContextConfig", "QuantizerConfig", "MaskConfig", "LossConfig",
-    "ModelConfig", "DataConfig", "OptimConfig", "TrainConfig", "PretrainConfig", "PRESETS",
+    "ModelConfig", "DataConfig", "OptimConfig", "TrainerConfig", "TrainConfig", "PretrainConfig", "PRESETS",
     "preset", "load", "merge", "from_dict", "to_dict", "dump",
     "TextConfig", "CTCConfig", "FinetuneDataConfig", "FinetuneOptimConfig", "FinetuneTrainConfig",
     "FinetuneConfig", "FINETUNE_PRESETS", "finetune_preset", "load_finetune", "finetune_from_dict",
@@ -360,15 +369,11 @@ class FinetuneOptimConfig:
 
 
 @dataclass(frozen=True)
-class FinetuneTrainConfig:
+class FinetuneTrainConfig(TrainerConfig):
+    """Fine-tuning's loop: validation and checkpoints every N updates."""
+
     max_steps: int = 80_000
     val_every: int = 1000  # validation (greedy WER, CER) and checkpoints every N updates
-    log_every: int = 10
-    seed: int = 1
-    precision: Literal["auto", "32", "bf16-mixed"] = "auto"  # auto: bf16-mixed on GPU, fp32 on CPU
-    devices: int = 1
-    num_nodes: int = 1
-    accumulate_grad_batches: int = 1
 
 
 @dataclass(frozen=True)

@@ -80,10 +80,12 @@ def test_trainer_gets_the_resolved_precision(monkeypatch, tmp_path):
 
     monkeypatch.setattr(precision, "cpu_bf16", lambda **_: (True, "mocked units"))
     cfg = config.load("tiny")
-    trainer = build_trainer(cfg, tmp_path, accelerator="cpu", progress=False)
+    trainer = build_trainer(cfg.train, tmp_path, grad_clip=1.0, accelerator="cpu",
+                            progress=False)
     assert isinstance(trainer.precision_plugin, BF16Mixed)
     monkeypatch.setattr(precision, "cpu_bf16", lambda **_: (False, "mocked none"))
-    trainer = build_trainer(cfg, tmp_path, accelerator="cpu", progress=False)
+    trainer = build_trainer(cfg.train, tmp_path, grad_clip=1.0, accelerator="cpu",
+                            progress=False)
     assert trainer.precision_plugin.precision == "32-true"
 
 

@@ -342,15 +342,15 @@ def finetune(pretrained: str | Path | None, train: str | Path, valid: str | Path
             task.model.load_backbone(state)
     # a frozen context network has no gradients for its first updates
     strategy = ("ddp_find_unused_parameters_true"
-                if is_distributed(cfg) and cfg.ctc.freeze_updates > 0 else None)
+                if is_distributed(cfg.train) and cfg.ctc.freeze_updates > 0 else None)
     # after each validation: best.ckpt if its WER is the lowest yet (the first of equal ones
     # stays), then last.ckpt (save_last would write it only with a new best)
     checkpoints = [ModelCheckpoint(dirpath=output / "checkpoints", filename=name, save_top_k=1,
                                    enable_version_counter=False, **monitor)
                    for name, monitor in (("best", {"monitor": "valid/wer", "mode": "min"}),
                                          ("last", {}))]
-    trainer = build_trainer(cfg, output, accelerator=accelerator, progress=progress,
-                            strategy=strategy, callbacks=checkpoints,
+    trainer = build_trainer(cfg.train, output, grad_clip=cfg.optim.grad_clip,
+                            accelerator=accelerator, progress=progress, strategy=strategy, callbacks=checkpoints,
                             val_every=cfg.train.val_every)
     trainer.fit(task, datamodule=FinetuneData(train_data, valid_data, cfg),
                 ckpt_path=last if resume else None)

@@ -152,7 +152,8 @@ def pretrain(data: str | Path, cfg: PretrainConfig, output_dir: str | Path, *,
     if init_state is not None:  # every key and shape must match cfg.model's network
         load_exact(task.model, init_state, f"--init {init}")
         log.info("weights initialised from %s", init)
-    trainer = build_trainer(cfg, output, accelerator=accelerator, progress=progress, callbacks=[
+    trainer = build_trainer(cfg.train, output, grad_clip=cfg.optim.grad_clip,
+                            accelerator=accelerator, progress=progress, callbacks=[
         ModelCheckpoint(dirpath=output / "checkpoints", filename="step={step:07d}",
                         auto_insert_metric_name=False, every_n_train_steps=cfg.train.checkpoint_every,
                         save_top_k=-1, save_last=True),

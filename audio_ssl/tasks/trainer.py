@@ -14,6 +14,7 @@ from lightning.pytorch.plugins.precision import MixedPrecision, Precision as Pre
 from lightning.pytorch.utilities import GradClipAlgorithmType, rank_zero_only
 
 from audio_ssl import console, precision
+from audio_ssl.config import TrainerConfig
 from audio_ssl.tasks.pretrain import AtomicCheckpointIO
 
 log = logging.getLogger("audio_ssl")
@@ -69,20 +70,20 @@ class HistoryCSVLogger(CSVLogger):
         return writer
 
 
-def is_distributed(cfg: Any) -> bool:
-    return cfg.train.devices > 1 or cfg.train.num_nodes > 1
+def is_distributed(train: TrainerConfig) -> bool:
+    return train.devices > 1 or train.num_nodes > 1
 
 
-def build_trainer(cfg: Any, output: Path, *, accelerator: str, progress: bool,
-                  strategy: str | None = None, callbacks: list[Callback] = (),
+def build_trainer(train: TrainerConfig, output: Path, *, grad_clip: float, accelerator: str,
+                  progress: bool, strategy: str | None = None, callbacks: list[Callback] = (),
                   val_every: int | None = None, **options: Any) -> L.Trainer:
-    """A trainer for ``cfg`` (a pretraining or fine-tuning config: its ``train`` section and
-    ``optim.grad_clip``) writing CSV and TensorBoard logs under ``output``; checkpoints are
-    written atomically. The loaders shard and position themselves (no distributed sampler).
+    """A trainer for ``train`` (the ``train`` section of a pretraining or fine-tuning config)
+    writing CSV and TensorBoard logs under ``output``; checkpoints are written atomically;
+    gradients clipped to a norm of ``grad_clip`` (0: not clipped). The loaders shard and position themselves (no distributed sampler).
     ``val_every``: Lightning's validation loop runs every this many updates of the (endless)
     training stream; None: no validation loop. ``strategy`` defaults to DDP when several devices
     or nodes are asked for; ``options`` go to ``L.Trainer``."""
-    t = cfg.train
+    t = train
     log_every = options.pop("log_every_n_steps", t.log_every)
     device_type = precision.device_type_of(accelerator)
     chosen = precision.resolve(t.precision, device_type)
@@ -98,9 +99,9 @@ def build_trainer(cfg: Any, output: Path, *, accelerator: str, progress: bool,
                           check_val_every_n_epoch=None)
     return L.Trainer(
         accelerator=accelerator, devices=t.devices, num_nodes=t.num_nodes,
-        strategy=strategy or ("ddp" if is_distributed(cfg) else "auto"),
+        strategy=strategy or ("ddp" if is_distributed(t) else "auto"),
         max_steps=t.max_steps,
-        gradient_clip_val=cfg.optim.grad_clip or None,
+        gradient_clip_val=grad_clip or None,
         accumulate_grad_batches=t.accumulate_grad_batches, use_distributed_sampler=False,
         num_sanity_val_steps=0, **validation,
         log_every_n_steps=log_every,

@@ -16,7 +16,7 @@ import torch
 from torchmetrics.text import CharErrorRate, WordErrorRate
 
 from audio_ssl import config
-from audio_ssl.data import labelled
+from audio_ssl.data import collate
 from audio_ssl.data.audio import AudioError
 from audio_ssl.data.labelled import LabelledBatchDataset, LabelledItem, make_labelled_loader
 from audio_ssl.data.text import Vocabulary
@@ -136,9 +136,10 @@ def test_keep_rows_of_checkpoint_keeps_the_validation_that_wrote_it(tmp_path):
 
 
 def _failing_on(monkeypatch, bad: set[str]) -> dict[str, int]:
-    """load_audio raises for the paths in ``bad``; counts the attempts on each."""
+    """load_audio raises for the paths in ``bad``; counts the attempts on each (the labelled
+    dataset decodes through data.collate.load_batch)."""
     calls: dict[str, int] = {}
-    real = labelled.load_audio
+    real = collate.load_audio
 
     def load_audio(path, **kw):
         calls[path] = calls.get(path, 0) + 1
@@ -146,7 +147,7 @@ def _failing_on(monkeypatch, bad: set[str]) -> dict[str, int]:
             raise AudioError(path, "corrupt frames")
         return real(path, **kw)
 
-    monkeypatch.setattr(labelled, "load_audio", load_audio)
+    monkeypatch.setattr(collate, "load_audio", load_audio)
     return calls
 
 
