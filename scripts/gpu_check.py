@@ -48,7 +48,7 @@ def _step(model, x, lengths, device, bf16: bool):
     torch.manual_seed(2)
     generator = torch.Generator(device=device).manual_seed(3)
     with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-        out = model(x, lengths, step=0, generator=generator)
+        out = model(x, lengths, step=0, generator=generator, padded=False)  # as a training step
     out.loss.backward()
     grads = torch.cat([p.grad.flatten().float() for p in model.parameters() if p.grad is not None])
     return out, grads
