@@ -12,10 +12,12 @@ Layer names (the keys of every output):
 - ``codes``: the quantizer's hard choice per group (argmax of its logits, no Gumbel noise),
   (T, G) int64; only for models that have a quantizer (pretraining checkpoints).
 
-:class:`InferenceModel` computes these from the backbone's weights up to the deepest layer
-asked for (later layers are not run), under ``torch.inference_mode``, with the faster kernels of
-:mod:`audio_ssl.inference.kernels` (the same functions; tested against the modules). One thing
-differs from ``Wav2Vec2Model.forward`` on purpose: ``encoder_stats``, with which the chunks of a
+:class:`InferenceModel` computes these with the backbone's own forward steps (``encode``,
+``prepare``, the context network run up to the deepest layer asked for; later layers are not
+run), under ``torch.inference_mode``, with the faster kernels of
+:mod:`audio_ssl.inference.kernels` swapped in for the encoder, positional convolution and layers
+(the same functions; tested against the modules). One thing differs from
+``Wav2Vec2Model.forward`` on purpose: ``encoder_stats``, with which the chunks of a
 long file are normalised by the group norm statistics of the WHOLE file (see
 :mod:`audio_ssl.inference.chunking`), so a chunk's conv features equal the whole file's.
 """
@@ -25,6 +27,7 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import partial
 
 import torch
 from einops import rearrange
@@ -157,11 +160,15 @@ class InferenceModel:
         self.cfg = backbone.cfg
         self.receptive_field, self.hop = receptive_field(self.cfg.encoder.conv_layers)
         self.compute_dtype = torch.bfloat16 if precision == "bf16" else torch.float32
-        layers = backbone.context.layers
+        # the kernels swapped into the backbone's forward (None: its own modules)
         self._layers = None
         if kernels != "modules":
             self._layers = [FastLayer(layer, self.compute_dtype, onednn=kernels == "onednn")
-                            for layer in layers]
+                            for layer in backbone.context.layers]
+        self._positional = None
+        if kernels == "channels_last":
+            self._positional = partial(positional_conv, backbone.context.pos_conv,
+                                       dtype=self.compute_dtype)
         # the channels-last encoder also serves chunks (whole-file group norm statistics)
         self._encoder = ChannelsLastEncoder(backbone.feature_encoder, self.compute_dtype,
                                             nhwc=kernels == "channels_last")
@@ -199,63 +206,32 @@ class InferenceModel:
 
     # -- forward --------------------------------------------------------------------------------
 
-    def _encode(self, waveforms: torch.Tensor, lengths: torch.Tensor, padded: bool,
-                encoder_stats: torch.Tensor | None) -> torch.Tensor:
-        """(B, S) -> conv features (B, T, C) before the layer norm."""
-        if self.kernels == "channels_last" or encoder_stats is not None:
-            return self._encoder(waveforms, lengths if padded else None, encoder_stats)
-        return self.backbone.feature_encoder(waveforms, lengths if padded else None)
-
-    def _positional(self, x: torch.Tensor) -> torch.Tensor:
-        pos_conv = self.backbone.context.pos_conv
-        if self.kernels == "channels_last":
-            return positional_conv(pos_conv, x, self.compute_dtype)
-        return pos_conv(x)
-
-    def _context_layer(self, index: int, x: torch.Tensor,
-                       attn_mask: torch.Tensor | None) -> torch.Tensor:
-        if self._layers is not None:
-            return self._layers[index](x, attn_mask)
-        return self.backbone.context.layers[index](x, attn_mask)
-
-    def _forward(self, waveforms: torch.Tensor, lengths: torch.Tensor, frames: torch.Tensor,
-                 padded: bool, encoder_stats: torch.Tensor | None) -> dict[str, torch.Tensor]:
-        """Everything on the device; ``padded`` and the shapes are known on the host, so the
-        forward queues its kernels without waiting for the device."""
+    def _forward(self, waveforms: torch.Tensor, lengths: torch.Tensor, padded: bool,
+                 encoder_stats: torch.Tensor | None) -> dict[str, torch.Tensor]:
+        """The backbone's own steps (``encode``, ``prepare``, the context network up to the
+        deepest layer asked for) with this model's kernels swapped in. Everything on the device;
+        ``padded`` and the shapes are known on the host, so the forward queues its kernels
+        without waiting for the device."""
         sel, bb = self.selection, self.backbone
-        raw = self._encode(waveforms, lengths, padded, encoder_stats)  # (B, T, C)
-        num_frames = raw.shape[1]
-        padding_mask = None
-        if padded:
-            padding_mask = torch.arange(num_frames, device=raw.device)[None, :] >= frames[:, None]
-        features = bb.layer_norm(raw)  # (B, T, C)
+        encoder = None
+        if self.kernels == "channels_last" or encoder_stats is not None:
+            encoder = partial(self._encoder, stats=encoder_stats)
+        enc = bb.encode(waveforms, lengths, padded=padded, encoder=encoder)
         out: dict[str, torch.Tensor] = {}
         if ENCODER in sel.names:
-            out[ENCODER] = features
+            out[ENCODER] = enc.features  # (B, T, C)
         if CODES in sel.names:
-            flat = rearrange(features, "b t c -> (b t) c")
+            flat = rearrange(enc.features, "b t c -> (b t) c")
             codes = self.quantizer(flat, 1.0).codes  # (B*T, G): eval mode, hard argmax
-            out[CODES] = rearrange(codes, "(b t) g -> b t g", b=features.shape[0])
+            out[CODES] = rearrange(codes, "(b t) g -> b t g", b=enc.features.shape[0])
         if sel.deepest < 0:
             return out
-        context = bb.context
-        wanted = set(sel.context_layers)
-        x = bb.projection(features)  # (B, T, D)
-        attn_mask = None
-        if padding_mask is not None:
-            x = x.masked_fill(padding_mask[..., None], 0.0)
-            attn_mask = rearrange(~padding_mask, "b t -> b 1 1 t")
-        x = x + self._positional(x)
-        if not context.cfg.layer_norm_first:
-            x = context.layer_norm(x)
-        if 0 in wanted:
-            out[layer_name(0)] = x
-        num_layers = len(context.layers)
-        for i in range(sel.deepest):
-            x = self._context_layer(i, x, attn_mask)
-            if i + 1 in wanted:
-                last_prenorm = i + 1 == num_layers and context.cfg.layer_norm_first
-                out[layer_name(i + 1)] = context.layer_norm(x) if last_prenorm else x
+        wanted = sel.context_layers
+        only_deepest = wanted == (sel.deepest,)  # keep no other layer's output alive
+        c, states = bb.context(bb.prepare(enc), enc.padding_mask, return_layers=not only_deepest,
+                               num_layers=sel.deepest, positional=self._positional,
+                               layers=self._layers)
+        out.update({layer_name(i): c if only_deepest else states[i] for i in wanted})
         return out
 
     @torch.inference_mode()
@@ -282,8 +258,8 @@ class InferenceModel:
         autocast = self.precision == "bf16"
         with parametrize.cached(), torch.autocast(self.device.type, dtype=torch.bfloat16,
                                                   enabled=autocast):
-            out = self._forward(waveforms, lengths.to(self.device, non_blocking=True),
-                                frames.to(self.device, non_blocking=True), padded, encoder_stats)
+            out = self._forward(waveforms, lengths.to(self.device, non_blocking=True), padded,
+                                encoder_stats)
         ordered = {name: out[name] for name in self.selection.names}
         return ordered, frames
 

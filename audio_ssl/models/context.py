@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
+
 import torch
 import torch.nn.functional as F
 from einops import rearrange
@@ -117,9 +119,28 @@ class ContextNetwork(nn.Module):
         draws = torch.rand(len(self.layers), generator=generator)  # (L,) on the host
         return (draws < self.cfg.layer_drop).tolist()
 
+    def prepare(self, x: torch.Tensor, padding_mask: torch.Tensor | None = None,
+                positional: Callable[[torch.Tensor], torch.Tensor] | None = None
+                ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The first layer's input (B, T, D) and the attention mask (B, 1, 1, T) bool (True =
+        attend; None when nothing is padded): padded frames zeroed, the positional convolution
+        added (``positional``: another implementation of ``pos_conv``, e.g. the inference
+        kernels'), the layer norm of post-norm models, dropout."""
+        attn_mask = None
+        if padding_mask is not None:
+            x = x.masked_fill(padding_mask[..., None], 0.0)
+            attn_mask = rearrange(~padding_mask, "b t -> b 1 1 t")
+        x = x + (positional or self.pos_conv)(x)
+        if not self.cfg.layer_norm_first:
+            x = self.layer_norm(x)
+        return self.dropout(x), attn_mask
+
     def forward(self, x: torch.Tensor, padding_mask: torch.Tensor | None = None,
                 generator: torch.Generator | None = None,
-                return_layers: bool = False) -> tuple[torch.Tensor, list[torch.Tensor]]:
+                return_layers: bool = False, num_layers: int | None = None, *,
+                positional: Callable[[torch.Tensor], torch.Tensor] | None = None,
+                layers: Sequence[Callable[[torch.Tensor, torch.Tensor | None], torch.Tensor]]
+                | None = None) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """x: (B, T, D), padding_mask: (B, T) True = padded, or None when nothing is padded
         (the caller decides on the host: a mask is applied as given, never read back).
 
@@ -127,26 +148,29 @@ class ContextNetwork(nn.Module):
         every layer's output, as HF's ``hidden_states``, except that for pre-norm models the last
         one is after the final layer norm (HF's ``last_hidden_state``; HF's
         ``hidden_states[-1]`` is before it).
+
+        num_layers: run only the first N layers (None: all): c is then layer N's output, before
+        any final layer norm (that belongs to the last layer), and the states stop at it.
+        positional, layers: other implementations of ``pos_conv`` and of ``self.layers`` (the
+        same functions with other kernels, for inference; see :mod:`audio_ssl.inference.kernels`).
         """
-        attn_mask = None
-        if padding_mask is not None:
-            x = x.masked_fill(padding_mask[..., None], 0.0)
-            attn_mask = rearrange(~padding_mask, "b t -> b 1 1 t")
-        x = x + self.pos_conv(x)
-        if not self.cfg.layer_norm_first:
-            x = self.layer_norm(x)
-        x = self.dropout(x)
+        layers = self.layers if layers is None else layers
+        depth = len(layers) if num_layers is None else num_layers
+        if not 0 <= depth <= len(layers):
+            raise ValueError(f"num_layers must be in 0..{len(layers)}, got {num_layers}")
+        x, attn_mask = self.prepare(x, padding_mask, positional)
         states = [x] if return_layers else []
-        for layer, dropped in zip(self.layers, self._dropped_layers(generator)):
-            if dropped:
+        dropped = self._dropped_layers(generator)
+        for layer, module, drop in zip(layers[:depth], self.layers, dropped):
+            if drop:
                 # LayerDrop under DDP: touch the skipped layer's parameters with a zero so every
                 # parameter still receives a (zero) gradient and DDP's reducer stays in step.
-                x = x + 0.0 * sum(p.reshape(-1)[0] for p in layer.parameters())
+                x = x + 0.0 * sum(p.reshape(-1)[0] for p in module.parameters())
             else:
                 x = layer(x, attn_mask)
             if return_layers:
                 states.append(x)
-        if self.cfg.layer_norm_first:
+        if self.cfg.layer_norm_first and depth == len(layers):
             x = self.layer_norm(x)
             if return_layers:
                 states[-1] = x

@@ -179,9 +179,7 @@ class Wav2Vec2ForPretraining(nn.Module):
         G = 0 for continuous targets."""
         if self.quantizer is None:
             return waveforms.new_zeros((waveforms.shape[0], 0, 0), dtype=torch.long)
-        enc = self.backbone.feature_encoder
-        padded = lengths is not None and bool((lengths < waveforms.shape[1]).any())
-        features = self.backbone.layer_norm(enc(waveforms, lengths if padded else None))
+        features = self.backbone.encode(waveforms, lengths).features  # (B, T, C)
         logits = self.quantizer.weight_proj(features.float())  # (B, T, G*V)
         return rearrange(logits, "b t (g v) -> b t g v", g=self.quantizer.groups).argmax(-1)
 

@@ -48,3 +48,23 @@ def test_mask_embedding_replaces_masked_frames():
         a = model(x, mask=mask).context
         b = model(x).context
     assert not torch.allclose(a, b)
+
+
+@pytest.mark.parametrize("pre", [False, True])
+def test_first_n_layers_are_the_states_of_the_full_run(pre):
+    """``num_layers=N`` runs layers 1..N: its states are the full run's first N + 1, and its
+    output is layer N's (after the final layer norm only when N is the last layer)."""
+    torch.manual_seed(0)
+    model = Wav2Vec2Model(small_model_config("layer", pre)).eval()
+    x = torch.randn(2, 8000, generator=torch.Generator().manual_seed(1))
+    lengths = torch.tensor([8000, 6000])
+    depth = len(model.context.layers)
+    with torch.no_grad():
+        full = model(x, lengths, return_layers=True)
+        for n in range(depth + 1):
+            part = model(x, lengths, return_layers=True, num_layers=n)
+            assert len(part.hidden_states) == n + 1
+            assert all(torch.equal(a, b) for a, b in zip(part.hidden_states, full.hidden_states))
+            assert torch.equal(part.context, full.hidden_states[n])
+    with pytest.raises(ValueError, match=f"num_layers must be in 0..{depth}, got {depth + 1}"):
+        model(x, num_layers=depth + 1)
