@@ -38,16 +38,24 @@ def test_tiny_preset_is_a_few_million_parameters():
 
 
 def test_mask_embedding_replaces_masked_frames():
+    """The frames entering the context network are the mask embedding at the masked positions
+    and the unmasked run's frames everywhere else (read by a hook on the context network)."""
     torch.manual_seed(0)
     model = Wav2Vec2Model(small_model_config()).eval()
-    x = torch.randn(1, 8000)
+    x = torch.randn(2, 8000, generator=torch.Generator().manual_seed(1))
     t = int(model.frame_lengths(torch.tensor([8000]))[0])
-    mask = torch.zeros(1, t, dtype=torch.bool)
+    mask = torch.zeros(2, t, dtype=torch.bool)
     mask[0, 5:10] = True
+    mask[1, [0, 7, t - 1]] = True
+    entered = []
+    model.context.register_forward_pre_hook(lambda _, args: entered.append(args[0]))
     with torch.no_grad():
-        a = model(x, mask=mask).context
-        b = model(x).context
-    assert not torch.allclose(a, b)
+        model(x, mask=mask)
+        model(x)
+    masked, unmasked = entered  # (B, T, D) each
+    assert torch.equal(masked[mask], model.mask_embedding.expand(int(mask.sum()), -1))
+    assert torch.equal(masked[~mask], unmasked[~mask])
+    assert not torch.allclose(unmasked[mask], masked[mask])  # the run without a mask keeps them
 
 
 @pytest.mark.parametrize("pre", [False, True])
