@@ -117,13 +117,11 @@ class FinetuneTask(L.LightningModule):
             num_frames = int(model.backbone.frame_lengths(
                 batch.lengths.new_tensor([batch.waveforms.shape[1]]))[0])
             time_mask, channel_mask = self.masks(frames, num_frames, generator)
-        with torch.set_grad_enabled(torch.is_grad_enabled() and not self.backbone_frozen(step)):
-            out = model.backbone(batch.waveforms, batch.lengths, mask=time_mask,
-                                 channel_mask=channel_mask, generator=generator)
-        logits = model.head(model.dropout(out.context))  # (B, T, V)
-        loss = ctc_loss(logits, out.frame_lengths, batch.targets, batch.target_lengths,
+        out = model(batch.waveforms, batch.lengths, mask=time_mask, channel_mask=channel_mask,
+                    generator=generator, freeze_backbone=self.backbone_frozen(step))
+        loss = ctc_loss(out.logits, out.frame_lengths, batch.targets, batch.target_lengths,
                         blank=self.vocab.blank)
-        return logits, out.frame_lengths, loss
+        return out.logits, out.frame_lengths, loss
 
     # -- training --------------------------------------------------------------------------------
     def training_step(self, batch: LabelledBatch, batch_idx: int) -> torch.Tensor | None:
