@@ -6,7 +6,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
@@ -20,6 +19,8 @@ from audio_ssl.losses.contrastive import (
     feature_penalty,
     similarity_sums,
 )
+from audio_ssl.losses.distributed import global_sum, with_global_value
+from audio_ssl.losses.total import masked_prediction_objective, wav2vec2_objective
 from audio_ssl.models.best_rq import MaskedPredictionOutput, RandomProjectionQuantizer
 from audio_ssl.models.masking import (
     compute_span_mask,
@@ -79,23 +80,6 @@ class PretrainOutput:
         return metrics if self.quantized else {k: v for k, v in metrics.items() if k not in codebook}
 
 
-def _world() -> int:
-    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
-
-
-def _global_sum(x: torch.Tensor) -> torch.Tensor:
-    """Sum of a detached tensor over DDP ranks (itself without DDP)."""
-    x = x.detach().clone()
-    if _world() > 1:
-        dist.all_reduce(x)
-    return x
-
-
-def _with_global_value(local: torch.Tensor) -> torch.Tensor:
-    """The global sum's value with the gradient of the local term."""
-    return local - local.detach() + _global_sum(local)
-
-
 def _lengths_frames_mask(backbone: Wav2Vec2Model, cfg: ModelConfig, waveforms: torch.Tensor,
                          lengths: torch.Tensor | None, mask: torch.Tensor | None,
                          generator: torch.Generator | None):
@@ -140,16 +124,15 @@ def _masked_prediction(logits: torch.Tensor, labels: torch.Tensor, row_valid: to
     frames ((R,) bool ``row_valid``; the others are filler), globally normalised over DDP."""
     labels = labels.masked_fill(~row_valid, -100)  # (R,) filler rows: cross_entropy's ignore_index
     ce_sum = F.cross_entropy(logits, labels, reduction="sum")
-    num_masked = _global_sum(row_valid.sum().float())
-    loss = _world() * ce_sum / num_masked.clamp(min=1)
+    num_masked = global_sum(row_valid.sum().float())
+    objective = masked_prediction_objective(ce_sum, num_masked)
     # (V,) label counts: index_add, not bincount (whose size comes from a read of max(labels))
     counts = logits.new_zeros(codes).index_add_(0, labels.clamp(min=0), row_valid.float())
-    code_perplexity = perplexity(_global_sum(counts)[None] / num_masked.clamp(min=1))
-    correct = _global_sum(((logits.detach().argmax(-1) == labels) & row_valid).sum().float())
-    valid_count = _global_sum(frames.sum().float())
-    masked_loss = _global_sum(ce_sum) / num_masked.clamp(min=1)
+    code_perplexity = perplexity(global_sum(counts)[None] / num_masked.clamp(min=1))
+    correct = global_sum(((logits.detach().argmax(-1) == labels) & row_valid).sum().float())
+    valid_count = global_sum(frames.sum().float())
     return MaskedPredictionOutput(
-        loss=loss, total=masked_loss, masked_loss=masked_loss,
+        loss=objective.loss, total=objective.total, masked_loss=objective.total,
         accuracy=correct / num_masked.clamp(min=1), code_perplexity=code_perplexity,
         num_masked=num_masked, masked_fraction=num_masked / valid_count.clamp(min=1),
         row_logits=logits.detach(), row_labels=labels, row_valid=row_valid, mask=mask,
@@ -226,41 +209,31 @@ class Wav2Vec2ForPretraining(nn.Module):
                                     cfg.loss.logit_temperature)  # (R, 1 + K)
 
         # global normalisation: every term is a global sum over a global count
-        world = _world()
-        num_masked = _global_sum(row_valid.sum().float())
+        num_masked = global_sum(row_valid.sum().float())
         ce_sum = cross_entropy_sum(logits, row_valid)
         if quantized is None:  # no codebook: no diversity term, perplexities read 0
             prob_perplexity = code_perplexity = diversity = logits.new_zeros(())
             noise_flips = logits.new_zeros(())
         else:
-            prob_marginal = _with_global_value(quantized.prob_sum) / num_masked.clamp(min=1)
+            prob_marginal = with_global_value(quantized.prob_sum) / num_masked.clamp(min=1)
             prob_perplexity = perplexity(prob_marginal)
-            code_perplexity = perplexity(_global_sum(quantized.code_sum) / num_masked.clamp(min=1))
+            code_perplexity = perplexity(global_sum(quantized.code_sum) / num_masked.clamp(min=1))
             diversity = diversity_loss(prob_perplexity, cfg.quantizer.groups, cfg.quantizer.codes)
             noise_flips = quantized.noise_flips
         valid_frames = None if out.padding_mask is None else ~out.padding_mask
         sq_sum, sq_count = feature_penalty(out.raw_features, valid_frames)
-        penalty_count = _global_sum(sq_count)
-
-        w = cfg.loss
-        contrastive_local = ce_sum / num_masked.clamp(min=1)
-        penalty_local = sq_sum / penalty_count
-        # DDP averages gradients over ranks, so each rank's objective is its share of the global
-        # one times the world size; the diversity term has the global value and the gradient of
-        # this rank's frames (see _with_global_value).
-        loss = world * (contrastive_local + w.diversity_weight * diversity
-                        + w.feature_penalty_weight * penalty_local)
-        contrastive = _global_sum(ce_sum) / num_masked.clamp(min=1)
-        penalty = _global_sum(sq_sum) / penalty_count
-        total = contrastive + w.diversity_weight * diversity.detach() + w.feature_penalty_weight * penalty
-        correct = _global_sum(contrastive_accuracy(logits.detach(), row_valid))
-        valid_count = _global_sum(frames.sum().float())
-        sims = _global_sum(similarity_sums(logits, targets, negatives[0], w.logit_temperature,
-                                           row_valid))
-        flips = _global_sum(noise_flips) / (num_masked * cfg.quantizer.groups).clamp(min=1)
+        # the diversity term has the global value and the gradient of this rank's frames
+        objective = wav2vec2_objective(ce_sum, num_masked, diversity, sq_sum, global_sum(sq_count),
+                                       cfg.loss)
+        correct = global_sum(contrastive_accuracy(logits.detach(), row_valid))
+        valid_count = global_sum(frames.sum().float())
+        sims = global_sum(similarity_sums(logits, targets, negatives[0],
+                                          cfg.loss.logit_temperature, row_valid))
+        flips = global_sum(noise_flips) / (num_masked * cfg.quantizer.groups).clamp(min=1)
         return PretrainOutput(
-            loss=loss, total=total, contrastive=contrastive, diversity=diversity.detach(),
-            feature_penalty=penalty, accuracy=correct / num_masked.clamp(min=1),
+            loss=objective.loss, total=objective.total, contrastive=objective.contrastive,
+            diversity=diversity.detach(), feature_penalty=objective.feature_penalty,
+            accuracy=correct / num_masked.clamp(min=1),
             code_perplexity=code_perplexity, prob_perplexity=prob_perplexity.detach(),
             num_masked=num_masked, masked_fraction=num_masked / valid_count.clamp(min=1),
             row_logits=logits.detach(), row_valid=row_valid, mask=mask,
