@@ -54,6 +54,8 @@ class ProbeTask:
         min_per_label: classification: labels with fewer utterances are left out.
         max_per_label: classification: at most this many utterances of each label (0: all),
             the first ones in manifest order.
+        max_utterances: at most this many usable rows (0: all), the first ones in manifest
+            order (CTC heads cost most: a smaller recognition task for a quick suite).
     """
 
     name: str
@@ -64,6 +66,7 @@ class ProbeTask:
     where: dict = dataclasses.field(default_factory=dict)
     min_per_label: int = 2
     max_per_label: int = 0
+    max_utterances: int = 0
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -71,9 +74,10 @@ class ProbeTask:
         if self.split_by not in SPLITS:
             raise ValueError(f"task {self.name!r}: split_by {self.split_by!r}: expected one of "
                              f"{SPLITS}")
-        if self.min_per_label < 1 or self.max_per_label < 0:
-            raise ValueError(f"task {self.name!r}: min_per_label must be >= 1 and max_per_label "
-                             f">= 0, got {self.min_per_label}, {self.max_per_label}")
+        if self.min_per_label < 1 or self.max_per_label < 0 or self.max_utterances < 0:
+            raise ValueError(f"task {self.name!r}: min_per_label must be >= 1, max_per_label and "
+                             f"max_utterances >= 0, got {self.min_per_label}, "
+                             f"{self.max_per_label}, {self.max_utterances}")
 
     def describe_split(self, folds: int) -> str:
         if self.split_by == "manifest":
@@ -152,6 +156,8 @@ def read_examples(task: ProbeTask) -> tuple[list[Example], list[Rejected]]:
                 continue
         examples.append(Example(path, label, speaker,
                                 str(row.get("split") or "train"), line))
+        if task.max_utterances and len(examples) == task.max_utterances:
+            break
     if task.kind == CLASSIFICATION:
         examples, rare = _balance(examples, task)
         rejected += rare

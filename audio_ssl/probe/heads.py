@@ -35,7 +35,7 @@ HIDDEN = 256
 class HeadConfig:
     head: str = "linear"
     epochs: int = 30  # classification; recognition uses ``ctc_epochs``
-    ctc_epochs: int = 40
+    ctc_epochs: int = 20
     batch_size: int = 256  # utterances (classification), at most; an epoch has >= 8 updates
     ctc_batch_frames: int = 12_000  # frames per recognition batch
     lr: float = 5e-3

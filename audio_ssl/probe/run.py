@@ -104,12 +104,14 @@ def _summary(values: list[float]) -> dict:
 
 
 @contextmanager
-def _one_thread():
-    """The heads' tensors are small: one intra-op thread runs them fastest, and several wait on
-    each other whenever another process shares the cores (a step of the digits head took 3 ms
-    on one thread and 92 ms on two of a busy 2-core machine)."""
+def _threads(kind: str):
+    """Classification heads' tensors are small: one intra-op thread runs them fastest, and
+    several wait on each other whenever another process shares the cores (a step of the digits
+    head took 3 ms on one thread and 92 ms on two of a busy 2-core machine). CTC, which costs
+    most of a recognition head, splits its batch over every thread."""
     threads = torch.get_num_threads()
-    torch.set_num_threads(1)
+    if kind == CLASSIFICATION:
+        torch.set_num_threads(1)
     try:
         yield
     finally:
@@ -145,7 +147,7 @@ def _fit(prep: Prepared, fs: FeatureSet, rows: list[int], settings: ProbeSetting
     sweep = settings.sweep and len(fs.layers) > 1
     weighted: list[list[HeadResult]] = []  # [fold][seed]
     single: list[list[float]] = []  # [fold][layer], the first seed
-    with _one_thread():
+    with _threads(task.kind):
         for fold in folds:
             train = heads(fold)
             weighted.append([train(None, seed) for seed in range(settings.seeds)])

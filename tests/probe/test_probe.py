@@ -96,6 +96,8 @@ def test_manifest_split_and_rejected_rows(tmp_path, tiny_manifest):
     assert len(examples) == 23
     assert sorted(r.reason for r in rejected) == ["no 'text' label", "no such file"]
     assert all(r.line.startswith(str(manifest)) for r in rejected)
+    assert len(read_examples(ProbeTask("t", manifest, kind="recognition",
+                                       max_utterances=5))[0]) == 5
     (fold,) = make_folds(ProbeTask("t", manifest), examples)
     assert {examples[i].split for i in fold.test} == {"test"}
     assert {examples[i].split for i in fold.train + fold.dev} == {"train"}
@@ -292,5 +294,5 @@ def test_shared_suite_names_the_shared_corpora(data_dir, tmp_path, monkeypatch):
         if name != "characters_espeak":
             assert task.data.is_file(), task.data
             assert read_examples(task)[0]
-    assert made == [{"minutes": 10, "seed": 0, "progress": False, "sentences": None}]
+    assert made == [{"minutes": 6, "seed": 0, "progress": False, "sentences": None}]
     assert tasks["characters_espeak"].data.parent.parent == tmp_path / "out"
