@@ -33,7 +33,7 @@ PRECISION_HELP = ("auto (default): bf16-mixed on a GPU and on CPUs with bf16 uni
                   "AMX), fp32 elsewhere; 32; bf16-mixed. The log says which and why")
 
 
-def _add_precision_option(p: argparse.ArgumentParser) -> None:
+def add_precision_option(p: argparse.ArgumentParser) -> None:
     p.add_argument("--precision", default=None, choices=["auto", "32", "bf16-mixed"],
                    help=PRECISION_HELP)
 
@@ -45,7 +45,7 @@ def _add_device_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--num-nodes", type=int, default=None, help="nodes (torchrun or SLURM)")
     p.add_argument("--accelerator", default="auto", choices=["auto", "cpu", "gpu"],
                    help="where to train (default: GPU when one is visible)")
-    _add_precision_option(p)
+    add_precision_option(p)
 
 
 def _add_pretrain_options(p: argparse.ArgumentParser, default_preset: str) -> None:
@@ -214,7 +214,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="decoding processes (default: all cores but two on CUDA, up to 16; "
                    "0 on the CPU, where the model is the bottleneck)")
     e.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda when visible)")
-    _add_precision_option(e)
+    add_precision_option(e)
     e.add_argument("--normalize", default=None, action=argparse.BooleanOptionalAction,
                    help="zero-mean unit-variance audio (default: as the checkpoint was trained)")
     e.add_argument("--no-fsync", action="store_true",
@@ -242,7 +242,7 @@ def _add_decoder_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--word-score", type=float, default=0.0,
                    help="score added per word (default: 0.0)")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when visible)")
-    _add_precision_option(p)
+    add_precision_option(p)
 
 
 def _add_asr_commands(sub) -> None:

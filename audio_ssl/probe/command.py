@@ -18,6 +18,7 @@ DESCRIPTION = (
 
 
 def add_parser(sub) -> None:
+    from audio_ssl.cli_parser import add_precision_option
     from audio_ssl.probe.data import SPLITS
     from audio_ssl.probe.heads import HEADS
 
@@ -43,8 +44,7 @@ def add_parser(sub) -> None:
                    "(default: all three)")
     p.add_argument("--no-sweep", action="store_true", help="skip the per-layer sweep")
     p.add_argument("--device", default=None, help="extraction device (default: CUDA if any)")
-    p.add_argument("--precision", default=None, choices=["auto", "32", "bf16-mixed"],
-                   help="extraction precision (default: auto)")
+    add_precision_option(p)  # the extraction's
     p.add_argument("--compare", nargs="+", type=Path, default=None, metavar="DIR",
                    help="tabulate earlier probe output folders side by side (and write "
                    "OUTPUT/compare.md with --output)")
