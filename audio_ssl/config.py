@@ -1,4 +1,5 @@
-# Over 400 lines: the pretraining and fine-tuning trees and their presets cross-reference (fine-tuning presets reuse the pretraining networks); dict/YAML code is in config_io.
+# Over 400 lines: the pretraining and fine-tuning trees and their presets cross-reference
+# (fine-tuning presets reuse the pretraining networks); dict/YAML code is in config_io.
 """Frozen configuration dataclasses, presets and YAML loading (the dict / YAML machinery is
 :mod:`audio_ssl.config_io`; its functions are importable from here too).
 
@@ -298,7 +299,8 @@ def from_dict(data: dict[str, Any]) -> PretrainConfig:
 
 __all__ = [
     "FeatureEncoderConfig", "ContextConfig", "QuantizerConfig", "MaskConfig", "LossConfig",
-    "ModelConfig", "DataConfig", "OptimConfig", "TrainerConfig", "TrainConfig", "PretrainConfig", "PRESETS",
+    "ModelConfig", "DataConfig", "OptimConfig", "TrainerConfig", "TrainConfig", "PretrainConfig",
+    "PRESETS",
     "preset", "load", "merge", "from_dict", "to_dict", "dump",
     "TextConfig", "CTCConfig", "FinetuneDataConfig", "FinetuneOptimConfig", "FinetuneTrainConfig",
     "FinetuneConfig", "FINETUNE_PRESETS", "finetune_preset", "load_finetune", "finetune_from_dict",

@@ -79,8 +79,8 @@ def build_trainer(train: TrainerConfig, output: Path, *, grad_clip: float, accel
                   val_every: int | None = None, **options: Any) -> L.Trainer:
     """A trainer for ``train`` (the ``train`` section of a pretraining or fine-tuning config)
     writing CSV and TensorBoard logs under ``output``; checkpoints are written atomically;
-    gradients clipped to a norm of ``grad_clip`` (0: not clipped). The loaders shard and position themselves (no distributed sampler).
-    ``val_every``: Lightning's validation loop runs every this many updates of the (endless)
+    gradients clipped to a norm of ``grad_clip`` (0: not clipped). The loaders shard and
+    position themselves (no distributed sampler). ``val_every``: Lightning's validation loop runs every this many updates of the (endless)
     training stream; None: no validation loop. ``strategy`` defaults to DDP when several devices
     or nodes are asked for; ``options`` go to ``L.Trainer``."""
     t = train
