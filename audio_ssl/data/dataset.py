@@ -78,6 +78,9 @@ class AudioBatchDataset(Dataset):
         self.items = list(items)
         self.sample_rate = int(sample_rate)
         self.normalize = bool(normalize)
+        # files that failed to decode: left out of later requests without another try (each
+        # loader worker keeps its own, so a file is tried at most once per worker)
+        self.failed: set[str] = set()
 
     def __len__(self) -> int:
         return len(self.items)
@@ -89,12 +92,15 @@ class AudioBatchDataset(Dataset):
         if self.labels is not None:
             reasons = {k: f"no labels in {self.labels.folder}" for k, path in enumerate(every)
                        if path not in self.labels}
-        asked = [k for k in range(len(every)) if k not in reasons]  # positions to decode
+        # positions to decode: a file that failed before is dropped without a report (it was
+        # reported the first time)
+        asked = [k for k in range(len(every)) if k not in reasons and every[k] not in self.failed]
         decoded = load_batch([every[k] for k in asked], sample_rate=self.sample_rate,
                              normalize=self.normalize,
                              spans=[(request.starts[k], request.lengths[k]) for k in asked],
                              width=request.num_samples)  # (B, S), (B,)
         reasons.update((asked[j], reason) for j, reason in decoded.failures)
+        self.failed.update(every[asked[j]] for j, _ in decoded.failures)
         rows = [asked[j] for j in decoded.kept]  # request position of each row
         paths = [every[k] for k in rows]
         return Batch(

@@ -45,6 +45,7 @@ class PretrainTask(L.LightningModule):
         self.model = pretraining_model(cfg.model)
         self.output_dir = Path(output_dir) if output_dir else None
         self.batches_seen = 0  # data position: batches consumed by training_step on this rank
+        self.failed_files: set[str] = set()  # failed to decode: logged once, counted out
         self.first_metrics: dict[str, float] | None = None
         self.last_metrics: dict[str, float] = {}
         self.warnings: list[str] = []
@@ -194,6 +195,9 @@ class PretrainTask(L.LightningModule):
             f.write(json.dumps(record) + "\n")
 
     def _record_failure(self, failure: Any) -> None:
+        if failure.path in self.failed_files:  # another loader worker tried it too
+            return
+        self.failed_files.add(failure.path)
         if self.output_dir is not None:
             self._append_jsonl("decode_failures.jsonl",
                                {"step": self.global_step, "path": failure.path,
@@ -218,6 +222,7 @@ class PretrainTask(L.LightningModule):
         checkpoint["collapse_watch"] = self.watch.state_dict()
         checkpoint["first_metrics"] = self.first_metrics
         checkpoint["elapsed_seconds"] = self.elapsed_seconds
+        checkpoint["failed_files"] = sorted(self.failed_files)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self.batches_seen = int(checkpoint.get("batches_seen", 0))
@@ -226,6 +231,7 @@ class PretrainTask(L.LightningModule):
             self.watch.load_state_dict(state)
         self.first_metrics = checkpoint.get("first_metrics") or self.first_metrics
         self._elapsed_before = float(checkpoint.get("elapsed_seconds", 0.0))
+        self.failed_files = set(checkpoint.get("failed_files", ()))
         self._forget_after(int(checkpoint.get("global_step", 0)))
 
     @rank_zero_only

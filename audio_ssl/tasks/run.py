@@ -39,6 +39,8 @@ class PretrainData(L.LightningDataModule):
             world_size=trainer.world_size, position=position, labels=self.labels,
             conv_layers=self.cfg.model.encoder.conv_layers,
         )
+        # files that failed before a resume are not tried again
+        loader.dataset.failed.update(trainer.lightning_module.failed_files)
         return loader
 
 
@@ -161,7 +163,9 @@ def pretrain(data: str | Path, cfg: PretrainConfig, output_dir: str | Path, *,
     trainer.fit(task, datamodule=PretrainData(items, cfg, labels), ckpt_path=ckpt_path)
     result = PretrainResult(
         output_dir=output, last_checkpoint=find_last_checkpoint(output), steps=trainer.global_step,
-        files=len(items), hours=hours, rejected=len(rejected), first=task.first_metrics or {},
+        # a file that failed to decode during training is counted out of the usable ones
+        files=len(items) - len(task.failed_files), hours=hours,
+        rejected=len(rejected) + len(task.failed_files), first=task.first_metrics or {},
         last=task.last_metrics, warnings=task.warnings,
         seconds=task.seconds_before_resume + time.perf_counter() - start,  # the whole run
         uniform_loss=task.uniform_loss,

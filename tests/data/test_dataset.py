@@ -76,6 +76,39 @@ def test_bad_file_is_dropped_and_reported(items):
     assert batch.failures[0].reason.startswith("cannot decode")
 
 
+def test_a_failed_file_is_not_decoded_again(items, monkeypatch):
+    """The next epoch's request leaves the bad file out without another decode or report."""
+    from audio_ssl.data import collate
+
+    calls: list[str] = []
+    real = collate.load_audio
+    monkeypatch.setattr(collate, "load_audio",
+                        lambda path, **kw: calls.append(str(path)) or real(path, **kw))
+    ds = AudioBatchDataset(items, sample_rate=16000, normalize=False)
+    first = ds[_request([3, 0], [0, 0], 8000)]
+    again = ds[_request([0, 3], [0, 0], 8000, position=8)]
+    assert [f.path for f in first.failures] == [items[3].path] and again.failures == []
+    assert again.paths == [items[0].path]
+    assert calls.count(items[3].path) == 1 and calls.count(items[0].path) == 2
+
+
+def test_pretraining_logs_a_failure_once_and_keeps_it_across_a_resume(tmp_path):
+    from audio_ssl import config
+    from audio_ssl.tasks.pretrain import PretrainTask
+
+    task = PretrainTask(config.preset("tiny"), tmp_path)
+    for _ in range(3):  # the same file failing in three loader workers
+        task._record_failure(Rejected("/x/bad.flac", "cannot decode: corrupt"))
+    task._record_failure(Rejected("/x/other.flac", "cannot decode: corrupt"))
+    rows = (tmp_path / "decode_failures.jsonl").read_text().splitlines()
+    assert len(rows) == 2
+    checkpoint: dict = {}
+    task.on_save_checkpoint(checkpoint)
+    resumed = PretrainTask(config.preset("tiny"), None)
+    resumed.on_load_checkpoint(checkpoint)
+    assert resumed.failed_files == {"/x/bad.flac", "/x/other.flac"}
+
+
 def test_file_shorter_than_scanned_is_reported(items):
     stale = replace(items[0], frames=items[0].frames * 3)  # the file shrank since the scan
     ds = AudioBatchDataset([stale], sample_rate=16000, normalize=False)
