@@ -83,7 +83,8 @@ class ProbeTask:
         if self.split_by == "manifest":
             return "the manifest's split field"
         if self.split_by == "within-speaker":
-            return f"within each speaker ({100 * TEST_FRACTION:.0f} % of each speaker's clips held out)"
+            return (f"within each speaker ({100 * TEST_FRACTION:.0f} % of each speaker's clips "
+                    f"held out)")
         if folds > 1:
             return f"speaker-disjoint, leave-one-speaker-out ({folds} folds)"
         return f"speaker-disjoint ({100 * TEST_FRACTION:.0f} % of the speakers held out)"

@@ -50,6 +50,11 @@ def _key(*parts: object) -> str:
     return hashlib.sha1(json.dumps([str(p) for p in parts]).encode()).hexdigest()[:12]
 
 
+def files_key(files: list[str]) -> str:
+    """Names a list of files in the cache: the same list, the same key."""
+    return _key(*files)
+
+
 def checkpoint_key(path: str | os.PathLike) -> str:
     """Changes when the checkpoint does (path, size, modification time; for a folder its
     files')."""
@@ -80,7 +85,7 @@ def _baseline_transform(name: str):
 def baseline_features(names: list[str], files: list[str], cache: Path) -> dict[str, FeatureSet]:
     """MFCC and/or log-mel of ``files`` ({name: set}), each file decoded once, cached in
     ``cache/NAME-KEY.pt``."""
-    paths = {name: cache / f"{name}-{_key(*files)}.pt" for name in names}
+    paths = {name: cache / f"{name}-{files_key(files)}.pt" for name in names}
     out: dict[str, FeatureSet] = {}
     for name, path in paths.items():
         if path.is_file():
@@ -160,4 +165,4 @@ def random_model(loaded, seed: int):
 
 
 __all__ = ["FeatureSet", "BASELINES", "RANDOM", "baseline_features", "model_features",
-           "random_model", "checkpoint_key"]
+           "random_model", "checkpoint_key", "files_key"]

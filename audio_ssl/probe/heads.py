@@ -11,8 +11,9 @@ per-layer sweep). On top:
   characters; greedy decoding; CER and WER.
 
 Training is AdamW with a fixed number of epochs; the epoch kept is the one with the best score
-(the later one on a tie) on the fold's dev utterances (taken from the training side of the split, never from the test
-set). Everything depends on ``seed`` alone: the head's initial weights and the batch order.
+(the later one on a tie) on the fold's dev utterances (taken from the training side of the
+split, never from the test set). Everything depends on ``seed`` alone: the head's initial
+weights and the batch order.
 """
 
 from __future__ import annotations

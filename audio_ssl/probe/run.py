@@ -36,6 +36,7 @@ from audio_ssl.probe.features import (
     FeatureSet,
     baseline_features,
     checkpoint_key,
+    files_key,
     model_features,
     random_model,
 )
@@ -171,11 +172,11 @@ def _fit(prep: Prepared, fs: FeatureSet, rows: list[int], settings: ProbeSetting
     return out
 
 
-def _feature_sets(prepared: list[Prepared], checkpoint: str | None, cache: Path,
+def _feature_sets(prepared: list[Prepared], checkpoint: str | None, loaded, cache: Path,
                   settings: ProbeSettings):
-    """{set name: {task name: FeatureSet}} for the checkpoint and each baseline."""
+    """{set name: {task name: FeatureSet}} for the checkpoint (``loaded`` from it) and each
+    baseline."""
     from audio_ssl.inference.extract import FeatureExtractor
-    from audio_ssl.interop import load_model
 
     corpora: dict[str, list[str]] = {}
     for prep in prepared:
@@ -183,19 +184,19 @@ def _feature_sets(prepared: list[Prepared], checkpoint: str | None, cache: Path,
         corpora[prep.task.name] = files
     extractors = {}
     if checkpoint is not None:
-        loaded = load_model(checkpoint)
+        key = checkpoint_key(checkpoint)
         common = dict(layers="all", device=settings.device, precision=settings.precision,
                       normalize=loaded.expects_normalized)
         extractors[settings.name] = (FeatureExtractor(loaded.model, **common),
-                                     f"{settings.name}-{checkpoint_key(checkpoint)}")
+                                     f"{settings.name}-{key}")
         if RANDOM in settings.baselines:
             extractors[RANDOM] = (FeatureExtractor(random_model(loaded, RANDOM_SEED), **common),
-                                  f"{RANDOM}-{checkpoint_key(checkpoint)}-{RANDOM_SEED}")
+                                  f"{RANDOM}-{key}-{RANDOM_SEED}")
     sets: dict[str, dict[str, FeatureSet]] = {}
-    for name, (extractor, key) in extractors.items():
+    for name, (extractor, key) in extractors.items():  # key: the set's cache folder
         sets[name] = {}
         for task, files in corpora.items():
-            folder = cache / key / _corpus_key(files)
+            folder = cache / key / files_key(files)
             log.info("probe: %s features of %d files for %s", name, len(files), task)
             sets[name][task] = model_features(name, extractor, files, folder,
                                               progress=settings.progress)
@@ -206,12 +207,6 @@ def _feature_sets(prepared: list[Prepared], checkpoint: str | None, cache: Path,
         for name in wanted:
             sets[name] = {task: per_task[task][name] for task in corpora}
     return sets
-
-
-def _corpus_key(files: list[str]) -> str:
-    import hashlib
-
-    return hashlib.sha1("\n".join(files).encode()).hexdigest()[:12]
 
 
 def run_probe(checkpoint: str | os.PathLike | None, tasks: list[ProbeTask],
@@ -234,12 +229,13 @@ def run_probe(checkpoint: str | os.PathLike | None, tasks: list[ProbeTask],
     if checkpoint is not None and not Path(checkpoint).exists():
         raise FileNotFoundError(f"checkpoint {checkpoint}: no such file or folder")
     prepared = _prepare(tasks)  # every refusal before anything is written
+    loaded = None
     if checkpoint is not None:
         from audio_ssl.interop import load_model
 
-        load_model(checkpoint)  # a bad checkpoint is refused before anything is written
+        loaded = load_model(checkpoint)  # a bad checkpoint is refused before anything is written
     root.mkdir(parents=True, exist_ok=True)
-    sets = _feature_sets(prepared, None if checkpoint is None else os.fspath(checkpoint),
+    sets = _feature_sets(prepared, None if checkpoint is None else os.fspath(checkpoint), loaded,
                          root / "cache", settings)
     results = {"checkpoint": None if checkpoint is None else str(Path(checkpoint).absolute()),
                "name": settings.name, "sets": list(sets), "seeds": settings.seeds,
