@@ -5,8 +5,8 @@ The task stays thin: masks, forward, CTC loss, log. The feature encoder is froze
 learns (fairseq's ``freeze_finetune_updates``); the learning rate follows the tri-stage
 schedule. Lightning's validation loop runs every ``train.val_every`` updates (and at the end):
 greedy decoding, torchmetrics' WER and CER (summed over ranks); its ``ModelCheckpoint`` keeps
-the lowest WER in ``checkpoints/best.ckpt`` and the latest state in ``last.ckpt``, written
-atomically. The data side (:func:`prepare`, :class:`FinetuneData`) and the run's records
+the lowest WER (the lowest CER among equal WERs) in ``checkpoints/best.ckpt`` and the latest
+state in ``last.ckpt``, written atomically. The data side (:func:`prepare`, :class:`FinetuneData`) and the run's records
 (rejected.jsonl, :class:`FinetuneResult`) are in :mod:`audio_ssl.tasks.finetune_data`.
 """
 
@@ -36,6 +36,7 @@ from audio_ssl.losses.ctc import ctc_loss
 from audio_ssl.models.ctc import Wav2Vec2ForCTC
 from audio_ssl.models.masking import compute_span_mask
 from audio_ssl.tasks.finetune_data import (
+    SELECTION_KEY,
     FinetuneData,
     FinetuneResult,
     Prepared,
@@ -43,6 +44,7 @@ from audio_ssl.tasks.finetune_data import (
     prepare,
     read_sets,
     rejected_row,
+    selection_score,
     start_rejected_log,
 )
 from audio_ssl.tasks.pretrain import step_seed
@@ -207,6 +209,10 @@ class FinetuneTask(L.LightningModule):
                  100 * row["valid/cer"], row["valid/loss"])
         if row["valid/wer"] != row["valid/wer"]:  # NaN: no reference word on any rank
             log.warning("step %d: no validation utterance could be scored (rejected.jsonl)", step)
+        # what best.ckpt is chosen by: WER, and CER among equal WERs (with few labels every WER
+        # is 100 % for a long time, and the first of equal ones was an untrained checkpoint)
+        self.log(SELECTION_KEY, torch.tensor(selection_score(row["valid/wer"], row["valid/cer"]),
+                                             dtype=torch.float64))
 
     # -- bookkeeping -----------------------------------------------------------------------------
     def _leave_out(self, indices: list[int], reasons: list[Rejected], split: str) -> int:
@@ -341,11 +347,11 @@ def finetune(pretrained: str | Path | None, train: str | Path, valid: str | Path
     # a frozen context network has no gradients for its first updates
     strategy = ("ddp_find_unused_parameters_true"
                 if is_distributed(cfg.train) and cfg.ctc.freeze_updates > 0 else None)
-    # after each validation: best.ckpt if its WER is the lowest yet (the first of equal ones
-    # stays), then last.ckpt (save_last would write it only with a new best)
+    # after each validation: best.ckpt if its (WER, CER) is the lowest yet (the first of equal
+    # ones stays), then last.ckpt (save_last would write it only with a new best)
     checkpoints = [ModelCheckpoint(dirpath=output / "checkpoints", filename=name, save_top_k=1,
                                    enable_version_counter=False, **monitor)
-                   for name, monitor in (("best", {"monitor": "valid/wer", "mode": "min"}),
+                   for name, monitor in (("best", {"monitor": SELECTION_KEY, "mode": "min"}),
                                          ("last", {}))]
     trainer = build_trainer(cfg.train, output, grad_clip=cfg.optim.grad_clip,
                             accelerator=accelerator, progress=progress, strategy=strategy, callbacks=checkpoints,

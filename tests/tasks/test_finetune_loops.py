@@ -106,6 +106,26 @@ def test_best_checkpoint_is_the_lowest_wer(tmp_path, data_dir, monkeypatch):
 
 
 @pytest.mark.slow
+def test_best_checkpoint_breaks_equal_wers_by_cer(tmp_path, data_dir, monkeypatch):
+    # few labels: every validation is at WER 100 %, but after update 2 the decoder says "e" for
+    # every clip (one right letter: CER below 100 %), nothing otherwise (CER 100 %); the first
+    # of the equal WERs (update 1, untrained) must not be kept
+    step = {}
+    monkeypatch.setattr(FinetuneTask, "on_validation_epoch_start",
+                        lambda self: step.update(now=self.global_step))
+    monkeypatch.setattr(finetune_module, "greedy_decode", lambda logits, frames, vocab:
+                        ["e" if step["now"] == 2 else ""] * len(frames))
+    run = tmp_path / "run"
+    result = _run(tmp_path, data_dir, run, 3, yaml=FAST.replace("val_every: 2", "val_every: 1"))
+    rows = {r["step"]: r for r in _rows(run / "metrics.jsonl") if "valid/wer" in r}
+    assert [rows[s]["valid/wer"] for s in (1, 2, 3)] == [1.0, 1.0, 1.0]
+    assert rows[2]["valid/cer"] < rows[1]["valid/cer"] == rows[3]["valid/cer"] == 1.0
+    best = torch.load(run / "checkpoints" / "best.ckpt", weights_only=False)
+    assert best["global_step"] == 2
+    assert result.best["step"] == 2
+
+
+@pytest.mark.slow
 def test_resume_logs_each_step_once(tmp_path, data_dir):
     run = tmp_path / "run"
     _run(tmp_path, data_dir, run, 2)
