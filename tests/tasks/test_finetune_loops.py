@@ -82,17 +82,25 @@ def _rows(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines()]
 
 
-@pytest.mark.slow
-def test_best_checkpoint_is_the_lowest_wer(tmp_path, data_dir, monkeypatch):
-    # validation after each of 4 updates; the decoder says "he" for every clip after updates 2
-    # and 3 (some references hold the word: WER below 1), nothing after 1 and 4 (WER 1)
+def _run_with_decoder(tmp_path, data_dir, monkeypatch, steps, says):
+    """A run validated after every update, whose greedy decoder gives every clip
+    ``says(update)``: its folder and FinetuneResult."""
     step = {}
     monkeypatch.setattr(FinetuneTask, "on_validation_epoch_start",
                         lambda self: step.update(now=self.global_step))
     monkeypatch.setattr(finetune_module, "greedy_decode", lambda logits, frames, vocab:
-                        ["he" if step["now"] in (2, 3) else ""] * len(frames))
+                        [says(step["now"])] * len(frames))
     run = tmp_path / "run"
-    result = _run(tmp_path, data_dir, run, 4, yaml=FAST.replace("val_every: 2", "val_every: 1"))
+    return run, _run(tmp_path, data_dir, run, steps,
+                     yaml=FAST.replace("val_every: 2", "val_every: 1"))
+
+
+@pytest.mark.slow
+def test_best_checkpoint_is_the_lowest_wer(tmp_path, data_dir, monkeypatch):
+    # validation after each of 4 updates; the decoder says "he" for every clip after updates 2
+    # and 3 (some references hold the word: WER below 1), nothing after 1 and 4 (WER 1)
+    run, result = _run_with_decoder(tmp_path, data_dir, monkeypatch, 4,
+                                    lambda step: "he" if step in (2, 3) else "")
     wers = {r["step"]: r["valid/wer"] for r in _rows(run / "metrics.jsonl") if "valid/wer" in r}
     assert list(wers) == [1, 2, 3, 4]
     assert wers[1] == wers[4] == 1.0 and wers[2] == wers[3] < 1.0
@@ -110,13 +118,8 @@ def test_best_checkpoint_breaks_equal_wers_by_cer(tmp_path, data_dir, monkeypatc
     # few labels: every validation is at WER 100 %, but after update 2 the decoder says "e" for
     # every clip (one right letter: CER below 100 %), nothing otherwise (CER 100 %); the first
     # of the equal WERs (update 1, untrained) must not be kept
-    step = {}
-    monkeypatch.setattr(FinetuneTask, "on_validation_epoch_start",
-                        lambda self: step.update(now=self.global_step))
-    monkeypatch.setattr(finetune_module, "greedy_decode", lambda logits, frames, vocab:
-                        ["e" if step["now"] == 2 else ""] * len(frames))
-    run = tmp_path / "run"
-    result = _run(tmp_path, data_dir, run, 3, yaml=FAST.replace("val_every: 2", "val_every: 1"))
+    run, result = _run_with_decoder(tmp_path, data_dir, monkeypatch, 3,
+                                    lambda step: "e" if step == 2 else "")
     rows = {r["step"]: r for r in _rows(run / "metrics.jsonl") if "valid/wer" in r}
     assert [rows[s]["valid/wer"] for s in (1, 2, 3)] == [1.0, 1.0, 1.0]
     assert rows[2]["valid/cer"] < rows[1]["valid/cer"] == rows[3]["valid/cer"] == 1.0
