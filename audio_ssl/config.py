@@ -345,6 +345,7 @@ class CTCConfig:
                                                                         min_masks=0))
     freeze_feature_encoder: bool = True  # fairseq feature_grad_mult 0.0
     freeze_updates: int = 0  # updates during which only the head trains (freeze_finetune_updates)
+    reinit_layers: int = 0  # top context layers left at random weights (not loaded; not fairseq)
 
 
 @dataclass(frozen=True)

@@ -36,14 +36,28 @@ class Wav2Vec2ForCTC(nn.Module):
         self.dropout = nn.Dropout(final_dropout)
         self.head = nn.Linear(cfg.context.dim, vocab_size)
 
-    def load_backbone(self, state_dict: dict[str, torch.Tensor]) -> None:
-        """Load the ``backbone.*`` entries of a pretraining (or CTC) state dict."""
+    def load_backbone(self, state_dict: dict[str, torch.Tensor], *, keep_random_layers: int = 0,
+                      ) -> None:
+        """Load the ``backbone.*`` entries of a pretraining (or CTC) state dict.
+
+        ``keep_random_layers``: the top N context layers keep this model's random initialisation
+        (re-initialising the top layers before fine-tuning on few labels: the pretrained ones
+        are the most specialised to the self-supervised task)."""
         backbone = {k.removeprefix("backbone."): v for k, v in state_dict.items()
                     if k.startswith("backbone.")}
         if not backbone:
             raise ValueError("state dict has no 'backbone.*' entries: not a wav2vec 2.0 model "
                              "of this library")
-        self.backbone.load_state_dict(backbone)
+        layers = len(self.backbone.context.layers)
+        if not 0 <= keep_random_layers <= layers:
+            raise ValueError(f"keep_random_layers must be between 0 and the {layers} context "
+                             f"layers, got {keep_random_layers}")
+        fresh = tuple(f"context.layers.{i}." for i in range(layers - keep_random_layers, layers))
+        backbone = {k: v for k, v in backbone.items() if not k.startswith(fresh)}
+        missing, unexpected = self.backbone.load_state_dict(backbone, strict=False)
+        wrong = [k for k in missing if not k.startswith(fresh)] + list(unexpected)
+        if wrong:  # as strict loading would say
+            raise RuntimeError(f"backbone state dict does not match: {', '.join(wrong[:5])}")
 
     def forward(self, waveforms: torch.Tensor, lengths: torch.Tensor | None = None, *,
                 mask: torch.Tensor | None = None, channel_mask: torch.Tensor | None = None,

@@ -312,6 +312,9 @@ def finetune(pretrained: str | Path | None, train: str | Path, valid: str | Path
 
     model_cfg, state, ctc_vocab, run, normalize, init = _initial_weights(pretrained, from_scratch)
     cfg = load_finetune(preset, config_yaml, overrides, model=model_cfg)
+    if not 0 <= cfg.ctc.reinit_layers <= cfg.model.context.layers:
+        raise ValueError(f"ctc.reinit_layers must be between 0 and the network's "
+                         f"{cfg.model.context.layers} context layers, got {cfg.ctc.reinit_layers}")
     if pretrained is None:  # the preset's network: its pretraining preset's audio rule
         from audio_ssl.config import preset as pretrain_preset
 
@@ -343,7 +346,7 @@ def finetune(pretrained: str | Path | None, train: str | Path, valid: str | Path
         if ctc_vocab is not None:
             task.model.load_state_dict(state)
         else:
-            task.model.load_backbone(state)
+            task.model.load_backbone(state, keep_random_layers=cfg.ctc.reinit_layers)
     # a frozen context network has no gradients for its first updates
     strategy = ("ddp_find_unused_parameters_true"
                 if is_distributed(cfg.train) and cfg.ctc.freeze_updates > 0 else None)
