@@ -15,8 +15,9 @@ scratch, with all training labels and with 10% of them, on three labelled corpor
 For each corpus: {pretrained, scratch} x {100%, 10% of the training labels}, the same fine-tuning
 settings (tiny preset, fixed update count per corpus, and the --lr / --no-masks overrides) except
 that scratch runs do not freeze their random backbone for the first updates. `--config YAML`
-adds fine-tuning overrides to both arms (`ctc: {freeze_updates: 800}`, `optim: {lr: 5e-4}`);
-`--inits pretrained` runs one arm, to screen a recipe before paying for its scratch baseline. The test CER and WER of each run's best checkpoint
+adds fine-tuning overrides to both arms (`ctc: {freeze_updates: 800}`, `optim: {lr: 5e-4}`;
+the study's flags win over it); `--inits pretrained` runs one arm, to screen a recipe before
+paying for its scratch baseline. The test CER and WER of each run's best checkpoint
 (lowest validation WER, then CER) are measured with `evaluate` (greedy decoding). Runs that
 finished are skipped, an interrupted one resumes: rerun the same command to continue.
 Prints one JSON line per run; writes scripts/results/finetune_study.{json,md,png}.
@@ -122,14 +123,6 @@ def splits(corpus: str, data: Path, work: Path, args) -> dict[str, Path] | str:
             "valid": _write(valid, folder / "valid.jsonl"), "test": _write(test, folder / "test.jsonl")}
 
 
-def _deep_merge(base: dict, extra: dict) -> dict:
-    out = dict(base)
-    for key, value in extra.items():
-        out[key] = (_deep_merge(out[key], value) if isinstance(value, dict)
-                    and isinstance(out.get(key), dict) else value)
-    return out
-
-
 def run_one(name: str, corpus: str, init: str, labels: float, manifests: dict[str, Path],
             args) -> dict:
     from audio_ssl.inference.transcribe import evaluate
@@ -148,13 +141,13 @@ def run_one(name: str, corpus: str, init: str, labels: float, manifests: dict[st
         overrides["optim"] = {"lr": args.lr}
     if args.no_masks:
         overrides.setdefault("ctc", {}).update(time_mask={"prob": 0.0}, channel_mask={"prob": 0.0})
-    overrides = _deep_merge(overrides, args.config_overrides)
     if init == "scratch":  # a random backbone is never frozen, whatever the config says
         overrides.setdefault("ctc", {})["freeze_updates"] = 0
     resume = (out / "checkpoints" / "last.ckpt").is_file()
     start = time.perf_counter()
     result = finetune(args.pretrained, manifests["train" if labels == 1.0 else "train10"],
-                      manifests["valid"], out, preset="tiny", overrides=overrides,
+                      manifests["valid"], out, preset="tiny", config_yaml=args.config,
+                      overrides=overrides,
                       from_scratch=init == "scratch", resume=resume, progress=False,
                       accelerator=args.accelerator)
     train_seconds = time.perf_counter() - start
@@ -250,8 +243,9 @@ def main() -> int:
     parser.add_argument("--no-masks", action="store_true",
                         help="no time or channel masks (the paper's are heavy for short runs)")
     parser.add_argument("--config", type=Path, default=None,
-                        help="YAML of fine-tuning overrides for both arms, on top of the study's "
-                        "(e.g. ctc: {freeze_updates: 500}); a scratch arm never freezes")
+                        help="YAML of fine-tuning overrides for both arms (e.g. ctc: "
+                        "{freeze_updates: 500}); the study's own settings and flags (--lr, "
+                        "--no-masks, updates, workers) win over it; a scratch arm never freezes")
     parser.add_argument("--inits", nargs="+", default=list(INITS), choices=INITS,
                         help="which arms to run (default: both)")
     parser.add_argument("--workers", type=int, default=1, help="data loader workers")
@@ -269,9 +263,6 @@ def main() -> int:
                         help="run only: leave the results table and plot alone")
     args = parser.parse_args()
     console.configure()  # each Lightning line once, no advertisement (as the CLI prints)
-    import yaml
-
-    args.config_overrides = yaml.safe_load(args.config.read_text()) or {} if args.config else {}
     args.steps = {k: int(v) for k, v in (s.split("=") for s in args.steps)}
     work = args.output / "data"
     if args.pack:
