@@ -369,6 +369,9 @@ class FinetuneOptimConfig:
     init_scale: float = 0.01  # learning rate at step 0, relative to lr
     final_scale: float = 0.05  # at the end of the decay
     grad_clip: float = 0.0  # 0: no clipping (fairseq's default)
+    # learning rate of the pretrained backbone relative to lr (the head and any
+    # ctc.reinit_layers train at lr); 1.0 as fairseq, lower as SpeechBrain's separate lr_wav2vec
+    backbone_lr_scale: float = 1.0
 
 
 @dataclass(frozen=True)

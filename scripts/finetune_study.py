@@ -14,7 +14,8 @@ scratch, with all training labels and with 10% of them, on three labelled corpor
 
 For each corpus: {pretrained, scratch} x {100%, 10% of the training labels}, the same fine-tuning
 settings (tiny preset, fixed update count per corpus, and the --lr / --no-masks overrides) except
-that scratch runs do not freeze their random backbone for the first updates. `--config YAML`
+that scratch runs neither freeze their random backbone for the first updates nor train it at a
+lower learning rate (`optim.backbone_lr_scale`). `--config YAML`
 adds fine-tuning overrides to both arms (`ctc: {freeze_updates: 800}`, `optim: {lr: 5e-4}`;
 the study's flags win over it); `--inits pretrained` runs one arm, to screen a recipe before
 paying for its scratch baseline. The test CER and WER of each run's best checkpoint
@@ -141,8 +142,9 @@ def run_one(name: str, corpus: str, init: str, labels: float, manifests: dict[st
         overrides["optim"] = {"lr": args.lr}
     if args.no_masks:
         overrides.setdefault("ctc", {}).update(time_mask={"prob": 0.0}, channel_mask={"prob": 0.0})
-    if init == "scratch":  # a random backbone is never frozen, whatever the config says
+    if init == "scratch":  # a random backbone is never frozen nor slowed, whatever the config says
         overrides.setdefault("ctc", {})["freeze_updates"] = 0
+        overrides.setdefault("optim", {})["backbone_lr_scale"] = 1.0
     resume = (out / "checkpoints" / "last.ckpt").is_file()
     start = time.perf_counter()
     result = finetune(args.pretrained, manifests["train" if labels == 1.0 else "train10"],
@@ -245,7 +247,8 @@ def main() -> int:
     parser.add_argument("--config", type=Path, default=None,
                         help="YAML of fine-tuning overrides for both arms (e.g. ctc: "
                         "{freeze_updates: 500}); the study's own settings and flags (--lr, "
-                        "--no-masks, updates, workers) win over it; a scratch arm never freezes")
+                        "--no-masks, updates, workers) win over it; a scratch arm never freezes "
+                        "and trains its backbone at the full lr")
     parser.add_argument("--inits", nargs="+", default=list(INITS), choices=INITS,
                         help="which arms to run (default: both)")
     parser.add_argument("--workers", type=int, default=1, help="data loader workers")

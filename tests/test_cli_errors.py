@@ -27,6 +27,7 @@ def files(tmp_path_factory) -> dict[str, Path]:
     (root / "ckpt0.yaml").write_text("train: {checkpoint_every: 0}\n")
     (root / "val0.yaml").write_text("train: {val_every: 0}\n")
     (root / "reinit9.yaml").write_text("ctc: {reinit_layers: 9}\n")
+    (root / "lrscale.yaml").write_text("optim: {backbone_lr_scale: -0.1}\n")
     (root / "a_file").write_text("I am a file\n")
     (root / "labelled.tsv").write_text("missing.flac\thello\n")
     return {"root": root, "good": good, **{p.stem: p for p in root.iterdir()}}
@@ -54,6 +55,8 @@ def _cases(f: dict[str, Path], data: Path) -> list[tuple[str, list[str], str]]:
                          str(f["val0"])], "train.val_every is 0"),
         ("reinit_layers 9", ["finetune", str(f["good"]), *ft, "-o", str(out), "--config",
                              str(f["reinit9"])], "ctc.reinit_layers must be between 0 and"),
+        ("backbone_lr_scale -0.1", ["finetune", str(f["good"]), *ft, "-o", str(out), "--config",
+                                    str(f["lrscale"])], "optim.backbone_lr_scale is -0.1"),
         ("finetune --max-steps 0", ["finetune", str(f["good"]), *ft, "-o", str(out),
                                     "--max-steps", "0"], "train.max_steps (--max-steps) is 0"),
         ("finetune --devices 0", ["finetune", str(f["good"]), *ft, "-o", str(out),

@@ -19,6 +19,12 @@ class CTCOutput:
     hidden_states: list[torch.Tensor]  # as BackboneOutput.hidden_states
 
 
+def top_layer_prefixes(layers: int, n: int, prefix: str = "") -> tuple[str, ...]:
+    """Parameter-name prefixes of the top ``n`` of ``layers`` context layers (under ``prefix``,
+    e.g. ``"backbone."``)."""
+    return tuple(f"{prefix}context.layers.{i}." for i in range(layers - n, layers))
+
+
 class Wav2Vec2ForCTC(nn.Module):
     """Backbone -> dropout -> linear over ``vocab_size`` tokens (index 0 is the CTC blank).
 
@@ -52,7 +58,7 @@ class Wav2Vec2ForCTC(nn.Module):
         if not 0 <= keep_random_layers <= layers:
             raise ValueError(f"keep_random_layers must be between 0 and the {layers} context "
                              f"layers, got {keep_random_layers}")
-        fresh = tuple(f"context.layers.{i}." for i in range(layers - keep_random_layers, layers))
+        fresh = top_layer_prefixes(layers, keep_random_layers)
         backbone = {k: v for k, v in backbone.items() if not k.startswith(fresh)}
         missing, unexpected = self.backbone.load_state_dict(backbone, strict=False)
         wrong = [k for k in missing if not k.startswith(fresh)] + list(unexpected)

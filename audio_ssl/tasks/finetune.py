@@ -34,7 +34,7 @@ from audio_ssl.io import check_run_folder, make_run_folder
 from audio_ssl.inference.decode import greedy_decode
 from audio_ssl.interop import CONFIG_KEY, VOCAB_KEY
 from audio_ssl.losses.ctc import ctc_loss
-from audio_ssl.models.ctc import Wav2Vec2ForCTC
+from audio_ssl.models.ctc import Wav2Vec2ForCTC, top_layer_prefixes
 from audio_ssl.models.masking import compute_span_mask
 from audio_ssl.tasks.finetune_data import (
     SELECTION_KEY,
@@ -168,17 +168,33 @@ class FinetuneTask(L.LightningModule):
 
     def configure_optimizers(self):
         o = self.cfg.optim
-        decay, no_decay = [], []
+        groups: dict[tuple[bool, bool], list[torch.nn.Parameter]] = {}  # (pretrained, decay)
         for name, param in self.model.named_parameters():
             if param.requires_grad:
-                (no_decay if skips_weight_decay(name, param) else decay).append(param)
-        optimizer = torch.optim.AdamW(
-            [{"params": decay, "weight_decay": o.weight_decay},
-             {"params": no_decay, "weight_decay": 0.0}],
-            lr=o.lr, betas=o.betas, eps=o.eps, fused=True,
-        )
+                key = (self.is_pretrained(name), not skips_weight_decay(name, param))
+                groups.setdefault(key, []).append(param)
+        if o.backbone_lr_scale == 1.0:  # two groups, as checkpoints of earlier versions hold
+            param_groups = [{"params": [p for (_, d), ps in groups.items() if d for p in ps],
+                             "weight_decay": o.weight_decay},
+                            {"params": [p for (_, d), ps in groups.items() if not d for p in ps],
+                             "weight_decay": 0.0}]
+        else:
+            param_groups = [{"params": ps, "weight_decay": o.weight_decay if decay else 0.0,
+                             "lr": o.lr * (o.backbone_lr_scale if pretrained else 1.0)}
+                            for (pretrained, decay), ps in sorted(groups.items())]
+        optimizer = torch.optim.AdamW(param_groups, lr=o.lr, betas=o.betas, eps=o.eps,
+                                      fused=True)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, self.lr_scale)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def is_pretrained(self, name: str) -> bool:
+        """Whether parameter ``name`` is one of the backbone's loaded (not re-initialised) ones:
+        those train at ``optim.backbone_lr_scale`` times the learning rate."""
+        if not name.startswith("backbone."):
+            return False
+        fresh = top_layer_prefixes(self.cfg.model.context.layers, self.cfg.ctc.reinit_layers,
+                                   "backbone.")
+        return not name.startswith(fresh)
 
     # -- validation ------------------------------------------------------------------------------
     def validation_step(self, batch: LabelledBatch, batch_idx: int) -> None:
@@ -316,6 +332,9 @@ def finetune(pretrained: str | Path | None, train: str | Path, valid: str | Path
     if not 0 <= cfg.ctc.reinit_layers <= cfg.model.context.layers:
         raise ValueError(f"ctc.reinit_layers must be between 0 and the network's "
                          f"{cfg.model.context.layers} context layers, got {cfg.ctc.reinit_layers}")
+    if not cfg.optim.backbone_lr_scale >= 0:
+        raise ValueError(f"optim.backbone_lr_scale is {cfg.optim.backbone_lr_scale}: expected "
+                         "0 or more (a fraction of optim.lr)")
     if pretrained is None:  # the preset's network: its pretraining preset's audio rule
         from audio_ssl.config import preset as pretrain_preset
 

@@ -97,6 +97,32 @@ def test_the_right_parameters_move_at_each_stage():
     assert task.lr_scale(0) == pytest.approx(0.01)  # tri-stage starts at 1% of the peak
 
 
+def test_backbone_lr_scale_slows_only_the_loaded_backbone():
+    cfg = _cfg(reinit_layers=1, freeze_updates=0)
+    cfg = replace(cfg, optim=replace(cfg.optim, backbone_lr_scale=0.0))
+    task = FinetuneTask(cfg, VOCAB)
+    optimizer = task.configure_optimizers()["optimizer"]
+    lrs = {id(p): group["initial_lr"]  # the peak; "lr" is the schedule's first value
+           for group in optimizer.param_groups for p in group["params"]}
+    top = f"backbone.context.layers.{cfg.model.context.layers - 1}."
+    for name, param in task.model.named_parameters():
+        if param.requires_grad:
+            fresh = name.startswith(("head.", top))
+            assert lrs[id(param)] == (cfg.optim.lr if fresh else 0.0), name
+    before = _snapshot(task.model)
+    _, _, loss = task.forward_ctc(_batch(), train=True, step=0,
+                                  generator=torch.Generator().manual_seed(0))
+    loss.loss.backward()
+    optimizer.step()
+    moved = _moved(before, task.model)
+    assert {"head.weight", "head.bias"} <= moved and any(k.startswith(top) for k in moved)
+    assert all(k.startswith(("head.", top)) for k in moved)  # the loaded layers stay
+    # the default keeps the two groups (decay, no decay) that earlier checkpoints resume into
+    default = FinetuneTask(_cfg(), VOCAB).configure_optimizers()["optimizer"]
+    assert [g["weight_decay"] for g in default.param_groups] == [0.0, 0.0]
+    assert len(default.param_groups) == 2
+
+
 # ---------------------------------------------------------------------------------------------
 # End to end: finetune, transcribe, evaluate and lm on ../shared/data/tiny
 
