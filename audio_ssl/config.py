@@ -380,6 +380,9 @@ class FinetuneTrainConfig(TrainerConfig):
 
     max_steps: int = 80_000
     val_every: int = 1000  # validation (greedy WER, CER) and checkpoints every N updates
+    # what best.ckpt is chosen by: the lowest WER (the other rate breaks ties), or the lowest
+    # CER (characters: languages written without spaces, or too few labels for words)
+    best_by: Literal["wer", "cer"] = "wer"
 
 
 @dataclass(frozen=True)

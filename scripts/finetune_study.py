@@ -19,7 +19,8 @@ lower learning rate (`optim.backbone_lr_scale`). `--config YAML`
 adds fine-tuning overrides to both arms (`ctc: {freeze_updates: 800}`, `optim: {lr: 5e-4}`;
 the study's flags win over it); `--inits pretrained` runs one arm, to screen a recipe before
 paying for its scratch baseline. The test CER and WER of each run's best checkpoint
-(lowest validation WER, then CER) are measured with `evaluate` (greedy decoding). Runs that
+(lowest validation WER, then CER; `train: {best_by: cer}` in the YAML for CER first) and of its
+last are measured with `evaluate` (greedy decoding). Runs that
 finished are skipped, an interrupted one resumes: rerun the same command to continue.
 Prints one JSON line per run; writes scripts/results/finetune_study.{json,md,png}.
 """
@@ -154,8 +155,10 @@ def run_one(name: str, corpus: str, init: str, labels: float, manifests: dict[st
                       accelerator=args.accelerator)
     train_seconds = time.perf_counter() - start
     ckpt = result.best_checkpoint or result.last_checkpoint
-    ev = evaluate(ckpt, manifests["test"], report=out / "test_report.jsonl",
-                  device="cuda" if args.accelerator == "gpu" else "cpu")
+    device = "cuda" if args.accelerator == "gpu" else "cpu"
+    ev = evaluate(ckpt, manifests["test"], report=out / "test_report.jsonl", device=device)
+    last = (evaluate(result.last_checkpoint, manifests["test"], device=device)
+            if result.last_checkpoint and result.best_checkpoint else ev)
     best = result.best or {}
     record = {
         "run": name, "corpus": corpus, "init": init, "labels": labels,
@@ -163,7 +166,9 @@ def run_one(name: str, corpus: str, init: str, labels: float, manifests: dict[st
         "steps": result.steps, "train_minutes": round(train_seconds / 60, 2),
         "best_step": best.get("step"), "valid_wer": best.get("valid/wer"),
         "valid_cer": best.get("valid/cer"), "test_utterances": len(ev.utterances),
-        "test_wer": ev.wer, "test_cer": ev.cer, "history": result.history,
+        "test_wer": ev.wer, "test_cer": ev.cer,
+        "last_test_wer": last.wer, "last_test_cer": last.cer,  # the last update's checkpoint
+        "history": result.history,
         "examples": [{"reference": u.reference, "hypothesis": u.hypothesis}
                      for u in ev.utterances[:3]],
     }

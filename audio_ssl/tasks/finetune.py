@@ -5,8 +5,8 @@ The task stays thin: masks, forward, CTC loss, log. The feature encoder is froze
 learns (fairseq's ``freeze_finetune_updates``); the learning rate follows the tri-stage
 schedule. Lightning's validation loop runs every ``train.val_every`` updates (and at the end):
 greedy decoding, torchmetrics' WER and CER (summed over ranks); its ``ModelCheckpoint`` keeps
-the lowest WER (the lowest CER among equal WERs) in ``checkpoints/best.ckpt`` and the latest
-state in ``last.ckpt``, written atomically. The data side (:func:`prepare`,
+the lowest WER (the lowest CER among equal WERs; CER first with ``train.best_by: cer``) in
+``checkpoints/best.ckpt`` and the latest state in ``last.ckpt``, written atomically. The data side (:func:`prepare`,
 :class:`FinetuneData`) and the run's records (rejected.jsonl, :class:`FinetuneResult`) are in
 :mod:`audio_ssl.tasks.finetune_data`.
 """
@@ -37,7 +37,7 @@ from audio_ssl.losses.ctc import ctc_loss
 from audio_ssl.models.ctc import Wav2Vec2ForCTC, top_layer_prefixes
 from audio_ssl.models.masking import compute_span_mask
 from audio_ssl.tasks.finetune_data import (
-    SELECTION_KEY,
+    SELECTION_KEYS,
     FinetuneData,
     FinetuneResult,
     Prepared,
@@ -227,9 +227,11 @@ class FinetuneTask(L.LightningModule):
         if row["valid/wer"] != row["valid/wer"]:  # NaN: no reference word on any rank
             log.warning("step %d: no validation utterance could be scored (rejected.jsonl)", step)
         # what best.ckpt is chosen by: WER, and CER among equal WERs (with few labels every WER
-        # is 100 % for a long time, and the first of equal ones was an untrained checkpoint)
-        self.log(SELECTION_KEY, torch.tensor(selection_score(row["valid/wer"], row["valid/cer"]),
-                                             dtype=torch.float64))
+        # is 100 % for a long time, and the first of equal ones was an untrained checkpoint);
+        # or CER first (train.best_by)
+        by = self.cfg.train.best_by
+        self.log(SELECTION_KEYS[by], torch.tensor(
+            selection_score(row["valid/wer"], row["valid/cer"], by), dtype=torch.float64))
 
     # -- bookkeeping -----------------------------------------------------------------------------
     def _leave_out(self, indices: list[int], reasons: list[Rejected], split: str) -> int:
@@ -370,11 +372,12 @@ def finetune(pretrained: str | Path | None, train: str | Path, valid: str | Path
     # a frozen context network has no gradients for its first updates
     strategy = ("ddp_find_unused_parameters_true"
                 if is_distributed(cfg.train) and cfg.ctc.freeze_updates > 0 else None)
-    # after each validation: best.ckpt if its (WER, CER) is the lowest yet (the first of equal
-    # ones stays), then last.ckpt (save_last would write it only with a new best)
+    # after each validation: best.ckpt if its (WER, CER) (or (CER, WER)) is the lowest yet (the
+    # first of equal ones stays), then last.ckpt (save_last would write it only with a new best)
+    best_key = SELECTION_KEYS[cfg.train.best_by]
     checkpoints = [ModelCheckpoint(dirpath=output / "checkpoints", filename=name, save_top_k=1,
                                    enable_version_counter=False, **monitor)
-                   for name, monitor in (("best", {"monitor": SELECTION_KEY, "mode": "min"}),
+                   for name, monitor in (("best", {"monitor": best_key, "mode": "min"}),
                                          ("last", {}))]
     trainer = build_trainer(cfg.train, output, grad_clip=cfg.optim.grad_clip,
                             accelerator=accelerator, progress=progress, strategy=strategy, callbacks=checkpoints,
@@ -395,7 +398,7 @@ def finetune(pretrained: str | Path | None, train: str | Path, valid: str | Path
         rejected=len(train_set.rejected) + len(valid_set.rejected) + left_out,
         vocab=list(vocab.tokens), history=task.history, first_loss=task.first_loss,
         last_loss=task.last_metrics.get("train/loss"), seconds=time.perf_counter() - start,
-        from_scratch=from_scratch, init=init, warnings=warnings,
+        from_scratch=from_scratch, init=init, warnings=warnings, best_by=cfg.train.best_by,
     )
     if trainer.global_rank == 0:
         summary = {k: v for k, v in vars(result).items()

@@ -137,14 +137,17 @@ class FinetuneData(L.LightningDataModule):
 # The run's records: its result, and its logs of what was left out
 
 
-SELECTION_KEY = "valid/wer_then_cer"  # what ModelCheckpoint keeps best.ckpt by
-CER_TIE_BREAK = 1e-6  # below a WER step for validation sets of up to ~500,000 words
+SELECTION_KEYS = {"wer": "valid/wer_then_cer", "cer": "valid/cer_then_wer"}  # best.ckpt's
+TIE_BREAK = 1e-6  # below a WER step for validation sets of up to ~500,000 words
 
 
-def selection_score(wer: float, cer: float) -> float:
-    """best.ckpt's criterion, lower is better: WER, and among equal WERs the CER (float64; a
-    CER of up to 2 moves the score by less than one word in 500,000 does)."""
-    return wer + CER_TIE_BREAK * cer
+def selection_score(wer: float, cer: float, by: str = "wer") -> float:
+    """best.ckpt's criterion (``train.best_by``), lower is better: WER, and among equal WERs
+    the CER; or the other way round for ``by="cer"`` (float64; a rate of up to 2 moves the
+    score by less than one word in 500,000 does)."""
+    if by == "cer":
+        return cer + TIE_BREAK * wer
+    return wer + TIE_BREAK * cer
 
 
 @dataclass
@@ -166,11 +169,14 @@ class FinetuneResult:
     init: str  # what the weights started from
     warnings: list[str] = field(default_factory=list)
 
+    best_by: str = "wer"  # train.best_by
+
     @property
     def best(self) -> dict[str, float] | None:
-        """The validation of best.ckpt: the first of the lowest WERs, CER deciding among them."""
-        return min(self.history, key=lambda r: selection_score(r["valid/wer"], r["valid/cer"]),
-                   default=None)
+        """The validation of best.ckpt: the first of the lowest WERs, CER deciding among them
+        (the other way round when ``best_by`` is ``"cer"``)."""
+        return min(self.history, default=None, key=lambda r: selection_score(
+            r["valid/wer"], r["valid/cer"], self.best_by))
 
     def summary(self) -> str:
         best = self.best

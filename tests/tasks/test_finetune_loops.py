@@ -82,9 +82,10 @@ def _rows(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines()]
 
 
-def _run_with_decoder(tmp_path, data_dir, monkeypatch, steps, says):
+def _run_with_decoder(tmp_path, data_dir, monkeypatch, steps, says, train=""):
     """A run validated after every update, whose greedy decoder gives every clip
-    ``says(update)``: its folder and FinetuneResult."""
+    ``says(update)``: its folder and FinetuneResult. ``train``: more train settings
+    (", key: value")."""
     step = {}
     monkeypatch.setattr(FinetuneTask, "on_validation_epoch_start",
                         lambda self: step.update(now=self.global_step))
@@ -92,7 +93,7 @@ def _run_with_decoder(tmp_path, data_dir, monkeypatch, steps, says):
                         [says(step["now"])] * len(frames))
     run = tmp_path / "run"
     return run, _run(tmp_path, data_dir, run, steps,
-                     yaml=FAST.replace("val_every: 2", "val_every: 1"))
+                     yaml=FAST.replace("val_every: 2", "val_every: 1" + train))
 
 
 @pytest.mark.slow
@@ -126,6 +127,23 @@ def test_best_checkpoint_breaks_equal_wers_by_cer(tmp_path, data_dir, monkeypatc
     best = torch.load(run / "checkpoints" / "best.ckpt", weights_only=False)
     assert best["global_step"] == 2
     assert result.best["step"] == 2
+
+
+@pytest.mark.slow
+def test_best_checkpoint_can_be_the_lowest_cer(tmp_path, data_dir, monkeypatch):
+    # update 1 has the lower WER (one right word, "he"), update 2 the lower CER (many right
+    # letters, every word wrong): train.best_by cer keeps update 2
+    says = {1: "he", 2: "e e e e e e e"}
+    run, result = _run_with_decoder(tmp_path, data_dir, monkeypatch, 3,
+                                    lambda step: says.get(step, ""),
+                                    train=", best_by: cer")
+    rows = {r["step"]: r for r in _rows(run / "metrics.jsonl") if "valid/wer" in r}
+    assert rows[1]["valid/wer"] < rows[2]["valid/wer"]
+    assert rows[2]["valid/cer"] < rows[1]["valid/cer"] < rows[3]["valid/cer"]
+    best = torch.load(run / "checkpoints" / "best.ckpt", weights_only=False)
+    assert best["global_step"] == 2
+    assert result.best["step"] == 2 and result.best_by == "cer"
+    assert json.loads((run / "summary.json").read_text())["best"]["step"] == 2
 
 
 @pytest.mark.slow
