@@ -6,9 +6,9 @@ learns (fairseq's ``freeze_finetune_updates``); the learning rate follows the tr
 schedule. Lightning's validation loop runs every ``train.val_every`` updates (and at the end):
 greedy decoding, torchmetrics' WER and CER (summed over ranks); its ``ModelCheckpoint`` keeps
 the lowest WER (the lowest CER among equal WERs; CER first with ``train.best_by: cer``) in
-``checkpoints/best.ckpt`` and the latest state in ``last.ckpt``, written atomically. The data side (:func:`prepare`,
-:class:`FinetuneData`) and the run's records (rejected.jsonl, :class:`FinetuneResult`) are in
-:mod:`audio_ssl.tasks.finetune_data`.
+``checkpoints/best.ckpt`` and the latest state in ``last.ckpt``, written atomically. The data
+side (:func:`prepare`, :class:`FinetuneData`) and the run's records (rejected.jsonl,
+:class:`FinetuneResult`) are in :mod:`audio_ssl.tasks.finetune_data`.
 """
 
 from __future__ import annotations
