@@ -168,20 +168,16 @@ class FinetuneTask(L.LightningModule):
 
     def configure_optimizers(self):
         o = self.cfg.optim
-        groups: dict[tuple[bool, bool], list[torch.nn.Parameter]] = {}  # (pretrained, decay)
+        groups: dict[tuple[float, bool], list[torch.nn.Parameter]] = {}  # (lr, decays)
         for name, param in self.model.named_parameters():
             if param.requires_grad:
-                key = (self.is_pretrained(name), not skips_weight_decay(name, param))
-                groups.setdefault(key, []).append(param)
-        if o.backbone_lr_scale == 1.0:  # two groups, as checkpoints of earlier versions hold
-            param_groups = [{"params": [p for (_, d), ps in groups.items() if d for p in ps],
-                             "weight_decay": o.weight_decay},
-                            {"params": [p for (_, d), ps in groups.items() if not d for p in ps],
-                             "weight_decay": 0.0}]
-        else:
-            param_groups = [{"params": ps, "weight_decay": o.weight_decay if decay else 0.0,
-                             "lr": o.lr * (o.backbone_lr_scale if pretrained else 1.0)}
-                            for (pretrained, decay), ps in sorted(groups.items())]
+                lr = o.lr * (o.backbone_lr_scale if self.is_pretrained(name) else 1.0)
+                groups.setdefault((lr, not skips_weight_decay(name, param)), []).append(param)
+        # the highest lr first, decay before no decay: at backbone_lr_scale 1 the two groups
+        # (decay, no decay) that checkpoints of earlier versions resume into
+        param_groups = [{"params": ps, "lr": lr, "weight_decay": o.weight_decay if decays else 0.0}
+                        for (lr, decays), ps in sorted(groups.items(),
+                                                       key=lambda kv: (-kv[0][0], not kv[0][1]))]
         optimizer = torch.optim.AdamW(param_groups, lr=o.lr, betas=o.betas, eps=o.eps,
                                       fused=True)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, self.lr_scale)
