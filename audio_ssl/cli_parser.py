@@ -250,11 +250,11 @@ def _add_asr_commands(sub) -> None:
         "finetune", help="fine-tune for speech recognition with CTC",
         description="Fine-tune PRETRAINED (a checkpoint of `audio-ssl pretrain`, or a CTC model "
         "to continue) on transcribed audio with CTC: a character vocabulary from the training "
-        "transcripts, time and channel masking, the feature encoder frozen, the backbone frozen "
-        "for the first ctc.freeze_updates updates, tri-stage learning rate. LABELLED is a JSONL "
+        "transcripts, time and channel masking, the feature encoder frozen, the loaded backbone "
+        "frozen for the first ctc.freeze_updates updates, tri-stage learning rate. LABELLED is a JSONL "
         "manifest (audio, text), a LibriSpeech-style folder (*.trans.txt) or a TSV of "
         "path<TAB>text. Utterances that cannot be used are listed in OUTPUT/rejected.jsonl; "
-        "checkpoints/best.ckpt is the lowest validation WER.",
+        "checkpoints/best.ckpt is the lowest validation WER (CER with train.best_by: cer).",
     )
     f.add_argument("pretrained", nargs="?", default=None,
                    help="pretrained checkpoint (optional with --from-scratch)")

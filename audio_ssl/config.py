@@ -344,7 +344,7 @@ class CTCConfig:
     channel_mask: MaskConfig = field(default_factory=lambda: MaskConfig(prob=0.5 / 64, length=64,
                                                                         min_masks=0))
     freeze_feature_encoder: bool = True  # fairseq feature_grad_mult 0.0
-    freeze_updates: int = 0  # updates during which only the head trains (freeze_finetune_updates)
+    freeze_updates: int = 0  # updates with the loaded backbone frozen (freeze_finetune_updates)
     reinit_layers: int = 0  # top context layers left at random weights (not loaded; not fairseq)
 
 

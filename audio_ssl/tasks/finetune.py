@@ -1,9 +1,9 @@
 """CTC fine-tuning with Lightning, and the run folder behind `audio-ssl finetune`.
 
 The task stays thin: masks, forward, CTC loss, log. The feature encoder is frozen; for the first
-``ctc.freeze_updates`` updates the whole backbone runs without gradients and only the head
-learns (fairseq's ``freeze_finetune_updates``); the learning rate follows the tri-stage
-schedule. Lightning's validation loop runs every ``train.val_every`` updates (and at the end):
+``ctc.freeze_updates`` updates the loaded backbone takes no gradient and only the head (and any
+re-initialised top layers, ``ctc.reinit_layers``) learns (fairseq's ``freeze_finetune_updates``);
+the learning rate follows the tri-stage schedule. Lightning's validation loop runs every ``train.val_every`` updates (and at the end):
 greedy decoding, torchmetrics' WER and CER (summed over ranks); its ``ModelCheckpoint`` keeps
 the lowest WER (the lowest CER among equal WERs; CER first with ``train.best_by: cer``) in
 ``checkpoints/best.ckpt`` and the latest state in ``last.ckpt``, written atomically. The data
@@ -74,6 +74,9 @@ class FinetuneTask(L.LightningModule):
         self.model = Wav2Vec2ForCTC(cfg.model, len(vocab), cfg.ctc.final_dropout)
         if cfg.ctc.freeze_feature_encoder:
             self.model.backbone.feature_encoder.requires_grad_(False)
+        # what the first ctc.freeze_updates leave untrained: the loaded, otherwise trainable ones
+        self._freezable = [p for name, p in self.model.named_parameters()
+                           if p.requires_grad and self.is_pretrained(name)]
         self.valid_texts = valid_texts or []
         self.output_dir = Path(output_dir) if output_dir else None
         # corpus rates: errors and reference lengths are summed over batches and ranks
@@ -88,8 +91,16 @@ class FinetuneTask(L.LightningModule):
 
     # -- helpers ---------------------------------------------------------------------------------
     def backbone_frozen(self, step: int) -> bool:
-        """True while only the head trains."""
+        """True while the loaded backbone is frozen."""
         return step < self.cfg.ctc.freeze_updates
+
+    def freeze_loaded(self, frozen: bool) -> None:
+        """While ``frozen`` the loaded backbone parameters take no gradient, so autograd records
+        nothing below the re-initialised top layers (``ctc.reinit_layers``), which learn from
+        the first update with the head: a random layer that stayed frozen would feed the head
+        features it must unlearn when the stage ends."""
+        for param in self._freezable:
+            param.requires_grad_(not frozen)
 
     def lr_scale(self, step: int) -> float:
         o = self.cfg.optim
@@ -111,8 +122,8 @@ class FinetuneTask(L.LightningModule):
     def forward_ctc(self, batch: LabelledBatch, *, train: bool, step: int = 0,
                     generator: torch.Generator | None = None):
         """Logits (B, T, V), frame lengths (B,) and the CTC loss of one batch. ``train``: with
-        time and channel masks drawn from ``generator``; the backbone runs without gradients
-        while ``step`` is in the frozen stage."""
+        time and channel masks drawn from ``generator``; the loaded backbone takes no gradient
+        while ``step`` is in the frozen stage (:meth:`freeze_loaded`)."""
         model = self.model
         time_mask = channel_mask = None
         if train:
@@ -120,8 +131,10 @@ class FinetuneTask(L.LightningModule):
             num_frames = int(model.backbone.frame_lengths(
                 batch.lengths.new_tensor([batch.waveforms.shape[1]]))[0])
             time_mask, channel_mask = self.masks(frames, num_frames, generator)
+        if train:
+            self.freeze_loaded(self.backbone_frozen(step))
         out = model(batch.waveforms, batch.lengths, mask=time_mask, channel_mask=channel_mask,
-                    generator=generator, freeze_backbone=self.backbone_frozen(step))
+                    generator=generator)
         loss = ctc_loss(out.logits, out.frame_lengths, batch.targets, batch.target_lengths,
                         blank=self.vocab.blank)
         return out.logits, out.frame_lengths, loss

@@ -72,8 +72,9 @@ def _moved(before: dict[str, torch.Tensor], model: torch.nn.Module) -> set[str]:
     return {k for k, v in model.named_parameters() if not torch.equal(before[k], v)}
 
 
-def test_the_right_parameters_move_at_each_stage():
-    task = FinetuneTask(_cfg(freeze_updates=2), VOCAB)
+@pytest.mark.parametrize("reinit_layers", [0, 1])
+def test_the_right_parameters_move_at_each_stage(reinit_layers):
+    task = FinetuneTask(_cfg(freeze_updates=2, reinit_layers=reinit_layers), VOCAB)
     optimizer = task.configure_optimizers()["optimizer"]
     batch = _batch()
     moved_by_step = []
@@ -86,8 +87,11 @@ def test_the_right_parameters_move_at_each_stage():
         optimizer.step()
         moved_by_step.append(_moved(before, task.model))
     head = {"head.weight", "head.bias"}
-    for step in (0, 1):  # backbone frozen: only the head learns
-        assert moved_by_step[step] == head
+    top = f"backbone.context.layers.{task.cfg.model.context.layers - 1}."
+    fresh = head | {k for k, p in task.model.named_parameters()
+                    if reinit_layers and k.startswith(top)}
+    for step in (0, 1):  # loaded backbone frozen: the head and a re-initialised layer learn
+        assert moved_by_step[step] == fresh
     for step in (2, 3):
         moved = moved_by_step[step]
         assert head <= moved
