@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import shutil
+import subprocess
+import sys
 from dataclasses import replace
 from pathlib import Path
 
@@ -276,3 +279,30 @@ def test_from_scratch_and_continuing_a_ctc_model(tmp_path, data_dir, capsys):
     assert load_model(tmp_path / "more" / "checkpoints" / "last.ckpt").vocab == \
         load_model(first).vocab
     shutil.rmtree(tmp_path / "more")
+
+
+@pytest.mark.slow
+def test_ddp_on_two_cpu_processes_keeps_the_loaded_backbone_frozen(tmp_path, data_dir):
+    """Under DDP the frozen stage gives the loaded parameters no gradient (the reducer must not
+    wait for them) while the re-initialised top layer and the head learn."""
+    pretrained = _pretrained(tmp_path)
+    train, valid = _manifest_with_bad_rows(tmp_path, data_dir)
+    cfg = tmp_path / "ddp.yaml"
+    cfg.write_text(FAST.replace("freeze_updates: 1,", "freeze_updates: 2, reinit_layers: 1,"))
+    run = tmp_path / "run"
+    proc = subprocess.run(
+        [sys.executable, "-m", "audio_ssl.cli", "finetune", str(pretrained), "--train", str(train),
+         "--valid", str(valid), "--output", str(run), "--max-steps", "2", "--config", str(cfg),
+         "--devices", "2", "--accelerator", "cpu", "--no-progress"],
+        env=dict(os.environ, PYTHONUNBUFFERED="1"), capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["train/backbone_frozen"] for r in rows if "train/loss" in r] == [1.0, 1.0]
+    source = torch.load(pretrained, map_location="cpu", weights_only=False)["state_dict"]
+    tuned = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu",
+                       weights_only=False)["state_dict"]
+    layers = small_model_config().context.layers
+    top = f"model.backbone.context.layers.{layers - 1}."
+    moved = {k for k, v in tuned.items()
+             if k.startswith("model.backbone.") and not torch.equal(v, source[k])}
+    assert moved and all(k.startswith(top) for k in moved)
