@@ -10,7 +10,7 @@ import torch
 
 from audio_ssl.cli import main
 from audio_ssl.interop.export import save_native
-from audio_ssl.models import Wav2Vec2ForPretraining
+from audio_ssl.models import Wav2Vec2ForCTC, Wav2Vec2ForPretraining
 from tests.conftest import small_model_config
 
 
@@ -19,6 +19,9 @@ def files(tmp_path_factory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("misuse")
     torch.manual_seed(0)
     good = save_native(Wav2Vec2ForPretraining(small_model_config()), root / "good.ckpt")
+    save_native(Wav2Vec2ForCTC(small_model_config(), vocab_size=3), root / "ctc.ckpt",
+                vocab=["<blank>", "|", "a"])
+    (root / "reinit1.yaml").write_text("ctc: {reinit_layers: 1}\n")
     (root / "random.ckpt").write_bytes(bytes(range(256)) * 64)
     (root / "text.ckpt").write_text("this is not a checkpoint\n")
     (root / "truncated.ckpt").write_bytes(good.read_bytes()[: good.stat().st_size // 2])
@@ -55,6 +58,9 @@ def _cases(f: dict[str, Path], data: Path) -> list[tuple[str, list[str], str]]:
                          str(f["val0"])], "train.val_every is 0"),
         ("reinit_layers 9", ["finetune", str(f["good"]), *ft, "-o", str(out), "--config",
                              str(f["reinit9"])], "ctc.reinit_layers must be between 0 and"),
+        ("reinit_layers on a CTC model", ["finetune", str(f["ctc"]), *ft, "-o", str(out),
+                                          "--config", str(f["reinit1"])],
+         "ctc.reinit_layers is 1: expected 0 when continuing the CTC model"),
         ("backbone_lr_scale -0.1", ["finetune", str(f["good"]), *ft, "-o", str(out), "--config",
                                     str(f["lrscale"])], "optim.backbone_lr_scale is -0.1"),
         ("finetune --max-steps 0", ["finetune", str(f["good"]), *ft, "-o", str(out),

@@ -343,6 +343,10 @@ def finetune(pretrained: str | Path | None, train: str | Path, valid: str | Path
     if not 0 <= cfg.ctc.reinit_layers <= cfg.model.context.layers:
         raise ValueError(f"ctc.reinit_layers must be between 0 and the network's "
                          f"{cfg.model.context.layers} context layers, got {cfg.ctc.reinit_layers}")
+    if ctc_vocab is not None and cfg.ctc.reinit_layers:
+        raise ValueError(f"ctc.reinit_layers is {cfg.ctc.reinit_layers}: expected 0 when "
+                         f"continuing the CTC model {pretrained} (it re-initialises layers of a "
+                         f"pretrained backbone)")
     if not cfg.optim.backbone_lr_scale >= 0:
         raise ValueError(f"optim.backbone_lr_scale is {cfg.optim.backbone_lr_scale}: expected "
                          "0 or more (a fraction of optim.lr)")
