@@ -251,8 +251,8 @@ def _add_asr_commands(sub) -> None:
         description="Fine-tune PRETRAINED (a checkpoint of `audio-ssl pretrain`, or a CTC model "
         "to continue) on transcribed audio with CTC: a character vocabulary from the training "
         "transcripts, time and channel masking, the feature encoder frozen, the loaded backbone "
-        "frozen for the first ctc.freeze_updates updates, tri-stage learning rate. LABELLED is a JSONL "
-        "manifest (audio, text), a LibriSpeech-style folder (*.trans.txt) or a TSV of "
+        "frozen for the first ctc.freeze_updates updates, tri-stage learning rate. LABELLED is "
+        "a JSONL manifest (audio, text), a LibriSpeech-style folder (*.trans.txt) or a TSV of "
         "path<TAB>text. Utterances that cannot be used are listed in OUTPUT/rejected.jsonl; "
         "checkpoints/best.ckpt is the lowest validation WER (CER with train.best_by: cer).",
     )

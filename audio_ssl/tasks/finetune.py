@@ -3,12 +3,13 @@
 The task stays thin: masks, forward, CTC loss, log. The feature encoder is frozen; for the first
 ``ctc.freeze_updates`` updates the loaded backbone takes no gradient and only the head (and any
 re-initialised top layers, ``ctc.reinit_layers``) learns (fairseq's ``freeze_finetune_updates``);
-the learning rate follows the tri-stage schedule. Lightning's validation loop runs every ``train.val_every`` updates (and at the end):
-greedy decoding, torchmetrics' WER and CER (summed over ranks); its ``ModelCheckpoint`` keeps
-the lowest WER (the lowest CER among equal WERs; CER first with ``train.best_by: cer``) in
-``checkpoints/best.ckpt`` and the latest state in ``last.ckpt``, written atomically. The data
-side (:func:`prepare`, :class:`FinetuneData`) and the run's records (rejected.jsonl,
-:class:`FinetuneResult`) are in :mod:`audio_ssl.tasks.finetune_data`.
+the learning rate follows the tri-stage schedule. Lightning's validation loop runs every
+``train.val_every`` updates (and at the end): greedy decoding, torchmetrics' WER and CER (summed
+over ranks); its ``ModelCheckpoint`` keeps the lowest WER (the lowest CER among equal WERs; CER
+first with ``train.best_by: cer``) in ``checkpoints/best.ckpt`` and the latest state in
+``last.ckpt``, written atomically. The data side (:func:`prepare`, :class:`FinetuneData`) and the
+run's records (rejected.jsonl, :class:`FinetuneResult`) are in
+:mod:`audio_ssl.tasks.finetune_data`.
 """
 
 from __future__ import annotations
@@ -131,7 +132,6 @@ class FinetuneTask(L.LightningModule):
             num_frames = int(model.backbone.frame_lengths(
                 batch.lengths.new_tensor([batch.waveforms.shape[1]]))[0])
             time_mask, channel_mask = self.masks(frames, num_frames, generator)
-        if train:
             self.freeze_loaded(self.backbone_frozen(step))
         out = model(batch.waveforms, batch.lengths, mask=time_mask, channel_mask=channel_mask,
                     generator=generator)
