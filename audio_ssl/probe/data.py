@@ -16,7 +16,13 @@ Splits (always named in the results):
   identification; a single-speaker corpus such as LJSpeech).
 
 Rows that cannot be used (no label, a label seen fewer than ``min_per_label`` times, a missing
-file) are returned as :class:`~audio_ssl.data.manifest.Rejected` with the reason, never raised.
+file, a second row on the same audio file) are returned as
+:class:`~audio_ssl.data.manifest.Rejected` with the reason, never raised.
+
+Nothing depends on the manifest's row order: the usable rows come back sorted by their audio
+path, one row per file, and every choice among them (``max_per_label``, ``max_utterances``, the
+held-out fifths, the dev tenth) is made by a hash of a path or a speaker's name. The same rows in
+any order give the same examples, folds and figures.
 """
 
 from __future__ import annotations
@@ -53,9 +59,9 @@ class ProbeTask:
         where: keep only rows whose fields have these values ({"lang": "en"}).
         min_per_label: classification: labels with fewer utterances are left out.
         max_per_label: classification: at most this many utterances of each label (0: all),
-            the first ones in manifest order.
-        max_utterances: at most this many usable rows (0: all), the first ones in manifest
-            order (CTC heads cost most: a smaller recognition task for a quick suite).
+            chosen by a hash of their paths (never by row order).
+        max_utterances: at most this many usable rows (0: all), chosen by a hash of their
+            paths (CTC heads cost most: a smaller recognition task for a quick suite).
     """
 
     name: str
@@ -157,8 +163,11 @@ def read_examples(task: ProbeTask) -> tuple[list[Example], list[Rejected]]:
                 continue
         examples.append(Example(path, label, speaker,
                                 str(row.get("split") or "train"), line))
-        if task.max_utterances and len(examples) == task.max_utterances:
-            break
+    examples, duplicates = _one_row_per_file(examples)
+    rejected += duplicates
+    if task.max_utterances:
+        examples = _by_hash(examples)[:task.max_utterances]
+    examples.sort(key=lambda e: e.path)
     if task.kind == CLASSIFICATION:
         examples, rare = _balance(examples, task)
         rejected += rare
@@ -169,10 +178,40 @@ def read_examples(task: ProbeTask) -> tuple[list[Example], list[Rejected]]:
     return examples, rejected
 
 
+def _by_hash(examples: list[Example]) -> list[Example]:
+    """``examples`` in an order fixed by their paths alone (a hash, so that a prefix of it is a
+    sample of the corpus, not its first folder)."""
+    return sorted(examples, key=lambda e: (_stable_fraction("pick:" + e.path), e.path))
+
+
+def _one_row_per_file(examples: list[Example]) -> tuple[list[Example], list[Rejected]]:
+    """One example per audio file: a file named by several rows with the same label is kept
+    once (the other rows are named as duplicates); with different labels, none of its rows is
+    kept, since which label is right cannot be told."""
+    rows: dict[str, list[Example]] = {}
+    for e in examples:
+        rows.setdefault(e.path, []).append(e)
+    kept, rejected = [], []
+    for path, same in rows.items():
+        if len(same) == 1:
+            kept.append(same[0])
+            continue
+        lines = ", ".join(e.line.rpartition(":")[2] for e in same)
+        if len({(e.label, e.speaker, e.split) for e in same}) == 1:
+            kept.append(same[0])
+            rejected += [Rejected(path, f"same audio file as line {same[0].line.rpartition(':')[2]} "
+                                        f"(lines {lines}): used once", e.line) for e in same[1:]]
+        else:
+            rejected += [Rejected(path, f"the same audio file has different labels, speakers or "
+                                        f"splits in lines {lines}: none is used", e.line)
+                         for e in same]
+    return kept, rejected
+
+
 def _balance(examples: list[Example], task: ProbeTask) -> tuple[list[Example], list[Rejected]]:
     counts = Counter(e.label for e in examples)
     kept, rejected, seen = [], [], Counter()
-    for e in examples:
+    for e in _by_hash(examples):
         if counts[e.label] < task.min_per_label:
             rejected.append(Rejected(e.path, f"label {e.label!r} has {counts[e.label]} "
                                              f"utterances, fewer than min_per_label "
@@ -180,7 +219,7 @@ def _balance(examples: list[Example], task: ProbeTask) -> tuple[list[Example], l
         elif not task.max_per_label or seen[e.label] < task.max_per_label:
             seen[e.label] += 1
             kept.append(e)
-    return kept, rejected
+    return sorted(kept, key=lambda e: e.path), rejected
 
 
 @dataclass(frozen=True)
@@ -198,15 +237,16 @@ def _stable_fraction(key: str) -> float:
     return int(hashlib.sha1(key.encode()).hexdigest()[:8], 16) / 2 ** 32
 
 
-def _dev_of(train: list[int], groups: list[str]) -> tuple[list[int], list[int]]:
+def _dev_of(train: list[int], groups: list[str], keys: list[str]) -> tuple[list[int], list[int]]:
     """A tenth of ``train`` for choosing the head's epoch: whole groups where there are enough
-    of them (so the choice never sees a test-like speaker twice), else single utterances."""
+    of them (so the choice never sees a test-like speaker twice), else single utterances, each
+    chosen by a hash of its key (its path: never its row number)."""
     names = sorted({groups[i] for i in train})
     if len(names) >= 5:
         held = {g for g in names if _stable_fraction("dev:" + g) < 0.1} or {names[-1]}
         dev = [i for i in train if groups[i] in held]
     else:
-        dev = [i for i in train if _stable_fraction(f"dev:{i}") < 0.1] or train[-1:]
+        dev = [i for i in train if _stable_fraction("dev:" + keys[i]) < 0.1] or train[-1:]
     chosen = set(dev)
     return [i for i in train if i not in chosen], dev
 
@@ -220,13 +260,14 @@ def make_folds(task: ProbeTask, examples: list[Example]) -> list[Fold]:
     """
     n = len(examples)
     speakers = [e.speaker for e in examples]
+    paths = [e.path for e in examples]
     if task.split_by == "manifest":
         splits = [e.split.lower() for e in examples]
         test = [i for i in range(n) if splits[i] == "test"]
         dev = [i for i in range(n) if splits[i] in ("dev", "valid", "validation")]
         train = [i for i in range(n) if splits[i] not in ("test", "dev", "valid", "validation")]
         if not dev:
-            train, dev = _dev_of(train, speakers if any(speakers) else [str(i) for i in range(n)])
+            train, dev = _dev_of(train, speakers if any(speakers) else paths, paths)
         folds = [Fold("test", train, dev, test)]
     elif task.split_by == "within-speaker":
         chosen: set[int] = set()
@@ -236,7 +277,7 @@ def make_folds(task: ProbeTask, examples: list[Example]) -> list[Fold]:
             if len(own) >= 2:
                 chosen.update(own[:max(1, round(TEST_FRACTION * len(own)))])
         test = sorted(chosen)
-        train, dev = _dev_of([i for i in range(n) if i not in chosen], [str(i) for i in range(n)])
+        train, dev = _dev_of([i for i in range(n) if i not in chosen], paths, paths)
         folds = [Fold("within-speaker", train, dev, test)]
     else:
         names = sorted(set(speakers))
@@ -251,7 +292,7 @@ def make_folds(task: ProbeTask, examples: list[Example]) -> list[Fold]:
         folds = []
         for held in held_out:
             test = [i for i in range(n) if speakers[i] in held]
-            train, dev = _dev_of([i for i in range(n) if speakers[i] not in held], speakers)
+            train, dev = _dev_of([i for i in range(n) if speakers[i] not in held], speakers, paths)
             folds.append(Fold(",".join(sorted(held)) if len(held) == 1 else "held-out speakers",
                               train, dev, test))
     for fold in folds:

@@ -42,8 +42,23 @@ class FeatureSet:
     name: str
     layers: list[str]  # layer names, L of them
     frame_rate: float
+    files: list[str]  # the files asked for, in that order
     arrays: list[np.ndarray | None]  # per file: (L, T, D) float16, None when unreadable
     failures: list[Rejected]
+
+    def __post_init__(self) -> None:
+        if len(self.files) != len(self.arrays):
+            raise ValueError(f"feature set {self.name!r}: {len(self.arrays)} arrays for "
+                             f"{len(self.files)} files")
+        self._row = {f: k for k, f in enumerate(self.files)}
+
+    def of(self, path: str) -> np.ndarray | None:
+        """The array of ``path`` (looked up by name, never by position).
+
+        Raises:
+            KeyError: ``path`` was not among the files asked for.
+        """
+        return self.arrays[self._row[path]]
 
 
 def _key(*parts: object) -> str:
@@ -90,7 +105,7 @@ def baseline_features(names: list[str], files: list[str], cache: Path) -> dict[s
     for name, path in paths.items():
         if path.is_file():
             saved = torch.load(path, weights_only=True)
-            out[name] = FeatureSet(name, [name], 100.0,
+            out[name] = FeatureSet(name, [name], 100.0, list(files),
                                    [None if a is None else a.numpy() for a in saved["arrays"]],
                                    [Rejected(p, r) for p, r in saved["failures"]])
     todo = [name for name in names if name not in out]
@@ -117,7 +132,7 @@ def baseline_features(names: list[str], files: list[str], cache: Path) -> dict[s
         with atomic_path(paths[name], fsync=False) as tmp:
             torch.save({"arrays": arrays[name],
                         "failures": [(r.path, r.reason) for r in failures]}, tmp)
-        out[name] = FeatureSet(name, [name], 100.0,
+        out[name] = FeatureSet(name, [name], 100.0, list(files),
                                [None if a is None else a.numpy() for a in arrays[name]],
                                list(failures))
     return {name: out[name] for name in names}
@@ -146,7 +161,7 @@ def model_features(name: str, extractor, files: list[str], cache: Path, *,
     for f in files:
         if f not in by_path:
             failures.append(failed.get(f, Rejected(f, "not extracted")))
-    return FeatureSet(name, list(extractor.layers), extractor.frame_rate,
+    return FeatureSet(name, list(extractor.layers), extractor.frame_rate, list(files),
                       [by_path.get(f) for f in files], failures)
 
 

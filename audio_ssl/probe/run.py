@@ -122,7 +122,7 @@ def _threads(kind: str):
 def _fit(prep: Prepared, fs: FeatureSet, rows: list[int], settings: ProbeSettings) -> dict:
     """Every head of one task on one feature set: {score, wer, layer_weights, sweep, ...}."""
     task = prep.task
-    arrays = [fs.arrays[i] for i in rows]
+    arrays = [fs.of(prep.examples[i].path) for i in rows]  # by path: rows and files differ
     labels = [prep.examples[i].label for i in rows]
     position = {r: k for k, r in enumerate(rows)}
     folds = [Fold(f.name, [position[i] for i in f.train if i in position],
@@ -180,8 +180,7 @@ def _feature_sets(prepared: list[Prepared], checkpoint: str | None, loaded, cach
 
     corpora: dict[str, list[str]] = {}
     for prep in prepared:
-        files = sorted({e.path for e in prep.examples})
-        corpora[prep.task.name] = files
+        corpora[prep.task.name] = sorted({e.path for e in prep.examples})
     extractors = {}
     if checkpoint is not None:
         key = checkpoint_key(checkpoint)

@@ -296,3 +296,102 @@ def test_shared_suite_names_the_shared_corpora(data_dir, tmp_path, monkeypatch):
             assert read_examples(task)[0]
     assert made == [{"minutes": 6, "seed": 0, "progress": False, "sentences": None}]
     assert tasks["characters_espeak"].data.parent.parent == tmp_path / "out"
+
+
+# -- row order and duplicated rows ----------------------------------------------------------------
+
+
+def _tone_corpus(folder: Path, per_class: int = 8, seed: int = 0) -> list[dict]:
+    """Three classes of 1 s tones (300, 700, 1500 Hz) in noise, random phase and loudness, four
+    speakers; the manifest's rows in path order. A probe that pairs every file with its own
+    label separates them on MFCCs; one that pairs them in another order cannot."""
+    import soundfile as sf
+
+    rng = np.random.default_rng(seed)
+    (folder / "audio").mkdir(parents=True)
+    t = np.arange(16_000) / 16_000
+    rows = []
+    for c, freq in enumerate((300, 700, 1500)):
+        for k in range(per_class):
+            wav = (rng.uniform(0.2, 0.8) * np.sin(2 * np.pi * freq * t + rng.uniform(0, 6.3))
+                   + 0.05 * rng.standard_normal(t.size))
+            name = f"audio/f{c}_{k:02d}.wav"
+            sf.write(folder / name, wav.astype(np.float32), 16_000)
+            rows.append({"audio": name, "tone": f"hz{freq}", "speaker": f"s{k % 4}",
+                         "split": "test" if k % 4 == 0 else "train"})
+    return sorted(rows, key=lambda r: r["audio"])
+
+
+def _write_rows(path: Path, rows: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
+@pytest.mark.slow
+def test_any_row_order_gives_the_same_figures(checkpoint, tmp_path):
+    rows = _tone_corpus(tmp_path, per_class=12)
+    orders = {"path": rows, "reversed": rows[::-1],
+              "shuffled": [rows[i] for i in np.random.default_rng(1).permutation(len(rows))]}
+    results = {}
+    for name, ordered in orders.items():
+        manifest = _write_rows(tmp_path / f"{name}.jsonl", ordered)
+        tasks = [ProbeTask("tone", manifest, field="tone", split_by="manifest"),
+                 ProbeTask("tone_speakers", manifest, field="tone", split_by="speaker")]
+        results[name] = run_probe(checkpoint, tasks, tmp_path / f"out-{name}",
+                                  ProbeSettings(seeds=2, head=HeadConfig(), progress=False,
+                                                baselines=("mfcc",)))
+    # a second way to the answer: pure tones in light noise are told apart on MFCCs
+    for task in ("tone", "tone_speakers"):
+        assert results["path"]["tasks"][task]["sets"]["mfcc"]["score"]["mean"] >= 0.9
+    for name in ("reversed", "shuffled"):
+        for task in ("tone", "tone_speakers"):
+            a, b = results["path"]["tasks"][task], results[name]["tasks"][task]
+            assert a["folds"] == b["folds"]
+            for s in ("model", "mfcc"):
+                assert a["sets"][s]["score"] == b["sets"][s]["score"], (name, task, s)
+                assert a["sets"][s]["predictions"] == b["sets"][s]["predictions"]
+
+
+def test_examples_and_folds_do_not_depend_on_row_order(tmp_path):
+    rows = _tone_corpus(tmp_path, per_class=10)
+    shuffled = [rows[i] for i in np.random.default_rng(3).permutation(len(rows))]
+    for split_by in ("manifest", "speaker", "within-speaker"):
+        task = dict(field="tone", split_by=split_by, max_per_label=7, max_utterances=25)
+        seen = []
+        for name, ordered in (("a", rows), ("b", shuffled)):
+            t = ProbeTask(name, _write_rows(tmp_path / f"{name}.jsonl", ordered), **task)
+            examples, _ = read_examples(t)
+            folds = make_folds(t, examples)
+            seen.append(([(e.path, e.label) for e in examples],
+                         [(f.name, [examples[i].path for i in f.train],
+                           [examples[i].path for i in f.dev],
+                           [examples[i].path for i in f.test]) for f in folds]))
+        assert seen[0] == seen[1], split_by
+        assert len(seen[0][0]) == 21  # 25 by hash, then at most 7 of each of the 3 tones
+
+
+def test_duplicated_audio_rows_are_named_and_used_once(tmp_path):
+    rows = _tone_corpus(tmp_path, per_class=4)
+    same = dict(rows[0])
+    clash = dict(rows[1], tone="hz9999")
+    manifest = _write_rows(tmp_path / "m.jsonl", rows + [same, clash])
+    examples, rejected = read_examples(ProbeTask("t", manifest, field="tone", min_per_label=1))
+    paths = [e.path for e in examples]
+    assert len(paths) == len(set(paths)) == len(rows) - 1  # rows[1]: two labels, none used
+    assert str(tmp_path / rows[0]["audio"]) in paths
+    assert str(tmp_path / rows[1]["audio"]) not in paths
+    reasons = {r.line.rpartition(":")[2]: r.reason for r in rejected}
+    assert "same audio file as line 1" in reasons[str(len(rows) + 1)]
+    assert "different labels" in reasons["2"] and "different labels" in reasons[str(len(rows) + 2)]
+
+
+@pytest.mark.slow
+def test_a_manifest_with_duplicated_rows_is_probed(checkpoint, tmp_path):
+    rows = _tone_corpus(tmp_path, per_class=4)
+    manifest = _write_rows(tmp_path / "m.jsonl", rows + rows[:3])
+    results = run_probe(checkpoint, [ProbeTask("tone", manifest, field="tone")], tmp_path / "o",
+                        ProbeSettings(seeds=1, head=FAST, progress=False, baselines=("mfcc",),
+                                      sweep=False))
+    entry = results["tasks"]["tone"]
+    assert entry["utterances"] == len(rows)
+    assert sum("same audio file" in r["reason"] for r in entry["rejected"]) == 3
