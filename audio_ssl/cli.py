@@ -53,8 +53,19 @@ def _run_targets(args: argparse.Namespace) -> int:
     checkpoint = str(Path(args.checkpoint).resolve()) if args.checkpoint else None
     cfg = TargetsConfig(kind=args.kind, clusters=args.clusters, seed=args.seed,
                         checkpoint=checkpoint, layer=args.layer)
+    featurize = None
+    if args.kind == "layer" and checkpoint is not None and args.layer is not None:
+        from audio_ssl.inference.extract import FeatureExtractor
+
+        # the one extraction path: the checkpoint's own normalisation, exact frames for long
+        # files; fp32 so that labels do not depend on the CPU's bf16 units
+        if args.layer < 0:
+            raise ValueError(f"--layer {args.layer}: expected a context layer index >= 0")
+        extractor = FeatureExtractor.from_checkpoint(checkpoint, layers=args.layer,
+                                                     precision="32")
+        featurize = lambda wav: extractor(wav, sample_rate=cfg.sample_rate).float()  # noqa: E731
     items, skipped = scan(args.data, progress=not args.no_progress)
-    count, rejected = make_targets(items, cfg, args.output)
+    count, rejected = make_targets(items, cfg, args.output, featurize)
     print(f"labelled {count} files with {args.clusters} {args.kind} clusters in {args.output} "
           f"({len(skipped) + len(rejected)} skipped)\n"
           f"pretrain on them: audio-ssl pretrain {args.data} --objective hubert "

@@ -71,45 +71,33 @@ def mfcc_frames(wav: torch.Tensor, sample_rate: int = 16_000,
     return torch.cat([mfcc, d1, d2], dim=1)[0, :, :frames].T.contiguous()  # (T, 39)
 
 
-def layer_frames(checkpoint: str, layer: int) -> Callable[[torch.Tensor], torch.Tensor]:
-    """A function (S,) audio -> (T, D): the checkpoint's context layer ``layer`` (0 = the
-    context network's input), for HuBERT's later iterations."""
-    from audio_ssl.interop import load_model
-
-    loaded = load_model(checkpoint)
-    backbone = loaded.backbone.eval()
-    normalize = bool(loaded.normalize)
-    layers = len(backbone.context.layers)
-    if not 0 <= layer <= layers:
-        raise ValueError(f"--layer {layer}: {checkpoint} has context layers 0..{layers}")
-
-    @torch.no_grad()
-    def features(wav: torch.Tensor) -> torch.Tensor:
-        x = wav.float()
-        if normalize:
-            x = (x - x.mean()) / (x.std() + 1e-7)
-        out = backbone(x[None], return_layers=True)
-        return out.hidden_states[layer][0]  # (T, D)
-
-    return features
-
-
-def _featurizer(cfg: TargetsConfig) -> Callable[[torch.Tensor], torch.Tensor]:
+def _featurizer(cfg: TargetsConfig, featurize: Callable[[torch.Tensor], torch.Tensor] | None
+                ) -> Callable[[torch.Tensor], torch.Tensor]:
     if cfg.kind == "mfcc":
         return lambda wav: mfcc_frames(wav, cfg.sample_rate)
     if cfg.checkpoint is None or cfg.layer is None:
         raise ValueError("--kind layer needs --checkpoint and --layer")
-    return layer_frames(cfg.checkpoint, cfg.layer)
+    if featurize is None:
+        raise ValueError("--kind layer: make_targets needs the layer's features (featurize=, "
+                         "e.g. audio_ssl.inference.FeatureExtractor.from_checkpoint(checkpoint, "
+                         "layers=layer))")
+    return featurize
 
 
 def _config_text(cfg: TargetsConfig) -> str:
     return yaml.safe_dump(asdict(cfg), sort_keys=False)
 
 
-def make_targets(items: list[AudioItem], cfg: TargetsConfig,
-                 output: str | Path) -> tuple[int, list[Rejected]]:
+def make_targets(items: list[AudioItem], cfg: TargetsConfig, output: str | Path,
+                 featurize: Callable[[torch.Tensor], torch.Tensor] | None = None
+                 ) -> tuple[int, list[Rejected]]:
     """Fit k-means on ``items``' frames (or reuse ``output``'s centres) and write every file's
-    labels. Returns (files labelled, files that could not be read)."""
+    labels. Returns (files labelled, files that could not be read).
+
+    ``featurize``: (S,) audio -> (T, D) frames, one per encoder frame; MFCCs for
+    ``cfg.kind == "mfcc"``, and for ``"layer"`` the caller's (a checkpoint's layer through
+    the extraction path, which knows the checkpoint's normalisation: this module reads audio and
+    writes labels, and loads no models)."""
     from sklearn.cluster import MiniBatchKMeans
 
     out = Path(output)
@@ -117,7 +105,7 @@ def make_targets(items: list[AudioItem], cfg: TargetsConfig,
     if written.is_file() and written.read_text() != _config_text(cfg):
         raise FileExistsError(f"{out} holds targets made differently ({written}): choose another "
                               "--output or the same options")
-    featurize = _featurizer(cfg)  # bad options fail before anything is written
+    featurize = _featurizer(cfg, featurize)  # bad options fail before anything is written
     (out / "labels").mkdir(parents=True, exist_ok=True)
     atomic_write_text(written, _config_text(cfg))
     rejected: list[Rejected] = []

@@ -113,3 +113,45 @@ def test_targets_command_then_hubert_pretraining(tmp_path, capsys):
     assert main(["targets", str(corpus), "--output", str(tmp_path / "t2"), "--kind", "layer",
                  "--no-progress"]) == 2
     assert "--checkpoint" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_layer_targets_come_from_the_extraction_path(tmp_path, capsys):
+    """Labels of a checkpoint's layer: the frames the extractor gives (with the checkpoint's own
+    normalisation), one label per encoder frame; a layer the checkpoint lacks is one line."""
+    import soundfile as sf
+
+    from audio_ssl.inference.extract import FeatureExtractor
+    from audio_ssl.interop.export import save_native
+    from audio_ssl.models import Wav2Vec2ForPretraining
+    from tests.conftest import small_model_config
+
+    torch.manual_seed(0)
+    ckpt = save_native(Wav2Vec2ForPretraining(small_model_config()).eval(), tmp_path / "m.ckpt",
+                       run_config={"data": {"normalize": True}})
+    corpus = tmp_path / "audio"
+    corpus.mkdir()
+    rng = np.random.default_rng(0)
+    for k in range(4):
+        sf.write(corpus / f"{k}.wav", (0.3 * rng.standard_normal(20_000 + 4_000 * k))
+                 .astype(np.float32), 16_000)
+    out = tmp_path / "t"
+    assert main(["targets", str(corpus), "--output", str(out), "--kind", "layer",
+                 "--checkpoint", str(ckpt), "--layer", "1", "--clusters", "3",
+                 "--no-progress"]) == 0
+    store = LabelStore(out)
+    extractor = FeatureExtractor.from_checkpoint(ckpt, layers=1, precision="32")
+    assert extractor.normalize  # the checkpoint's setting, asked of LoadedModel
+    centers = np.load(out / "centers.npy")
+    for k in range(4):
+        frames = extractor(str(corpus / f"{k}.wav")).numpy()  # (T, D)
+        labels = store.crop(str(corpus / f"{k}.wav"), 0, len(frames)).numpy()
+        nearest = ((frames[:, None] - centers[None]) ** 2).sum(-1).argmin(1)
+        assert len(labels) == len(frames)
+        assert (np.asarray(labels) == nearest).mean() > 0.95
+    capsys.readouterr()
+    assert main(["targets", str(corpus), "--output", str(tmp_path / "t2"), "--kind", "layer",
+                 "--checkpoint", str(ckpt), "--layer", "9", "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    errors = [line for line in err.splitlines() if "error" in line]
+    assert len(errors) == 1 and "layer 9" in errors[0] and "Traceback" not in err
