@@ -303,7 +303,7 @@ __all__ = [
     "PRESETS",
     "preset", "load", "merge", "from_dict", "to_dict", "dump",
     "TextConfig", "CTCConfig", "FinetuneDataConfig", "FinetuneOptimConfig", "FinetuneTrainConfig",
-    "FinetuneConfig", "FINETUNE_PRESETS", "finetune_preset", "load_finetune", "finetune_from_dict",
+    "FinetuneConfig", "FINETUNE_PRESETS", "finetune_preset", "load_finetune",
 ]
 
 
@@ -436,7 +436,3 @@ def load_finetune(preset_name: str = "tiny", yaml_path: str | Path | None = None
     """Fine-tuning preset (on ``model``), then a YAML file of overrides, then a dict."""
     return overlay(finetune_preset(preset_name, model), yaml_path, overrides)
 
-
-def finetune_from_dict(data: dict[str, Any]) -> FinetuneConfig:
-    """Rebuild a resolved fine-tuning config (as written beside its checkpoints)."""
-    return merge(FinetuneConfig(), data)

@@ -45,8 +45,48 @@ def small_model_config(norm: str = "layer", layer_norm_first: bool = True) -> co
     )
 
 
+def require_shared(path: Path = DATA) -> Path:
+    """``path`` (under ``../shared/data``), or skip the test where it is missing; fail instead
+    where ``AUDIO_SSL_REQUIRE_SHARED=1`` (CI, which always has it beside the clone)."""
+    if not path.exists():
+        message = f"shared data not found at {path} (set AUDIO_SSL_SHARED)"
+        if os.environ.get("AUDIO_SSL_REQUIRE_SHARED") == "1":
+            pytest.fail(message)
+        pytest.skip(message)
+    return path
+
+
 @pytest.fixture
 def data_dir() -> Path:
-    if not DATA.is_dir():
-        pytest.skip(f"shared data not found at {DATA}")
-    return DATA
+    return require_shared(DATA)
+
+
+def _reads_shared(function) -> bool:
+    import inspect
+
+    try:
+        source = inspect.getsource(function)
+    except (OSError, TypeError):
+        return False
+    return "DATA" in source or "require_shared" in source or "data_dir" in source
+
+
+def pytest_collection_modifyitems(config, items):
+    """Every test that reads ``../shared/data`` carries the ``shared_data`` marker (``pytest -m
+    shared_data`` lists them): those whose body, or one of whose fixtures, names ``DATA``,
+    ``require_shared`` or ``data_dir``."""
+    for item in items:
+        functions = [getattr(item, "function", None)]
+        info = getattr(item, "_fixtureinfo", None)
+        for defs in (info.name2fixturedefs.values() if info else ()):
+            functions += [d.func for d in defs if d.argname != "_shared_data_present"]
+        if any(f is not None and _reads_shared(f) for f in functions):
+            item.add_marker(pytest.mark.shared_data)
+
+
+@pytest.fixture(autouse=True)
+def _shared_data_present(request):
+    """A ``shared_data`` test without ``../shared/data`` is skipped, or fails where
+    ``AUDIO_SSL_REQUIRE_SHARED=1`` (CI, which always has it beside the clone)."""
+    if request.node.get_closest_marker("shared_data") is not None:
+        require_shared(DATA)

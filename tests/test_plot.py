@@ -10,6 +10,7 @@ import pytest
 
 from audio_ssl.cli import main
 from audio_ssl.plot import load_run
+from tests.conftest import DATA, require_shared
 
 FAST = """
 train: {log_every: 1, checkpoint_every: 100}
@@ -20,9 +21,7 @@ PNG = b"\x89PNG\r\n\x1a\n"
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
-    shared = Path(__file__).resolve().parents[1] / ".." / "shared" / "data"
-    if not shared.is_dir():
-        pytest.skip(f"shared data not found at {shared}")
+    shared = require_shared(DATA)
     tmp = tmp_path_factory.mktemp("plot")
     (tmp / "q.yaml").write_text(FAST + "model: {quantize_targets: true}\n")
     (tmp / "c.yaml").write_text(FAST)

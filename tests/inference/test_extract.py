@@ -16,7 +16,7 @@ import pytest
 import soundfile as sf
 import torch
 import torch.nn.functional as F
-from conftest import DATA, small_model_config
+from conftest import DATA, require_shared, small_model_config
 
 from audio_ssl.cli import main
 from audio_ssl.data import load_audio
@@ -45,8 +45,7 @@ def checkpoint(tmp_path_factory) -> Path:
 def speech(tmp_path_factory) -> tuple[Path, list[Path]]:
     """A folder of real speech: 6 short files in a sub-folder and one ~40 s file (chunked)."""
     tiny = DATA / "tiny" / "audio"
-    if not tiny.is_dir():
-        pytest.skip(f"shared data not found at {DATA}")
+    require_shared(tiny)
     root = tmp_path_factory.mktemp("speech")
     (root / "sub").mkdir()
     sources = sorted(tiny.glob("*.flac"))

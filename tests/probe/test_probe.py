@@ -17,7 +17,7 @@ from audio_ssl.probe import ProbeSettings, make_folds, parse_task, read_examples
 from audio_ssl.probe import heads as probe_heads
 from audio_ssl.probe.data import Example, ProbeTask
 from audio_ssl.probe.heads import HeadConfig, LayerMix
-from tests.conftest import DATA, small_model_config
+from tests.conftest import DATA, require_shared, small_model_config
 
 FAST = HeadConfig(epochs=8, ctc_epochs=5)
 
@@ -33,8 +33,7 @@ def checkpoint(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def tiny_manifest() -> Path:
     path = DATA / "tiny" / "manifest.jsonl"
-    if not path.is_file():
-        pytest.skip(f"shared data not found at {DATA}")
+    require_shared(path)
     return path
 
 
