@@ -41,7 +41,8 @@ def main() -> int:
     parser.add_argument("--preset", default="tiny")
     parser.add_argument("--config", type=Path, default=None)
     parser.add_argument("--max-steps", type=int, default=6000)
-    parser.add_argument("--objective", default=None, choices=["wav2vec2", "hubert", "best-rq"])
+    parser.add_argument("--objective", default=None,
+                        help="any objective `audio-ssl pretrain --objective` takes")
     parser.add_argument("--targets", type=Path, default=None,
                         help="hubert: labels of the listing (audio-ssl targets OUTPUT/files.lst)")
     parser.add_argument("--resume", action="store_true")
