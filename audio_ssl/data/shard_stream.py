@@ -279,24 +279,28 @@ class ShardStreamDataset(IterableDataset):
             if not pending:
                 pending.append(next(source))
             current = pending.popleft()
-            upcoming = self._upcoming(current.shard, pending, source)
+            upcoming = self._upcoming(current, pending, source)
             yield self._load(reader, current, upcoming, failed)
 
-    def _upcoming(self, shard: int, pending: deque, source: Iterator[ShardRequest]) -> list[int]:
-        """The next ``read_ahead`` shards after ``shard`` (requests buffered up to them)."""
+    def _upcoming(self, current: ShardRequest, pending: deque,
+                  source: Iterator[ShardRequest]) -> list[int]:
+        """The next ``read_ahead`` shards after the current one (requests buffered up to them;
+        no further than the end of the next epoch: a stream of one shard has no next)."""
         found: list[int] = []
-        last = shard
+        last = current.shard
         for r in pending:
             if r.shard != last:
                 found.append(r.shard)
                 last = r.shard
         while len(found) < self.read_ahead:
+            if pending and pending[-1].request.epoch > current.request.epoch + 1:
+                break
             r = next(source)
             pending.append(r)
             if r.shard != last:
                 found.append(r.shard)
                 last = r.shard
-        return found
+        return found[: self.read_ahead]
 
     def _load(self, reader: ShardReader, req: ShardRequest, upcoming: list[int],
               failed: dict[int, str]) -> Batch:

@@ -184,6 +184,7 @@ class _Progress:
                     "choose another OUTPUT, or delete it to start again")
         self.done = {int(n.split(".")[1]) for n in names
                      if n.startswith("shard.") and n.endswith(".json")}
+        self.stored = PLAN_NAME in names
 
     def marker(self, shard: int) -> str:
         return storage.join(self.folder, f"shard.{shard:06d}.json")
@@ -210,7 +211,8 @@ def _write_shard(shard: int, items: Sequence[AudioItem], ids: Sequence[str], aud
                 rejected.append(enc)
                 continue
             cut = ShardCut(cid, shard, enc.frames, enc.sample_rate, enc.channels, item.path)
-            line, recording = _lhotse_records(cut, audio_format, *texts.get(item.path, (None, None)))
+            text, speaker = texts.get(item.path, (None, None))
+            line, recording = _lhotse_records(cut, audio_format, text, speaker)
             _add_member(tar, f"{cid}.{audio_format}", enc.data)
             _add_member(tar, f"{cid}.json", (json.dumps(recording) + "\n").encode())
             gz.write((json.dumps(line, ensure_ascii=False) + "\n").encode("utf-8"))
@@ -253,6 +255,10 @@ def write_shards(source: str | os.PathLike, output: str, *, shard_size: int = 10
         staging_root.mkdir(parents=True)
     else:
         staging_root = Path(tempfile.mkdtemp(prefix="audio-ssl-shard-"))
+    if not progress_state.stored:  # before any shard: a rerun with another plan is refused
+        plan_file = Path(tempfile.mkdtemp(dir=staging_root)) / PLAN_NAME
+        plan_file.write_text(json.dumps(plan))
+        storage.publish(plan_file, storage.join(output, f"{PROGRESS_DIR}/{PLAN_NAME}"))
     per_shard: dict[int, tuple[list[ShardCut], list[Rejected]]] = {}
     bar = tqdm(total=sum(len(items[k * shard_size:(k + 1) * shard_size]) for k in todo),
                desc="sharding", unit="file", disable=not progress)
