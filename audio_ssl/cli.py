@@ -180,6 +180,13 @@ def main(argv: list[str] | None = None) -> int:
             return _run_pretrain(args, args.data, args.output)
         if args.command == "targets":
             return _run_targets(args)
+        if args.command == "shard":
+            from audio_ssl.data.shard_writer import write_shards
+
+            print(write_shards(args.source, args.output, shard_size=args.shard_size,
+                               audio_format=args.format, num_workers=args.workers,
+                               progress=not args.no_progress).summary())
+            return 0
         if args.command == "extract":
             return _run_extract(args)
         if args.command == "convert":

@@ -13,6 +13,8 @@ commands:
   demo       the whole workflow on spoken digits it synthesises: pretrain, plot, extract,
              probe, fine-tune with CTC, transcribe unseen voices (no input needed)
   pretrain   pretrain a model on a folder of raw audio (any format, rate, channels, length)
+             or on shards streamed from a folder or object storage
+  shard      write a folder, manifest or list as Lhotse Shar shards (a path or s3://); resumable
   extract    features (any layer, or quantizer codes) of every file of a folder, manifest or
              list, from any checkpoint; resumable
   finetune   fine-tune a pretrained model for speech recognition (CTC) on transcribed audio
@@ -87,10 +89,31 @@ def build_parser() -> argparse.ArgumentParser:
         "listed in OUTPUT/rejected.jsonl. Checkpoints, the resolved config, metrics and logs go "
         "to --output.",
     )
-    p.add_argument("data", help="folder of audio, JSONL manifest or list of files")
+    p.add_argument("data", help="folder of audio, JSONL manifest, list of files, or a shard "
+                   "folder of `audio-ssl shard` (a path or an s3:// URL: streamed)")
     p.add_argument("--output", "-o", type=Path, default=Path("runs/pretrain"),
                    help="run folder (default: runs/pretrain)")
     _add_pretrain_options(p, "tiny")
+
+    sh = sub.add_parser(
+        "shard", help="write a corpus as Lhotse Shar shards, to a folder or object storage",
+        description="Write SOURCE (a folder, a JSONL manifest -- its transcripts and speakers "
+        "go into the cuts -- or a list of files) as Lhotse Shar shards at OUTPUT (a path, or a "
+        "URL such as s3://bucket/prefix): OUTPUT/shar/cuts.NNNNNN.jsonl.gz and "
+        "recording.NNNNNN.tar, OUTPUT/index.jsonl.gz (each cut's shard and length: pretraining "
+        "plans from it without opening audio) and OUTPUT/rejected.jsonl. Audio keeps its rate "
+        "and channels, losslessly encoded. Each shard appears whole or not at all; a rerun "
+        "skips complete shards. `audio-ssl pretrain OUTPUT` streams from it.",
+    )
+    sh.add_argument("source", help="folder of audio, JSONL manifest or list of files")
+    sh.add_argument("output", help="shard folder: a path, file:// or s3:// URL")
+    sh.add_argument("--shard-size", type=int, default=1000,
+                    help="files per shard (default: 1000)")
+    sh.add_argument("--format", default="flac", choices=["flac", "wav"],
+                    help="audio encoding inside the shards (default: flac)")
+    sh.add_argument("--workers", type=int, default=4,
+                    help="threads decoding and encoding files (default: 4)")
+    sh.add_argument("--no-progress", action="store_true", help="no progress bar")
 
     k = sub.add_parser(
         "targets", help="k-means labels of every file, for HuBERT pretraining",

@@ -15,6 +15,7 @@ about 1e-7).
 from __future__ import annotations
 
 import functools
+import io
 import math
 import os
 
@@ -98,6 +99,7 @@ def load_audio(
     normalize: bool = False,
     start: int = 0,
     num_samples: int | None = None,
+    data: bytes | None = None,
 ) -> torch.Tensor:
     """Decode ``path`` to a mono waveform at ``sample_rate``.
 
@@ -108,6 +110,8 @@ def load_audio(
         start: first sample to return, counted at the TARGET rate.
         num_samples: how many samples to return (at the target rate); ``None``: to the end.
             The result has exactly this length when the file is long enough, fewer otherwise.
+        data: the file's bytes (a member of a shard), decoded instead of reading ``path``,
+            which then only names the audio in errors.
 
     Returns:
         (S,) float32 tensor.
@@ -120,10 +124,10 @@ def load_audio(
     if num_samples is not None and num_samples <= 0:
         raise ValueError(f"load_audio: num_samples must be positive or None, got {num_samples}")
     path = os.fspath(path)
-    if (why := _missing(path)) is not None:
+    if data is None and (why := _missing(path)) is not None:
         raise AudioError(path, why)
     try:
-        with sf.SoundFile(path) as f:
+        with sf.SoundFile(path if data is None else io.BytesIO(data)) as f:
             wav = _decode_span(f, sample_rate, start, num_samples)  # (S,)
     except AudioError:
         raise

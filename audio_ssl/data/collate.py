@@ -50,7 +50,8 @@ class DecodedFiles:
 
 def load_batch(paths: Sequence[str | os.PathLike], *, sample_rate: int, normalize: bool,
                spans: Sequence[tuple[int, int]] | None = None,
-               expected: Sequence[int] | None = None, width: int | None = None) -> DecodedFiles:
+               expected: Sequence[int] | None = None, width: int | None = None,
+               data: Sequence[bytes] | None = None) -> DecodedFiles:
     """Decode ``paths`` with :func:`~audio_ssl.data.audio.load_audio` and pad them into a batch.
 
     A file that fails is left out with its reason (an :class:`AudioError`'s own, or ``cannot
@@ -64,6 +65,8 @@ def load_batch(paths: Sequence[str | os.PathLike], *, sample_rate: int, normaliz
         expected: whole-file lengths from the headers: a file that decodes to another length is a
             failure (it changed since it was scanned).
         width: S (default: the longest row), as :func:`pad_batch`.
+        data: each file's bytes (shard members): decoded instead of reading ``paths``, which
+            then only name them.
     """
     rows: list[torch.Tensor] = []
     kept: list[int] = []
@@ -73,7 +76,8 @@ def load_batch(paths: Sequence[str | os.PathLike], *, sample_rate: int, normaliz
         want = num_samples if spans is not None else (None if expected is None else expected[k])
         try:
             wav = load_audio(path, sample_rate=sample_rate, normalize=normalize, start=start,
-                             num_samples=num_samples)  # (S_k,)
+                             num_samples=num_samples,
+                             data=None if data is None else data[k])  # (S_k,)
         except AudioError as e:
             failures.append((k, e.reason))
             continue

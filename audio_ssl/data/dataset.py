@@ -34,6 +34,8 @@ class Batch:
         position: the sampler position of this batch (resume at ``position + 1``).
         labels: (B, T) int64 frame labels of each crop (HuBERT targets), -1 where there is
             none (padding), or None when the dataset has no label store.
+        shard_failures: shards (of a shard folder) found missing or unreadable at this batch,
+            each named once; their batches come back empty.
 
     B may be 0 when every file of the request failed: the trainer should skip such a batch.
     """
@@ -44,6 +46,7 @@ class Batch:
     failures: list[Rejected] = field(default_factory=list)
     position: int = 0
     labels: torch.Tensor | None = None
+    shard_failures: list[Rejected] = field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self.paths)

@@ -205,6 +205,16 @@ class BucketBatchSampler(Sampler[BatchRequest]):
             for b, e in ((int(begins[k]), int(begins[k] + kept[k])),)
         ]
 
+    def plan_epoch(self, epoch: int) -> list[_Plan]:
+        """This rank's batches of ``epoch`` in order, each (indices, starts, num_samples,
+        lengths) as its :class:`BatchRequest` holds them: what a shard stream plans each shard
+        with (no audio is touched)."""
+        return self._rank_batches(epoch)
+
+    def epoch_size(self, epoch: int) -> int:
+        """Batches this rank gets in ``epoch``, without building their crops."""
+        return self._count(epoch)
+
     def locate(self, position: int) -> tuple[int, int]:
         """(epoch, index within that epoch's batches of this rank) of a stream position."""
         epoch = 0

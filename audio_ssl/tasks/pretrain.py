@@ -46,6 +46,7 @@ class PretrainTask(L.LightningModule):
         self.output_dir = Path(output_dir) if output_dir else None
         self.batches_seen = 0  # data position: batches consumed by training_step on this rank
         self.failed_files: set[str] = set()  # failed to decode: logged once, counted out
+        self.failed_shards: set[str] = set()  # shards missing or unreadable: named once
         self.first_metrics: dict[str, float] | None = None
         self.last_metrics: dict[str, float] = {}
         self.warnings: list[str] = []
@@ -66,6 +67,8 @@ class PretrainTask(L.LightningModule):
         self.batches_seen += 1
         for failure in batch.failures:
             self._record_failure(failure)
+        for failure in getattr(batch, "shard_failures", ()):
+            self._record_failure(failure, shard=True)
         if batch.waveforms.shape[0] == 0:
             return None
         step = self.global_step
@@ -194,14 +197,15 @@ class PretrainTask(L.LightningModule):
         with open(self.output_dir / name, "a") as f:
             f.write(json.dumps(record) + "\n")
 
-    def _record_failure(self, failure: Any) -> None:
-        if failure.path in self.failed_files:  # another loader worker tried it too
+    def _record_failure(self, failure: Any, shard: bool = False) -> None:
+        seen = self.failed_shards if shard else self.failed_files
+        if failure.path in seen:  # another loader worker tried it too
             return
-        self.failed_files.add(failure.path)
+        seen.add(failure.path)
         if self.output_dir is not None:
             self._append_jsonl("decode_failures.jsonl",
                                {"step": self.global_step, "path": failure.path,
-                                "reason": failure.reason})
+                                "reason": failure.reason, **({"kind": "shard"} if shard else {})})
 
     def on_train_start(self) -> None:
         self._segment_start = time.perf_counter()
@@ -223,6 +227,7 @@ class PretrainTask(L.LightningModule):
         checkpoint["first_metrics"] = self.first_metrics
         checkpoint["elapsed_seconds"] = self.elapsed_seconds
         checkpoint["failed_files"] = sorted(self.failed_files)
+        checkpoint["failed_shards"] = sorted(self.failed_shards)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self.batches_seen = int(checkpoint.get("batches_seen", 0))
@@ -232,6 +237,7 @@ class PretrainTask(L.LightningModule):
         self.first_metrics = checkpoint.get("first_metrics") or self.first_metrics
         self._elapsed_before = float(checkpoint.get("elapsed_seconds", 0.0))
         self.failed_files = set(checkpoint.get("failed_files", ()))
+        self.failed_shards = set(checkpoint.get("failed_shards", ()))
         self._forget_after(int(checkpoint.get("global_step", 0)))
 
     @rank_zero_only

@@ -13,7 +13,9 @@ import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 
 from audio_ssl.config import PretrainConfig, dump
-from audio_ssl.data import make_dataloader, scan, write_rejected
+from audio_ssl.data import Rejected, make_dataloader, scan, write_rejected
+from audio_ssl.data.shard_stream import make_shard_dataloader, missing_shards
+from audio_ssl.data.shards import ShardIndex, is_shard_folder, read_index
 from audio_ssl.data.targets import LabelStore, check_targets
 from audio_ssl.interop import CheckpointError, LoadedModel, load_model
 from audio_ssl.interop.common import load_exact
@@ -25,15 +27,22 @@ log = logging.getLogger("audio_ssl")
 
 
 class PretrainData(L.LightningDataModule):
-    """Holds the scanned items; builds this rank's loader at the task's data position."""
+    """Holds the scanned items (or a shard folder's index); builds this rank's loader at the
+    task's data position."""
 
-    def __init__(self, items: list, cfg: PretrainConfig, labels: LabelStore | None = None):
+    def __init__(self, items: list | ShardIndex, cfg: PretrainConfig,
+                 labels: LabelStore | None = None):
         super().__init__()
         self.items, self.cfg, self.labels = items, cfg, labels
 
     def train_dataloader(self):
         trainer = self.trainer
         position = trainer.lightning_module.batches_seen  # restored before loaders are built
+        if isinstance(self.items, ShardIndex):
+            loader, _ = make_shard_dataloader(self.items, self.cfg.data, seed=self.cfg.train.seed,
+                                              rank=trainer.global_rank,
+                                              world_size=trainer.world_size, position=position)
+            return loader
         loader, _ = make_dataloader(
             self.items, self.cfg.data, seed=self.cfg.train.seed, rank=trainer.global_rank,
             world_size=trainer.world_size, position=position, labels=self.labels,
@@ -57,6 +66,7 @@ class PretrainResult:
     warnings: list[str]
     seconds: float
     uniform_loss: float  # log(K + 1): the loss of a uniform guess among the candidates
+    failed_shards: int = 0  # shards of a shard folder missing or unreadable: their batches skipped
 
     def summary(self) -> str:
         def row(name: str) -> str:
@@ -68,8 +78,11 @@ class PretrainResult:
         text = (
             f"pretrained {self.steps} steps on {self.files} files ({self.hours:.2f} h of audio) "
             f"in {self.seconds / 60:.1f} min; {self.rejected} file(s) skipped\n"
-            "what was learned (first logged step -> last):\n"
         )
+        if self.failed_shards:
+            text += (f"{self.failed_shards} shard(s) missing or unreadable, their batches "
+                     "skipped (named in decode_failures.jsonl)\n")
+        text += "what was learned (first logged step -> last):\n"
         for name in ("train/contrastive", "train/masked_loss", "train/accuracy", "train/code_perplexity",
                      "train/prob_perplexity", "train/gumbel_temperature"):
             text += row(name)
@@ -105,6 +118,29 @@ def load_init(init: str | Path) -> LoadedModel:
     return loaded
 
 
+def _read_source(data: str | Path, cfg: PretrainConfig, labels: LabelStore | None,
+                 progress: bool) -> tuple[list | ShardIndex, list[Rejected]]:
+    """The audio of ``data`` (a folder, a manifest, a list, or a shard folder at a path or a
+    URL: found by its index), and what is left out (files, or cuts shorter than
+    ``data.min_samples``)."""
+    if not is_shard_folder(str(data)):
+        return scan(data, progress=progress, min_samples=cfg.data.min_samples,
+                    sample_rate=cfg.data.sample_rate)
+    if labels is not None:
+        raise ValueError(f"--targets with the shard folder {data}: HuBERT labels are read by "
+                         "file path; pretrain on the folder or manifest the shards were made of")
+    index = read_index(str(data))
+    sr = cfg.data.sample_rate
+    short = [Rejected(c.path, f"too short: {c.samples_at(sr)} < {cfg.data.min_samples} samples "
+                              f"at {sr} Hz (cut {c.id})")
+             for c in index.cuts if c.samples_at(sr) < cfg.data.min_samples]
+    gone = missing_shards(index)
+    if gone:
+        log.warning("%d of %d shards of %s are missing; their batches will be skipped (first: %s)",
+                    len(gone), index.num_shards, data, gone[0])
+    return index, short
+
+
 def pretrain(data: str | Path, cfg: PretrainConfig, output_dir: str | Path, *,
              resume: bool = False, progress: bool = True, accelerator: str = "auto",
              init: str | Path | LoadedModel | None = None) -> PretrainResult:
@@ -132,11 +168,10 @@ def pretrain(data: str | Path, cfg: PretrainConfig, output_dir: str | Path, *,
     elif init is not None:
         init_state = (loaded or load_init(init)).model.state_dict()
 
-    items, rejected = scan(data, progress=progress, min_samples=cfg.data.min_samples,
-                           sample_rate=cfg.data.sample_rate)
+    items, rejected = _read_source(data, cfg, labels, progress)
     make_run_folder(output)  # only now: a refused run writes nothing
     write_rejected(rejected, output / "rejected.jsonl")
-    if labels is not None:
+    if labels is not None and not isinstance(items, ShardIndex):
         missing = labels.missing([item.path for item in items])
         if len(missing) == len(items):
             raise FileNotFoundError(f"--targets {cfg.data.targets} holds no labels for any file "
@@ -145,8 +180,12 @@ def pretrain(data: str | Path, cfg: PretrainConfig, output_dir: str | Path, *,
             log.warning("%d of %d files have no labels in %s and will be skipped (first: %s)",
                         len(missing), len(items), cfg.data.targets, missing[0])
     dump(cfg, output / "config.yaml")
-    hours = sum(item.duration for item in items) / 3600
-    log.info("%d usable files (%.2f h), %d skipped (listed in %s)", len(items), hours,
+    usable = items
+    if isinstance(items, ShardIndex):  # the cuts the plan samples from
+        usable = [c for c in items.cuts if c.samples_at(cfg.data.sample_rate)
+                  >= cfg.data.min_samples]
+    hours, files = sum(item.duration for item in usable) / 3600, len(usable)
+    log.info("%d usable files (%.2f h), %d skipped (listed in %s)", files, hours,
              len(rejected), output / "rejected.jsonl")
 
     torch.manual_seed(cfg.train.seed)  # the same initial weights for the same seed
@@ -164,11 +203,11 @@ def pretrain(data: str | Path, cfg: PretrainConfig, output_dir: str | Path, *,
     result = PretrainResult(
         output_dir=output, last_checkpoint=find_last_checkpoint(output), steps=trainer.global_step,
         # a file that failed to decode during training is counted out of the usable ones
-        files=len(items) - len(task.failed_files), hours=hours,
+        files=files - len(task.failed_files), hours=hours,
         rejected=len(rejected) + len(task.failed_files), first=task.first_metrics or {},
         last=task.last_metrics, warnings=task.warnings,
         seconds=task.seconds_before_resume + time.perf_counter() - start,  # the whole run
-        uniform_loss=task.uniform_loss,
+        uniform_loss=task.uniform_loss, failed_shards=len(task.failed_shards),
     )
     if trainer.global_rank == 0:
         summary = {k: v for k, v in vars(result).items() if k not in ("output_dir", "last_checkpoint")}
