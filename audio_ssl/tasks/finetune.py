@@ -22,7 +22,6 @@ from typing import Any
 
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.utilities import rank_zero_only
 from torchmetrics import MeanMetric
 from torchmetrics.text import CharErrorRate, WordErrorRate
@@ -52,7 +51,7 @@ from audio_ssl.tasks.finetune_data import (
 from audio_ssl.tasks.pretrain import step_seed
 from audio_ssl.tasks.run import find_last_checkpoint
 from audio_ssl.tasks.schedules import skips_weight_decay, tri_stage
-from audio_ssl.tasks.trainer import build_trainer, is_distributed
+from audio_ssl.tasks.trainer import RunCheckpoint, build_trainer, is_distributed
 
 log = logging.getLogger("audio_ssl")
 
@@ -388,8 +387,8 @@ def finetune(pretrained: str | Path | None, train: str | Path, valid: str | Path
     # after each validation: best.ckpt if its (WER, CER) (or (CER, WER)) is the lowest yet (the
     # first of equal ones stays), then last.ckpt (save_last would write it only with a new best)
     best_key = SELECTION_KEYS[cfg.train.best_by]
-    checkpoints = [ModelCheckpoint(dirpath=output / "checkpoints", filename=name, save_top_k=1,
-                                   enable_version_counter=False, **monitor)
+    checkpoints = [RunCheckpoint(dirpath=output / "checkpoints", filename=name, save_top_k=1,
+                                 **monitor)
                    for name, monitor in (("best", {"monitor": best_key, "mode": "min"}),
                                          ("last", {}))]
     trainer = build_trainer(cfg.train, output, grad_clip=cfg.optim.grad_clip,

@@ -10,7 +10,6 @@ from pathlib import Path
 
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import ModelCheckpoint
 
 from audio_ssl.config import PretrainConfig, dump
 from audio_ssl.data import make_dataloader, scan, write_rejected
@@ -19,7 +18,7 @@ from audio_ssl.interop import CheckpointError, LoadedModel, load_model
 from audio_ssl.interop.common import load_exact
 from audio_ssl.io import check_run_folder, make_run_folder
 from audio_ssl.tasks.pretrain import PretrainTask
-from audio_ssl.tasks.trainer import build_trainer
+from audio_ssl.tasks.trainer import RunCheckpoint, build_trainer
 
 log = logging.getLogger("audio_ssl")
 
@@ -156,9 +155,9 @@ def pretrain(data: str | Path, cfg: PretrainConfig, output_dir: str | Path, *,
         log.info("weights initialised from %s", init)
     trainer = build_trainer(cfg.train, output, grad_clip=cfg.optim.grad_clip,
                             accelerator=accelerator, progress=progress, callbacks=[
-        ModelCheckpoint(dirpath=output / "checkpoints", filename="step={step:07d}",
-                        auto_insert_metric_name=False, every_n_train_steps=cfg.train.checkpoint_every,
-                        save_top_k=-1, save_last=True),
+        RunCheckpoint(dirpath=output / "checkpoints", filename="step={step:07d}",
+                      auto_insert_metric_name=False, every_n_train_steps=cfg.train.checkpoint_every,
+                      save_top_k=-1, save_last=True),
     ], log_every_n_steps=1)  # the task logs only every train.log_every steps itself
     trainer.fit(task, datamodule=PretrainData(items, cfg, labels), ckpt_path=ckpt_path)
     result = PretrainResult(
