@@ -30,7 +30,7 @@ from audio_ssl.config import FinetuneConfig, dump, load_finetune, merge, to_dict
 from audio_ssl.data.labelled import LabelledBatch
 from audio_ssl.data.manifest import Rejected
 from audio_ssl.data.text import Vocabulary
-from audio_ssl.io import check_run_folder, make_run_folder
+from audio_ssl.io import check_run_folder, make_run_folder, start_fresh_logs
 from audio_ssl.inference.decode import greedy_decode
 from audio_ssl.interop import CONFIG_KEY, VOCAB_KEY
 from audio_ssl.losses.ctc import ctc_loss
@@ -329,6 +329,9 @@ def finetune(pretrained: str | Path | None, train: str | Path, valid: str | Path
         preset, config_yaml, overrides: fine-tuning settings (see
             :func:`audio_ssl.config.load_finetune`); the network comes from the checkpoint.
         from_scratch: the same network with random weights (the baseline).
+        resume: continue from ``checkpoints/last.ckpt`` (also in a folder renamed or copied
+            since). Without it, the logs a run killed before its first checkpoint left are
+            removed and start anew (:func:`~audio_ssl.io.start_fresh_logs`).
     """
     start = time.perf_counter()
     output = Path(output_dir)
@@ -362,8 +365,8 @@ def finetune(pretrained: str | Path | None, train: str | Path, valid: str | Path
         train, valid, cfg, ctc_vocab, train_split=train_split, valid_split=valid_split,
         rejected_log=output / "rejected.jsonl")
     make_run_folder(output)  # only now: a refused run writes nothing
-    if not resume:
-        (output / "metrics.jsonl").unlink(missing_ok=True)
+    if not resume:  # a run killed before its first checkpoint left these: they start anew
+        start_fresh_logs(output, ("metrics.jsonl",))
     start_rejected_log(output / "rejected.jsonl",
                        {"train": train_set.rejected, "valid": valid_set.rejected}, resume)
     dump(cfg, output / "config.yaml")

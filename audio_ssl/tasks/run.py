@@ -16,7 +16,7 @@ from audio_ssl.data import make_dataloader, scan, write_rejected
 from audio_ssl.data.targets import LabelStore, check_targets
 from audio_ssl.interop import CheckpointError, LoadedModel, load_model
 from audio_ssl.interop.common import load_exact
-from audio_ssl.io import check_run_folder, make_run_folder
+from audio_ssl.io import check_run_folder, make_run_folder, start_fresh_logs
 from audio_ssl.tasks.pretrain import PretrainTask
 from audio_ssl.tasks.trainer import RunCheckpoint, build_trainer
 
@@ -114,6 +114,12 @@ def pretrain(data: str | Path, cfg: PretrainConfig, output_dir: str | Path, *,
     :func:`load_init` result that ``cfg`` was built from (read once). ``cfg.model`` must
     describe its network (``config.load(..., model=load_init(init).config)``). Ignored on
     ``resume``, whose checkpoint already holds the weights.
+
+    ``resume``: continue from ``checkpoints/last.ckpt``, also in a folder renamed or copied
+    since; the logs keep their rows up to the checkpoint. Without it, a folder that a run killed
+    before its first checkpoint left is taken, and that run's logs (metrics.jsonl,
+    decode_failures.jsonl, the CSV log and TensorBoard's events) are removed: the new run
+    starts them anew (:func:`~audio_ssl.io.start_fresh_logs`).
     """
     start = time.perf_counter()
     cfg, labels = check_targets(cfg)
@@ -134,6 +140,8 @@ def pretrain(data: str | Path, cfg: PretrainConfig, output_dir: str | Path, *,
     items, rejected = scan(data, progress=progress, min_samples=cfg.data.min_samples,
                            sample_rate=cfg.data.sample_rate)
     make_run_folder(output)  # only now: a refused run writes nothing
+    if not resume:  # a run killed before its first checkpoint left these: they start anew
+        start_fresh_logs(output, ("metrics.jsonl", "decode_failures.jsonl"))
     write_rejected(rejected, output / "rejected.jsonl")
     if labels is not None:
         missing = labels.missing([item.path for item in items])

@@ -1,5 +1,5 @@
-"""A run folder across kills and renames: checkpoints land in ``last.ckpt`` with no ``-v1``
-copies, and the CSV log is never absent."""
+"""A run folder across kills, renames and reruns: checkpoints land in ``last.ckpt`` with no
+``-v1`` copies, the CSV log is never absent, and a fresh run starts fresh logs."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ import torch
 from audio_ssl.cli import main
 from audio_ssl.tasks.pretrain import PretrainTask
 from audio_ssl.tasks.trainer import HistoryCSVLogger, RunCheckpoint
+from tests.tasks.test_finetune_loops import _rows
 
 FAST = """
 train: {log_every: 1, checkpoint_every: 2}
@@ -110,3 +111,21 @@ def test_a_renamed_or_copied_run_resumes_into_last_ckpt(tmp_path, data_dir, monk
         "last.ckpt", "step=0000002.ckpt", "step=0000004.ckpt"]
     assert _step(copy / "checkpoints" / "last.ckpt") == 4
     assert _step(checkpoints / "last.ckpt") == 4  # the original is untouched
+
+
+@pytest.mark.slow
+def test_a_fresh_run_does_not_append_to_a_killed_runs_logs(tmp_path, data_dir):
+    cfg = tmp_path / "fast.yaml"
+    cfg.write_text(FAST)
+    run = tmp_path / "run"
+    run.mkdir()  # what a run killed before its first checkpoint leaves
+    (run / "metrics.jsonl").write_text(json.dumps({"step": 0, "train/loss": 99.0}) + "\n"
+                                       + json.dumps({"step": 1, "train/loss": 98.0}) + "\n")
+    (run / "decode_failures.jsonl").write_text(json.dumps({"step": 0, "path": "gone.wav"}) + "\n")
+    (run / "logs" / "csv").mkdir(parents=True)
+    (run / "logs" / "csv" / "metrics.csv").write_text("step,train/loss\n0,99.0\n1,98.0\n")
+    assert _pretrain(data_dir, cfg, run, 1) == 0
+    rows = _rows(run / "metrics.jsonl")
+    assert [r["step"] for r in rows] == [0] and rows[0]["train/loss"] != 99.0
+    assert not (run / "decode_failures.jsonl").exists()
+    assert _csv_steps(run / "logs" / "csv" / "metrics.csv") == [0]
