@@ -48,7 +48,7 @@ from audio_ssl.tasks.finetune_data import (
     selection_score,
     start_rejected_log,
 )
-from audio_ssl.tasks.pretrain import step_seed
+from audio_ssl.tasks.pretrain import RunClock, step_seed
 from audio_ssl.tasks.run import find_last_checkpoint
 from audio_ssl.tasks.schedules import skips_weight_decay, tri_stage
 from audio_ssl.tasks.trainer import RunCheckpoint, build_trainer, is_distributed
@@ -87,6 +87,7 @@ class FinetuneTask(L.LightningModule):
         self.first_loss: float | None = None
         self.last_metrics: dict[str, float] = {}
         self.skipped_in_training = 0
+        self.clock = RunClock()  # training time over every segment a resume joined
         self._reported: dict[str, set[int]] = {}  # split -> items listed in rejected.jsonl
 
     # -- helpers ---------------------------------------------------------------------------------
@@ -172,6 +173,9 @@ class FinetuneTask(L.LightningModule):
         if self.output_dir is not None and step % self.cfg.train.log_every == 0:
             self._append_jsonl("metrics.jsonl", {"step": step, **metrics})
         return loss.loss
+
+    def on_train_start(self) -> None:
+        self.clock.start()
 
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
         if self.global_step >= self.trainer.max_steps:
@@ -269,11 +273,13 @@ class FinetuneTask(L.LightningModule):
         checkpoint["batches_seen"] = self.batches_seen
         checkpoint["valid_history"] = self.history
         checkpoint["first_loss"] = self.first_loss
+        checkpoint["elapsed_seconds"] = self.clock.seconds
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self.batches_seen = int(checkpoint.get("batches_seen", 0))
         self.history = list(checkpoint.get("valid_history", []))
         self.first_loss = checkpoint.get("first_loss", self.first_loss)
+        self.clock.before = float(checkpoint.get("elapsed_seconds", 0.0))
         self._forget_after(int(checkpoint.get("global_step", 0)))
 
     @rank_zero_only
@@ -330,8 +336,9 @@ def finetune(pretrained: str | Path | None, train: str | Path, valid: str | Path
             :func:`audio_ssl.config.load_finetune`); the network comes from the checkpoint.
         from_scratch: the same network with random weights (the baseline).
         resume: continue from ``checkpoints/last.ckpt`` (also in a folder renamed or copied
-            since). Without it, the logs a run killed before its first checkpoint left are
-            removed and start anew (:func:`~audio_ssl.io.start_fresh_logs`).
+            since); the summary's time covers every segment. Without it, the logs a run killed
+            before its first checkpoint left are removed and start anew
+            (:func:`~audio_ssl.io.start_fresh_logs`).
     """
     start = time.perf_counter()
     output = Path(output_dir)
@@ -412,7 +419,8 @@ def finetune(pretrained: str | Path | None, train: str | Path, valid: str | Path
         valid_utterances=len(valid_set.items) - len(valid_data.excluded),
         rejected=len(train_set.rejected) + len(valid_set.rejected) + left_out,
         vocab=list(vocab.tokens), history=task.history, first_loss=task.first_loss,
-        last_loss=task.last_metrics.get("train/loss"), seconds=time.perf_counter() - start,
+        last_loss=task.last_metrics.get("train/loss"),
+        seconds=task.clock.before + time.perf_counter() - start,  # every segment of the run
         from_scratch=from_scratch, init=init, warnings=warnings, best_by=cfg.train.best_by,
     )
     if trainer.global_rank == 0:

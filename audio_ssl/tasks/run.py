@@ -174,7 +174,7 @@ def pretrain(data: str | Path, cfg: PretrainConfig, output_dir: str | Path, *,
         files=len(items) - len(task.failed_files), hours=hours,
         rejected=len(rejected) + len(task.failed_files), first=task.first_metrics or {},
         last=task.last_metrics, warnings=task.warnings,
-        seconds=task.seconds_before_resume + time.perf_counter() - start,  # the whole run
+        seconds=task.clock.before + time.perf_counter() - start,  # the whole run
         uniform_loss=task.uniform_loss,
     )
     if trainer.global_rank == 0:

@@ -1,5 +1,6 @@
 """A run folder across kills, renames and reruns: checkpoints land in ``last.ckpt`` with no
-``-v1`` copies, the CSV log is never absent, and a fresh run starts fresh logs."""
+``-v1`` copies, the CSV log is never absent, a fresh run starts fresh logs, and the summary's
+time covers every segment."""
 
 from __future__ import annotations
 
@@ -12,9 +13,11 @@ import pytest
 import torch
 
 from audio_ssl.cli import main
+from audio_ssl.tasks import finetune as finetune_module
+from audio_ssl.tasks.finetune import FinetuneTask
 from audio_ssl.tasks.pretrain import PretrainTask
 from audio_ssl.tasks.trainer import HistoryCSVLogger, RunCheckpoint
-from tests.tasks.test_finetune_loops import _rows
+from tests.tasks.test_finetune_loops import _run, _rows
 
 FAST = """
 train: {log_every: 1, checkpoint_every: 2}
@@ -129,3 +132,30 @@ def test_a_fresh_run_does_not_append_to_a_killed_runs_logs(tmp_path, data_dir):
     assert [r["step"] for r in rows] == [0] and rows[0]["train/loss"] != 99.0
     assert not (run / "decode_failures.jsonl").exists()
     assert _csv_steps(run / "logs" / "csv" / "metrics.csv") == [0]
+
+
+@pytest.mark.slow
+def test_finetuning_resumed_in_a_renamed_folder_keeps_its_best_and_its_time(
+        tmp_path, data_dir, monkeypatch):
+    # validation after updates 2 and 4; the decoder says "he" for every clip after update 2
+    # (some references hold the word: WER below 1) and nothing after 4 (WER 1)
+    at = {}
+    monkeypatch.setattr(FinetuneTask, "on_validation_epoch_start",
+                        lambda self: at.update(step=self.global_step))
+    monkeypatch.setattr(finetune_module, "greedy_decode", lambda logits, frames, vocab:
+                        ["he" if at["step"] == 2 else ""] * len(frames))
+    _run(tmp_path, data_dir, tmp_path / "first", 2)
+    last = tmp_path / "first" / "checkpoints" / "last.ckpt"
+    state = torch.load(last, map_location="cpu", weights_only=False)
+    assert state["elapsed_seconds"] > 0
+    state["elapsed_seconds"] = 1000.0  # as if the first segment had trained for 1000 s
+    torch.save(state, last)
+    (tmp_path / "first").rename(tmp_path / "run")
+    run = tmp_path / "run"
+    result = _run(tmp_path, data_dir, run, 4, resume=True)
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["best.ckpt", "last.ckpt"]
+    assert _step(run / "checkpoints" / "last.ckpt") == 4
+    assert _step(run / "checkpoints" / "best.ckpt") == 2  # WER 1 at update 4 is not better
+    assert result.best["step"] == 2
+    assert 1000.0 < result.seconds < 1000.0 + 600
+    assert json.loads((run / "summary.json").read_text())["seconds"] == result.seconds
