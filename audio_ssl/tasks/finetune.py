@@ -22,7 +22,6 @@ from typing import Any
 
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.utilities import rank_zero_only
 from torchmetrics import MeanMetric
 from torchmetrics.text import CharErrorRate, WordErrorRate
@@ -31,7 +30,7 @@ from audio_ssl.config import FinetuneConfig, dump, load_finetune, merge, to_dict
 from audio_ssl.data.labelled import LabelledBatch
 from audio_ssl.data.manifest import Rejected
 from audio_ssl.data.text import Vocabulary
-from audio_ssl.io import check_run_folder, make_run_folder
+from audio_ssl.io import check_run_folder, make_run_folder, start_fresh_logs
 from audio_ssl.inference.decode import greedy_decode
 from audio_ssl.interop import CONFIG_KEY, VOCAB_KEY
 from audio_ssl.losses.ctc import ctc_loss
@@ -49,10 +48,10 @@ from audio_ssl.tasks.finetune_data import (
     selection_score,
     start_rejected_log,
 )
-from audio_ssl.tasks.pretrain import step_seed
+from audio_ssl.tasks.pretrain import RunClock, step_seed
 from audio_ssl.tasks.run import find_last_checkpoint
 from audio_ssl.tasks.schedules import skips_weight_decay, tri_stage
-from audio_ssl.tasks.trainer import build_trainer, is_distributed
+from audio_ssl.tasks.trainer import RunCheckpoint, build_trainer, is_distributed
 
 log = logging.getLogger("audio_ssl")
 
@@ -88,6 +87,7 @@ class FinetuneTask(L.LightningModule):
         self.first_loss: float | None = None
         self.last_metrics: dict[str, float] = {}
         self.skipped_in_training = 0
+        self.clock = RunClock()  # training time over every segment a resume joined
         self._reported: dict[str, set[int]] = {}  # split -> items listed in rejected.jsonl
 
     # -- helpers ---------------------------------------------------------------------------------
@@ -173,6 +173,9 @@ class FinetuneTask(L.LightningModule):
         if self.output_dir is not None and step % self.cfg.train.log_every == 0:
             self._append_jsonl("metrics.jsonl", {"step": step, **metrics})
         return loss.loss
+
+    def on_train_start(self) -> None:
+        self.clock.start()
 
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
         if self.global_step >= self.trainer.max_steps:
@@ -270,11 +273,13 @@ class FinetuneTask(L.LightningModule):
         checkpoint["batches_seen"] = self.batches_seen
         checkpoint["valid_history"] = self.history
         checkpoint["first_loss"] = self.first_loss
+        checkpoint["elapsed_seconds"] = self.clock.seconds
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self.batches_seen = int(checkpoint.get("batches_seen", 0))
         self.history = list(checkpoint.get("valid_history", []))
         self.first_loss = checkpoint.get("first_loss", self.first_loss)
+        self.clock.before = float(checkpoint.get("elapsed_seconds", 0.0))
         self._forget_after(int(checkpoint.get("global_step", 0)))
 
     @rank_zero_only
@@ -330,6 +335,10 @@ def finetune(pretrained: str | Path | None, train: str | Path, valid: str | Path
         preset, config_yaml, overrides: fine-tuning settings (see
             :func:`audio_ssl.config.load_finetune`); the network comes from the checkpoint.
         from_scratch: the same network with random weights (the baseline).
+        resume: continue from ``checkpoints/last.ckpt`` (also in a folder renamed or copied
+            since); the summary's time covers every segment. Without it, the logs a run killed
+            before its first checkpoint left are removed and start anew
+            (:func:`~audio_ssl.io.start_fresh_logs`).
     """
     start = time.perf_counter()
     output = Path(output_dir)
@@ -363,8 +372,8 @@ def finetune(pretrained: str | Path | None, train: str | Path, valid: str | Path
         train, valid, cfg, ctc_vocab, train_split=train_split, valid_split=valid_split,
         rejected_log=output / "rejected.jsonl")
     make_run_folder(output)  # only now: a refused run writes nothing
-    if not resume:
-        (output / "metrics.jsonl").unlink(missing_ok=True)
+    if not resume:  # a run killed before its first checkpoint left these: they start anew
+        start_fresh_logs(output, ("metrics.jsonl",))
     start_rejected_log(output / "rejected.jsonl",
                        {"train": train_set.rejected, "valid": valid_set.rejected}, resume)
     dump(cfg, output / "config.yaml")
@@ -388,8 +397,8 @@ def finetune(pretrained: str | Path | None, train: str | Path, valid: str | Path
     # after each validation: best.ckpt if its (WER, CER) (or (CER, WER)) is the lowest yet (the
     # first of equal ones stays), then last.ckpt (save_last would write it only with a new best)
     best_key = SELECTION_KEYS[cfg.train.best_by]
-    checkpoints = [ModelCheckpoint(dirpath=output / "checkpoints", filename=name, save_top_k=1,
-                                   enable_version_counter=False, **monitor)
+    checkpoints = [RunCheckpoint(dirpath=output / "checkpoints", filename=name, save_top_k=1,
+                                 **monitor)
                    for name, monitor in (("best", {"monitor": best_key, "mode": "min"}),
                                          ("last", {}))]
     trainer = build_trainer(cfg.train, output, grad_clip=cfg.optim.grad_clip,
@@ -410,7 +419,8 @@ def finetune(pretrained: str | Path | None, train: str | Path, valid: str | Path
         valid_utterances=len(valid_set.items) - len(valid_data.excluded),
         rejected=len(train_set.rejected) + len(valid_set.rejected) + left_out,
         vocab=list(vocab.tokens), history=task.history, first_loss=task.first_loss,
-        last_loss=task.last_metrics.get("train/loss"), seconds=time.perf_counter() - start,
+        last_loss=task.last_metrics.get("train/loss"),
+        seconds=task.clock.before + time.perf_counter() - start,  # every segment of the run
         from_scratch=from_scratch, init=init, warnings=warnings, best_by=cfg.train.best_by,
     )
     if trainer.global_rank == 0:

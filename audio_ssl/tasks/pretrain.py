@@ -29,6 +29,24 @@ def step_seed(seed: int, step: int, rank: int) -> int:
     return (seed * 1_000_003 + step * 9_176 + rank * 7_919) % (2**63 - 1)
 
 
+class RunClock:
+    """Training time of a run over the segments that ``--resume`` joined: the seconds stored in
+    the checkpoint a segment started from (:attr:`before`, 0 for a run that was not resumed)
+    plus this segment's since :meth:`start`. A task saves :attr:`seconds` in each checkpoint
+    and sets :attr:`before` from the one it resumes."""
+
+    def __init__(self):
+        self.before = 0.0
+        self._start = time.perf_counter()
+
+    def start(self) -> None:
+        self._start = time.perf_counter()
+
+    @property
+    def seconds(self) -> float:
+        return self.before + time.perf_counter() - self._start
+
+
 def _part(name: str) -> str:
     """Which part of the pretraining model a parameter belongs to, for gradient norms."""
     for prefix, part in (("backbone.feature_encoder.", "encoder"), ("backbone.context.", "context"),
@@ -52,8 +70,7 @@ class PretrainTask(L.LightningModule):
         self.warnings: list[str] = []
         self._last_time: float | None = None  # when the last record was taken
         self._samples: torch.Tensor | None = None  # audio samples trained on since then
-        self._elapsed_before = 0.0  # training seconds of the segments before a resume
-        self._segment_start = time.perf_counter()
+        self.clock = RunClock()  # training time over every segment a resume joined
         self._pending: tuple[int, dict[str, float]] | None = None  # this step's record, for the log
         self._probe: tuple[torch.Tensor, torch.Tensor] | None = None  # fixed audio for code churn
         self._probe_codes: torch.Tensor | None = None
@@ -208,24 +225,14 @@ class PretrainTask(L.LightningModule):
                                 "reason": failure.reason, **({"kind": "shard"} if shard else {})})
 
     def on_train_start(self) -> None:
-        self._segment_start = time.perf_counter()
-
-    @property
-    def seconds_before_resume(self) -> float:
-        """Training time of the segments before this one (0 for a run that was not resumed)."""
-        return self._elapsed_before
-
-    @property
-    def elapsed_seconds(self) -> float:
-        """Training time of the whole run, over every segment a resume joined."""
-        return self._elapsed_before + time.perf_counter() - self._segment_start
+        self.clock.start()
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint[CONFIG_KEY] = to_dict(self.cfg)
         checkpoint["batches_seen"] = self.batches_seen
         checkpoint["collapse_watch"] = self.watch.state_dict()
         checkpoint["first_metrics"] = self.first_metrics
-        checkpoint["elapsed_seconds"] = self.elapsed_seconds
+        checkpoint["elapsed_seconds"] = self.clock.seconds
         checkpoint["failed_files"] = sorted(self.failed_files)
         checkpoint["failed_shards"] = sorted(self.failed_shards)
 
@@ -235,7 +242,7 @@ class PretrainTask(L.LightningModule):
         if state:
             self.watch.load_state_dict(state)
         self.first_metrics = checkpoint.get("first_metrics") or self.first_metrics
-        self._elapsed_before = float(checkpoint.get("elapsed_seconds", 0.0))
+        self.clock.before = float(checkpoint.get("elapsed_seconds", 0.0))
         self.failed_files = set(checkpoint.get("failed_files", ()))
         self.failed_shards = set(checkpoint.get("failed_shards", ()))
         self._forget_after(int(checkpoint.get("global_step", 0)))

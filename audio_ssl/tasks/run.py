@@ -10,7 +10,6 @@ from pathlib import Path
 
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import ModelCheckpoint
 
 from audio_ssl.config import PretrainConfig, dump
 from audio_ssl.data import Rejected, make_dataloader, scan, write_rejected
@@ -19,9 +18,9 @@ from audio_ssl.data.shards import ShardIndex, is_shard_folder, read_index
 from audio_ssl.data.targets import LabelStore, check_targets
 from audio_ssl.interop import CheckpointError, LoadedModel, load_model
 from audio_ssl.interop.common import load_exact
-from audio_ssl.io import check_run_folder, make_run_folder
+from audio_ssl.io import check_run_folder, make_run_folder, start_fresh_logs
 from audio_ssl.tasks.pretrain import PretrainTask
-from audio_ssl.tasks.trainer import build_trainer
+from audio_ssl.tasks.trainer import RunCheckpoint, build_trainer
 
 log = logging.getLogger("audio_ssl")
 
@@ -151,6 +150,12 @@ def pretrain(data: str | Path, cfg: PretrainConfig, output_dir: str | Path, *,
     :func:`load_init` result that ``cfg`` was built from (read once). ``cfg.model`` must
     describe its network (``config.load(..., model=load_init(init).config)``). Ignored on
     ``resume``, whose checkpoint already holds the weights.
+
+    ``resume``: continue from ``checkpoints/last.ckpt``, also in a folder renamed or copied
+    since; the logs keep their rows up to the checkpoint. Without it, a folder that a run killed
+    before its first checkpoint left is taken, and that run's logs (metrics.jsonl,
+    decode_failures.jsonl, the CSV log and TensorBoard's events) are removed: the new run
+    starts them anew (:func:`~audio_ssl.io.start_fresh_logs`).
     """
     start = time.perf_counter()
     cfg, labels = check_targets(cfg)
@@ -170,6 +175,8 @@ def pretrain(data: str | Path, cfg: PretrainConfig, output_dir: str | Path, *,
 
     items, rejected = _read_source(data, cfg, labels, progress)
     make_run_folder(output)  # only now: a refused run writes nothing
+    if not resume:  # a run killed before its first checkpoint left these: they start anew
+        start_fresh_logs(output, ("metrics.jsonl", "decode_failures.jsonl"))
     write_rejected(rejected, output / "rejected.jsonl")
     if labels is not None and not isinstance(items, ShardIndex):
         missing = labels.missing([item.path for item in items])
@@ -195,9 +202,9 @@ def pretrain(data: str | Path, cfg: PretrainConfig, output_dir: str | Path, *,
         log.info("weights initialised from %s", init)
     trainer = build_trainer(cfg.train, output, grad_clip=cfg.optim.grad_clip,
                             accelerator=accelerator, progress=progress, callbacks=[
-        ModelCheckpoint(dirpath=output / "checkpoints", filename="step={step:07d}",
-                        auto_insert_metric_name=False, every_n_train_steps=cfg.train.checkpoint_every,
-                        save_top_k=-1, save_last=True),
+        RunCheckpoint(dirpath=output / "checkpoints", filename="step={step:07d}",
+                      auto_insert_metric_name=False, every_n_train_steps=cfg.train.checkpoint_every,
+                      save_top_k=-1, save_last=True),
     ], log_every_n_steps=1)  # the task logs only every train.log_every steps itself
     trainer.fit(task, datamodule=PretrainData(items, cfg, labels), ckpt_path=ckpt_path)
     result = PretrainResult(
@@ -206,7 +213,7 @@ def pretrain(data: str | Path, cfg: PretrainConfig, output_dir: str | Path, *,
         files=files - len(task.failed_files), hours=hours,
         rejected=len(rejected) + len(task.failed_files), first=task.first_metrics or {},
         last=task.last_metrics, warnings=task.warnings,
-        seconds=task.seconds_before_resume + time.perf_counter() - start,  # the whole run
+        seconds=task.clock.before + time.perf_counter() - start,  # the whole run
         uniform_loss=task.uniform_loss, failed_shards=len(task.failed_shards),
     )
     if trainer.global_rank == 0:
