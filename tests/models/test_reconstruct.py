@@ -221,3 +221,16 @@ def test_backbone_exports_as_a_plain_wav2vec2_model(tmp_path):
     save_hf(model, tmp_path / "hf")
     assert json.loads((tmp_path / "hf" / "config.json").read_text())["architectures"] == [
         "Wav2Vec2Model"]
+
+
+@pytest.mark.parametrize("padded", [False, True], ids=["unpadded", "padded"])
+def test_unlogged_training_step_does_not_sync(padded):
+    """As the other objectives (tests/tasks/test_no_host_sync.py): an update that writes no
+    record never waits for the device."""
+    from tests.tasks.test_no_host_sync import _batch as sync_batch
+    from tests.tasks.test_no_host_sync import _step_syncs, _task
+
+    task = _task("reconstruct", padded)
+    assert task.global_step % task.cfg.train.log_every  # not a logged step
+    syncs = _step_syncs(task, sync_batch(task, padded))
+    assert syncs == [], "host syncs in the training step:\n" + "\n".join(syncs)
