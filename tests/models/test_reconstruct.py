@@ -214,6 +214,18 @@ def test_config_is_validated_with_one_line():
     assert cfg.model.reconstruct == config.ReconstructConfig(n_mels=80, head_hidden=64, loss="l1")
 
 
+def test_command_line_names_a_bad_reconstruct_value_in_one_line(tmp_path, capsys):
+    from audio_ssl.cli import main
+
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("model: {reconstruct: {n_mels: 0}}\n")
+    assert main(["pretrain", str(tmp_path), "--objective", "reconstruct", "--config", str(bad),
+                 "--output", str(tmp_path / "run"), "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "model.reconstruct.n_mels is 0" in err, err
+    assert not (tmp_path / "run").exists()
+
+
 def test_backbone_exports_as_a_plain_wav2vec2_model(tmp_path):
     from audio_ssl.interop import save_hf
 
