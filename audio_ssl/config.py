@@ -108,6 +108,24 @@ class HubertConfig:
 
 
 @dataclass(frozen=True)
+class ReconstructConfig:
+    """Masked reconstruction (TERA / Mockingjay style, the generative family): a head predicts,
+    from each masked frame's context vector, the per-utterance normalised 10 ms log-mel frames
+    under that encoder frame (the conv stack's hop / 10 ms of them, stacked: 2 x 80 = 160
+    values for the paper's 20 ms stack)."""
+
+    n_mels: int = 80
+    head_hidden: int = 0  # 0: a linear head; > 0: linear -> GELU -> linear with this width
+    loss: Literal["l1", "l2"] = "l1"  # mean absolute or mean squared error over masked frames
+
+    def __post_init__(self) -> None:
+        for name, value, least in (("n_mels", self.n_mels, 1), ("head_hidden", self.head_hidden, 0)):
+            if value < least:
+                raise ValueError(f"model.reconstruct.{name} is {value}: expected at least {least}"
+                                 + (" (0: a linear head)" if name == "head_hidden" else ""))
+
+
+@dataclass(frozen=True)
 class ModelConfig:
     encoder: FeatureEncoderConfig = field(default_factory=FeatureEncoderConfig)
     context: ContextConfig = field(default_factory=ContextConfig)
@@ -125,9 +143,10 @@ class ModelConfig:
     # the self-supervised objective: wav2vec 2.0's contrastive loss against its own quantized (or
     # continuous) targets, or BEST-RQ's masked prediction of fixed random-projection codes
     # (HuBERT: masked prediction of k-means labels made beforehand by `audio-ssl targets`)
-    objective: Literal["wav2vec2", "hubert", "best-rq"] = "wav2vec2"
+    objective: Literal["wav2vec2", "hubert", "best-rq", "reconstruct"] = "wav2vec2"
     best_rq: BestRqConfig = field(default_factory=BestRqConfig)
     hubert: HubertConfig = field(default_factory=HubertConfig)
+    reconstruct: ReconstructConfig = field(default_factory=ReconstructConfig)
 
 
 @dataclass(frozen=True)
@@ -299,6 +318,7 @@ def from_dict(data: dict[str, Any]) -> PretrainConfig:
 
 __all__ = [
     "FeatureEncoderConfig", "ContextConfig", "QuantizerConfig", "MaskConfig", "LossConfig",
+    "ReconstructConfig",
     "ModelConfig", "DataConfig", "OptimConfig", "TrainerConfig", "TrainConfig", "PretrainConfig",
     "PRESETS",
     "preset", "load", "merge", "from_dict", "to_dict", "dump",

@@ -13,6 +13,7 @@ from audio_ssl.models.pretraining import (
     pretraining_model,
 )
 from audio_ssl.models.quantizer import GumbelQuantizer
+from audio_ssl.models.reconstruct import ReconstructForPretraining, ReconstructOutput
 from audio_ssl.models.wav2vec2 import BackboneOutput, Wav2Vec2Model
 
 __all__ = [
@@ -20,4 +21,5 @@ __all__ = [
     "GumbelQuantizer", "Wav2Vec2Model", "BackboneOutput", "Wav2Vec2ForPretraining", "PretrainOutput",
     "Wav2Vec2ForCTC", "CTCOutput", "BestRqForPretraining", "HubertForPretraining", "MaskedPredictionOutput",
     "RandomProjectionQuantizer", "PRETRAINING_MODELS", "pretraining_model",
+    "ReconstructForPretraining", "ReconstructOutput",
 ]

@@ -20,36 +20,36 @@ from audio_ssl.config import BestRqConfig, ConvSpec
 from audio_ssl.models.feature_encoder import frame_lengths, receptive_field
 
 
-class RandomProjectionQuantizer(nn.Module):
-    """Raw audio (B, S) -> one code per encoder frame (B, T), frozen.
+class LogMelFrames(nn.Module):
+    """Raw audio (B, S) -> per-utterance normalised log-mel frames stacked to the feature
+    encoder's frame rate, (B, T, stack * mels), frozen (BEST-RQ's targets' input, the
+    reconstruction objective's targets).
 
     Mel frame j covers samples [j * hop, j * hop + window) with ``window`` the conv stack's
-    receptive field and ``hop`` its stride / ``cfg.stack``, so the ``stack`` mel frames of encoder
-    frame t start where the encoder's frame t starts.
+    receptive field and ``hop`` its stride / ``stack``, so the ``stack`` mel frames of encoder
+    frame t start where the encoder's frame t starts. Each mel channel is normalised to zero mean
+    and unit variance over the utterance's valid mel frames; a mel frame at or past an
+    utterance's last valid one repeats that one (the last encoder frame's second half; padding),
+    so a padded batch gives the same valid frames as its items one by one.
     """
 
-    def __init__(self, cfg: BestRqConfig, conv_layers: ConvSpec, sample_rate: int):
+    def __init__(self, mels: int, stack: int, conv_layers: ConvSpec, sample_rate: int, *,
+                 where: str = "stack"):
         super().__init__()
         window, stride = receptive_field(conv_layers)
-        if stride % cfg.stack:
-            raise ValueError(f"best_rq.stack {cfg.stack} does not divide the encoder's hop of "
+        if stack < 1 or stride % stack:
+            raise ValueError(f"{where} {stack} does not divide the encoder's hop of "
                              f"{stride} samples")
-        self.cfg, self.conv_layers = cfg, conv_layers
-        self.window, self.hop = window, stride // cfg.stack
+        self.mels, self.stack, self.conv_layers = mels, stack, conv_layers
+        self.window, self.hop = window, stride // stack
         self.mel = torchaudio.transforms.MelSpectrogram(
-            sample_rate, n_fft=window, win_length=window, hop_length=self.hop, n_mels=cfg.mels,
+            sample_rate, n_fft=window, win_length=window, hop_length=self.hop, n_mels=mels,
             center=False, power=2.0)
-        g = torch.Generator().manual_seed(cfg.seed)
-        projection = torch.empty(cfg.mels * cfg.stack, cfg.code_dim)
-        bound = (6.0 / (projection.shape[0] + projection.shape[1])) ** 0.5  # Xavier uniform
-        projection.uniform_(-bound, bound, generator=g)
-        codebook = F.normalize(torch.randn(cfg.codes, cfg.code_dim, generator=g), dim=-1)
-        self.register_buffer("projection", projection)  # (stack * mels, code_dim)
-        self.register_buffer("codebook", codebook)  # (V, code_dim), unit rows
 
     @torch.no_grad()
-    def forward(self, waveforms: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-        """waveforms: (B, S), lengths: (B,) -> codes (B, T) int64 (padding frames: any code)."""
+    def stacked(self, waveforms: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        """waveforms: (B, S), lengths: (B,) -> (B, T, stack * mels) fp32, ``stack`` mel frames
+        per encoder frame in time order, each frame's ``mels`` channels together."""
         with torch.autocast(device_type=waveforms.device.type, enabled=False):
             num_frames = frame_lengths(waveforms.shape[1], self.conv_layers)  # host arithmetic
             logmel = torch.log(self.mel(waveforms.float()) + 1e-6)  # (B, mels, J)
@@ -61,10 +61,34 @@ class RandomProjectionQuantizer(nn.Module):
             mean = (logmel * keep).sum(-1, keepdim=True) / valid[:, None, None]  # (B, mels, 1)
             var = ((logmel - mean).pow(2) * keep).sum(-1, keepdim=True) / valid[:, None, None]
             x = (logmel - mean) / (var + 1e-5).sqrt()  # (B, mels, J) per-utterance normalised
-            need = num_frames * self.cfg.stack
-            if steps < need:  # the last encoder frame's second half: repeat the last mel frame
-                x = torch.cat([x, x[..., -1:].expand(-1, -1, need - steps)], dim=-1)
-            x = rearrange(x[..., :need], "b m (t s) -> b t (s m)", s=self.cfg.stack)  # (B, T, s*mels)
+            need = num_frames * self.stack
+            # mel frames at or past the last valid one repeat it (no frame reads padding)
+            last = torch.arange(need, device=x.device)[None, :].minimum(valid[:, None] - 1)
+            x = x.gather(-1, last[:, None, :].expand(-1, x.shape[1], -1))  # (B, mels, T*s)
+            return rearrange(x, "b m (t s) -> b t (s m)", s=self.stack)  # (B, T, s*mels)
+
+
+class RandomProjectionQuantizer(LogMelFrames):
+    """Raw audio (B, S) -> one code per encoder frame (B, T), frozen: the stacked log-mel frames
+    of :class:`LogMelFrames`, projected by a frozen random matrix and matched (cosine) to a
+    frozen random codebook."""
+
+    def __init__(self, cfg: BestRqConfig, conv_layers: ConvSpec, sample_rate: int):
+        super().__init__(cfg.mels, cfg.stack, conv_layers, sample_rate, where="best_rq.stack")
+        self.cfg = cfg
+        g = torch.Generator().manual_seed(cfg.seed)
+        projection = torch.empty(cfg.mels * cfg.stack, cfg.code_dim)
+        bound = (6.0 / (projection.shape[0] + projection.shape[1])) ** 0.5  # Xavier uniform
+        projection.uniform_(-bound, bound, generator=g)
+        codebook = F.normalize(torch.randn(cfg.codes, cfg.code_dim, generator=g), dim=-1)
+        self.register_buffer("projection", projection)  # (stack * mels, code_dim)
+        self.register_buffer("codebook", codebook)  # (V, code_dim), unit rows
+
+    @torch.no_grad()
+    def forward(self, waveforms: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        """waveforms: (B, S), lengths: (B,) -> codes (B, T) int64 (padding frames: any code)."""
+        x = self.stacked(waveforms, lengths)  # (B, T, s*mels) fp32
+        with torch.autocast(device_type=waveforms.device.type, enabled=False):
             z = F.normalize(x @ self.projection, dim=-1)  # (B, T, code_dim)
             return (z @ self.codebook.T).argmax(-1)  # (B, T)
 

@@ -29,6 +29,7 @@ from audio_ssl.models.masking import (
     sample_negatives,
 )
 from audio_ssl.models.quantizer import GumbelQuantizer, perplexity
+from audio_ssl.models.reconstruct import ReconstructForPretraining
 from audio_ssl.models.wav2vec2 import Wav2Vec2Model
 
 
@@ -114,6 +115,8 @@ def pretraining_model(cfg: ModelConfig) -> nn.Module:
         return BestRqForPretraining(cfg)
     if cfg.objective == "hubert":
         return HubertForPretraining(cfg)
+    if cfg.objective == "reconstruct":
+        return ReconstructForPretraining(cfg)
     return Wav2Vec2ForPretraining(cfg)
 
 
@@ -311,4 +314,5 @@ class HubertForPretraining(nn.Module):
                                   self.cfg.hubert.clusters)
 
 
-PRETRAINING_MODELS = (Wav2Vec2ForPretraining, BestRqForPretraining, HubertForPretraining)  # for isinstance checks
+PRETRAINING_MODELS = (Wav2Vec2ForPretraining, BestRqForPretraining, HubertForPretraining,
+                      ReconstructForPretraining)  # for isinstance checks

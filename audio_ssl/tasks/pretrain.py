@@ -17,6 +17,7 @@ from lightning.pytorch.utilities import rank_zero_only
 from audio_ssl.config import PretrainConfig, to_dict
 from audio_ssl.interop import CONFIG_KEY
 from audio_ssl.io import atomic_path, keep_rows_before
+from audio_ssl.losses.reconstruction import chance_loss
 from audio_ssl.models.pretraining import PRETRAINING_MODELS, Wav2Vec2ForPretraining, pretraining_model
 from audio_ssl.tasks.monitor import CollapseWatch
 from audio_ssl.tasks.schedules import skips_weight_decay, warmup_linear
@@ -188,6 +189,8 @@ class PretrainTask(L.LightningModule):
             return self.watch.uniform_loss
         if self.cfg.model.objective == "hubert":
             return math.log(self.cfg.model.hubert.clusters)
+        if self.cfg.model.objective == "reconstruct":  # predicting 0, each channel's mean
+            return chance_loss(self.cfg.model.reconstruct.loss)
         return math.log(self.cfg.model.best_rq.codes)
 
     @property

@@ -83,7 +83,8 @@ class PretrainResult:
                      "skipped (named in decode_failures.jsonl)\n")
         text += "what was learned (first logged step -> last):\n"
         for name in ("train/contrastive", "train/masked_loss", "train/accuracy", "train/code_perplexity",
-                     "train/prob_perplexity", "train/gumbel_temperature"):
+                     "train/prob_perplexity", "train/gumbel_temperature",
+                     "train/l1_masked", "train/l1_unmasked"):
             text += row(name)
         text += (
             f"  (a uniform guess scores {self.uniform_loss:.3f})\n"
