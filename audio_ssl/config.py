@@ -108,6 +108,32 @@ class HubertConfig:
 
 
 @dataclass(frozen=True)
+class CpcConfig:
+    """CPC / wav2vec (v1) (Oord et al. 2018; Schneider et al. 2019): a causal context network
+    over the feature encoder's frames z predicts z_{t+k}, k = 1..``steps``, with one linear
+    map per step, scored by dot product against ``negatives`` distractors drawn uniformly from
+    the other frames of the same utterance (InfoNCE). No masking."""
+
+    context: Literal["conv", "gru"] = "conv"  # conv: wav2vec's causal convs; gru: CPC's GRU
+    dim: int = 256  # context network width (z is projected to it)
+    layers: int = 5  # conv: causal conv layers (residual); gru: stacked GRU layers
+    kernel: int = 3  # conv: frames each layer reads (itself and kernel - 1 before it)
+    steps: int = 12  # K: future frames predicted
+    negatives: int = 10  # distractors per prediction
+    dropout: float = 0.0  # on the context network's input and between its layers
+
+    def __post_init__(self) -> None:
+        for name in ("dim", "layers", "kernel", "steps", "negatives"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"config model.cpc.{name} is {value!r}: expected an integer "
+                                 "of at least 1")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"config model.cpc.dropout is {self.dropout!r}: expected a value "
+                             "in [0, 1)")
+
+
+@dataclass(frozen=True)
 class ModelConfig:
     encoder: FeatureEncoderConfig = field(default_factory=FeatureEncoderConfig)
     context: ContextConfig = field(default_factory=ContextConfig)
@@ -124,10 +150,12 @@ class ModelConfig:
     quantize_targets: bool = True
     # the self-supervised objective: wav2vec 2.0's contrastive loss against its own quantized (or
     # continuous) targets, or BEST-RQ's masked prediction of fixed random-projection codes
-    # (HuBERT: masked prediction of k-means labels made beforehand by `audio-ssl targets`)
-    objective: Literal["wav2vec2", "hubert", "best-rq"] = "wav2vec2"
+    # (HuBERT: masked prediction of k-means labels made beforehand by `audio-ssl targets`;
+    # cpc: CPC / wav2vec (v1), a causal context network predicting future frames, see CpcConfig)
+    objective: Literal["wav2vec2", "hubert", "best-rq", "cpc"] = "wav2vec2"
     best_rq: BestRqConfig = field(default_factory=BestRqConfig)
     hubert: HubertConfig = field(default_factory=HubertConfig)
+    cpc: CpcConfig = field(default_factory=CpcConfig)
 
 
 @dataclass(frozen=True)
@@ -299,6 +327,7 @@ def from_dict(data: dict[str, Any]) -> PretrainConfig:
 
 __all__ = [
     "FeatureEncoderConfig", "ContextConfig", "QuantizerConfig", "MaskConfig", "LossConfig",
+    "CpcConfig",
     "ModelConfig", "DataConfig", "OptimConfig", "TrainerConfig", "TrainConfig", "PretrainConfig",
     "PRESETS",
     "preset", "load", "merge", "from_dict", "to_dict", "dump",
