@@ -115,3 +115,22 @@ def test_bad_cpc_values_are_one_clear_error():
 def test_every_preset_builds_a_cpc_model(name):
     cfg = config.load(name, overrides={"model": {"objective": "cpc"}})
     assert isinstance(pretraining_model(cfg.model), CpcForPretraining)
+
+
+def test_extracted_layers_are_z_and_the_context_outputs():
+    """A CPC checkpoint's model through the extractor: ``encoder`` is z (layer-normed), layer_i
+    each context layer's output, equal to the backbone's own forward."""
+    from audio_ssl.inference.extract import FeatureExtractor
+
+    torch.manual_seed(0)
+    model = CpcForPretraining(_cfg()).eval()
+    waveforms = torch.randn(1, 8000)
+    extractor = FeatureExtractor(model, layers="encoder,all", device="cpu", precision="fp32")
+    assert extractor.layers == ("encoder", "layer_0", "layer_1", "layer_2")
+    features, frames = extractor.model(waveforms)
+    with torch.no_grad():
+        out = model.backbone(waveforms, return_layers=True)
+    torch.testing.assert_close(features["encoder"], out.features)
+    for i, state in enumerate(out.hidden_states):
+        torch.testing.assert_close(features[f"layer_{i}"], state)
+    torch.testing.assert_close(features["layer_2"], out.context)
