@@ -134,3 +134,29 @@ def test_extracted_layers_are_z_and_the_context_outputs():
     for i, state in enumerate(out.hidden_states):
         torch.testing.assert_close(features[f"layer_{i}"], state)
     torch.testing.assert_close(features["layer_2"], out.context)
+
+
+def test_ctc_fine_tuning_puts_its_head_on_the_pretrained_causal_context():
+    """What `audio-ssl finetune` builds from a CPC checkpoint: Wav2Vec2ForCTC with the CPC
+    backbone, loaded from the pretraining state dict, masks as fine-tuning draws them."""
+    from audio_ssl.models import Wav2Vec2ForCTC
+
+    torch.manual_seed(0)
+    cfg = _cfg()
+    pretrained = CpcForPretraining(cfg)
+    ctc = Wav2Vec2ForCTC(cfg, vocab_size=5)
+    assert isinstance(ctc.backbone, CpcModel) and ctc.head.in_features == cfg.cpc.dim
+    ctc.load_backbone(pretrained.state_dict())
+    for key, value in pretrained.backbone.state_dict().items():
+        assert torch.equal(ctc.backbone.state_dict()[key], value), key
+    waveforms = torch.randn(2, 4000)
+    lengths = torch.tensor([4000, 3000])
+    frames = ctc.backbone.frame_lengths(lengths)  # (2,)
+    time_mask = torch.zeros(2, int(frames[0]), dtype=torch.bool)
+    time_mask[:, 5:10] = True
+    channel_mask = torch.zeros(2, cfg.cpc.dim, dtype=torch.bool)
+    channel_mask[:, :4] = True
+    out = ctc(waveforms, lengths, mask=time_mask, channel_mask=channel_mask)
+    assert out.logits.shape == (2, int(frames[0]), 5) and torch.equal(out.frame_lengths, frames)
+    out.logits.sum().backward()
+    assert ctc.backbone.context.layers[0].conv.weight.grad.abs().sum() > 0
