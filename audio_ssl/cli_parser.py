@@ -6,6 +6,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from audio_ssl.config import OBJECTIVES
+
 DESCRIPTION = """\
 audio-ssl: self-supervised speech representation learning (wav2vec 2.0).
 
@@ -56,13 +58,14 @@ def _add_pretrain_options(p: argparse.ArgumentParser, default_preset: str) -> No
     p.add_argument("--config", type=Path, default=None,
                    help="YAML file of overrides on top of the preset (see configs/)")
     p.add_argument("--max-steps", type=int, default=None, help="number of updates")
-    p.add_argument("--objective", choices=["wav2vec2", "hubert", "best-rq", "reconstruct"],
-                   default=None,
+    p.add_argument("--objective", choices=list(OBJECTIVES), default=None,
                    help="self-supervised objective (default: the preset's, wav2vec2): wav2vec "
                    "2.0's contrastive loss; HuBERT's masked prediction of k-means labels "
                    "(needs --targets); BEST-RQ's masked prediction of fixed random-projection "
                    "codes of the log-mel; reconstruct: L1 regression of the masked frames' "
-                   "normalised log-mel (TERA / Mockingjay style)")
+                   "normalised log-mel (TERA / Mockingjay style); CPC / wav2vec (v1): a causal "
+                   "context network predicting the next model.cpc.steps frames (InfoNCE, no "
+                   "masking)")
     p.add_argument("--targets", default=None, metavar="DIR",
                    help="hubert: the labels of DATA that `audio-ssl targets` wrote")
     _add_device_options(p)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+import typing
 from typing import Any, Literal
 
 from audio_ssl.config_io import dump, merge, overlay, to_dict  # dict / YAML round trip
@@ -126,6 +127,32 @@ class ReconstructConfig:
 
 
 @dataclass(frozen=True)
+class CpcConfig:
+    """CPC / wav2vec (v1) (Oord et al. 2018; Schneider et al. 2019): a causal context network
+    over the feature encoder's frames z predicts z_{t+k}, k = 1..``steps``, with one linear
+    map per step, scored by dot product against ``negatives`` distractors drawn uniformly from
+    the other frames of the same utterance (InfoNCE). No masking."""
+
+    context: Literal["conv", "gru"] = "conv"  # conv: wav2vec's causal convs; gru: CPC's GRU
+    dim: int = 256  # context network width (z is projected to it)
+    layers: int = 5  # conv: causal conv layers (residual); gru: stacked GRU layers
+    kernel: int = 3  # conv: frames each layer reads (itself and kernel - 1 before it)
+    steps: int = 12  # K: future frames predicted
+    negatives: int = 10  # distractors per prediction
+    dropout: float = 0.0  # on the context network's input and between its layers
+
+    def __post_init__(self) -> None:
+        for name in ("dim", "layers", "kernel", "steps", "negatives"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"config model.cpc.{name} is {value!r}: expected an integer "
+                                 "of at least 1")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"config model.cpc.dropout is {self.dropout!r}: expected a value "
+                             "in [0, 1)")
+
+
+@dataclass(frozen=True)
 class ModelConfig:
     encoder: FeatureEncoderConfig = field(default_factory=FeatureEncoderConfig)
     context: ContextConfig = field(default_factory=ContextConfig)
@@ -142,11 +169,17 @@ class ModelConfig:
     quantize_targets: bool = True
     # the self-supervised objective: wav2vec 2.0's contrastive loss against its own quantized (or
     # continuous) targets, or BEST-RQ's masked prediction of fixed random-projection codes
-    # (HuBERT: masked prediction of k-means labels made beforehand by `audio-ssl targets`)
-    objective: Literal["wav2vec2", "hubert", "best-rq", "reconstruct"] = "wav2vec2"
+    # (HuBERT: masked prediction of k-means labels made beforehand by `audio-ssl targets`;
+    # reconstruct: the generative family, see ReconstructConfig; cpc: CPC / wav2vec (v1), a
+    # causal context network predicting future frames, see CpcConfig)
+    objective: Literal["wav2vec2", "hubert", "best-rq", "reconstruct", "cpc"] = "wav2vec2"
     best_rq: BestRqConfig = field(default_factory=BestRqConfig)
     hubert: HubertConfig = field(default_factory=HubertConfig)
     reconstruct: ReconstructConfig = field(default_factory=ReconstructConfig)
+    cpc: CpcConfig = field(default_factory=CpcConfig)
+
+
+OBJECTIVES: tuple[str, ...] = typing.get_args(typing.get_type_hints(ModelConfig)["objective"])
 
 
 @dataclass(frozen=True)
@@ -318,7 +351,8 @@ def from_dict(data: dict[str, Any]) -> PretrainConfig:
 
 __all__ = [
     "FeatureEncoderConfig", "ContextConfig", "QuantizerConfig", "MaskConfig", "LossConfig",
-    "ReconstructConfig",
+    "ReconstructConfig", "OBJECTIVES",
+    "CpcConfig",
     "ModelConfig", "DataConfig", "OptimConfig", "TrainerConfig", "TrainConfig", "PretrainConfig",
     "PRESETS",
     "preset", "load", "merge", "from_dict", "to_dict", "dump",

@@ -99,7 +99,7 @@ class FeatureExtractor:
             raise ValueError(f"batch_seconds must be > 0 and max_batch_size >= 1, got "
                              f"{batch_seconds}, {max_batch_size}")
         backbone, _ = split_model(model)
-        selection = parse_layers(layers, backbone.cfg.context.layers)
+        selection = parse_layers(layers, len(backbone.context.layers))
         self.model = InferenceModel(model, selection, device,
                                     "bf16" if self.precision.bf16 else "fp32")
         self.normalize = bool(normalize)

@@ -40,6 +40,7 @@ from audio_ssl.inference.kernels import (
     onednn_available,
     positional_conv,
 )
+from audio_ssl.models.cpc import CpcModel
 from audio_ssl.models.feature_encoder import receptive_field
 from audio_ssl.models.quantizer import GumbelQuantizer
 from audio_ssl.models.wav2vec2 import Wav2Vec2Model
@@ -108,12 +109,13 @@ def parse_layers(spec: str | int | Sequence[str | int], num_layers: int) -> Laye
     return LayerSelection(tuple(names), num_layers)
 
 
-def split_model(model: nn.Module) -> tuple[Wav2Vec2Model, GumbelQuantizer | None]:
-    """(backbone, quantizer or None) of a Wav2Vec2ForPretraining, Wav2Vec2ForCTC or Wav2Vec2Model."""
-    if isinstance(model, Wav2Vec2Model):
+def split_model(model: nn.Module) -> tuple[Wav2Vec2Model | CpcModel, GumbelQuantizer | None]:
+    """(backbone, quantizer or None) of a Wav2Vec2ForPretraining, Wav2Vec2ForCTC or Wav2Vec2Model
+    (or a CPC model: its :class:`CpcModel` has the same encode / prepare / context steps)."""
+    if isinstance(model, (Wav2Vec2Model, CpcModel)):
         return model, None
     backbone = getattr(model, "backbone", None)
-    if not isinstance(backbone, Wav2Vec2Model):
+    if not isinstance(backbone, (Wav2Vec2Model, CpcModel)):
         raise TypeError(f"expected a wav2vec 2.0 model of audio_ssl (Wav2Vec2ForPretraining, "
                         f"Wav2Vec2ForCTC or Wav2Vec2Model), got {type(model).__name__}")
     quantizer = getattr(model, "quantizer", None)
@@ -138,6 +140,7 @@ class InferenceModel:
     def __init__(self, model: nn.Module, selection: LayerSelection, device: torch.device | str,
                  precision: str = "fp32", kernels: str = "auto"):
         backbone, quantizer = split_model(model)
+        causal = isinstance(backbone, CpcModel)  # no Transformer layers to swap kernels into
         if CODES in selection.names and quantizer is None:
             raise ValueError(f"layer 'codes' needs the quantizer, and this {type(model).__name__} "
                              f"has none (only pretraining checkpoints keep it)")
@@ -162,11 +165,11 @@ class InferenceModel:
         self.compute_dtype = torch.bfloat16 if precision == "bf16" else torch.float32
         # the kernels swapped into the backbone's forward (None: its own modules)
         self._layers = None
-        if kernels != "modules":
+        if kernels != "modules" and not causal:
             self._layers = [FastLayer(layer, self.compute_dtype, onednn=kernels == "onednn")
                             for layer in backbone.context.layers]
         self._positional = None
-        if kernels == "channels_last":
+        if kernels == "channels_last" and not causal:
             self._positional = partial(positional_conv, backbone.context.pos_conv,
                                        dtype=self.compute_dtype)
         # the channels-last encoder also serves chunks (whole-file group norm statistics)
@@ -193,7 +196,8 @@ class InferenceModel:
 
     def output_shapes(self) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
         """Per output name: (shape after the time axis, dtype)."""
-        dim, channels = self.cfg.context.dim, self.backbone.feature_encoder.out_channels
+        dim = self.backbone.projection.out_features  # the context network's width
+        channels = self.backbone.feature_encoder.out_channels
         shapes: dict[str, tuple[tuple[int, ...], torch.dtype]] = {}
         for name in self.selection.names:
             if name == ENCODER:

@@ -81,6 +81,10 @@ def describe(loaded: LoadedModel) -> str:
     cfg = loaded.config
     params = sum(p.numel() for p in loaded.model.parameters())
     vocab = f", {len(loaded.vocab)} CTC tokens" if loaded.vocab else ""
+    if cfg.objective == "cpc":
+        return (f"{type(loaded.model).__name__} from {loaded.source}: CPC, {cfg.cpc.layers} x "
+                f"{cfg.cpc.dim} causal {cfg.cpc.context} context, {cfg.encoder.norm}-norm "
+                f"encoder, {params / 1e6:.1f}M parameters{vocab}")
     return (f"{type(loaded.model).__name__} from {loaded.source}: {cfg.context.layers} x "
             f"{cfg.context.dim}, {cfg.encoder.norm}-norm encoder, "
             f"{'pre' if cfg.context.layer_norm_first else 'post'}-norm Transformer, "

@@ -197,6 +197,15 @@ def hf_do_normalize(folder: Path) -> bool | None:
     return None
 
 
+def refuse_cpc(model: nn.Module) -> None:
+    """One line for a CPC model, which no HF class holds (its context network is causal)."""
+    cfg = getattr(model, "cfg", None)
+    if getattr(cfg, "objective", None) == "cpc":
+        raise CheckpointError("HF has no CPC architecture; supported: wav2vec2, hubert and "
+                              "best-rq (as Wav2Vec2Model / Wav2Vec2ForPreTraining / "
+                              "Wav2Vec2ForCTC); keep CPC checkpoints as audio-ssl .ckpt")
+
+
 def save_hf(model: nn.Module, folder: str | Path, vocab: list[str] | None = None,
             normalize: bool | None = None) -> Path:
     """Write ``model`` as an HF folder that ``transformers`` loads with ``from_pretrained``:
@@ -212,6 +221,7 @@ def save_hf(model: nn.Module, folder: str | Path, vocab: list[str] | None = None
 
     from audio_ssl.models import PRETRAINING_MODELS, Wav2Vec2ForPretraining
 
+    refuse_cpc(model)
     if isinstance(model, PRETRAINING_MODELS) and (
             not isinstance(model, Wav2Vec2ForPretraining) or model.quantizer is None):
         model = model.backbone
@@ -239,6 +249,7 @@ def to_hf(model: nn.Module, vocab: list[str] | None = None, **config_kwargs: Any
     ``config_kwargs`` override HF config fields (e.g. ``attn_implementation``)."""
     import transformers
 
+    refuse_cpc(model)
     arch = architecture_of(model)
     values = hf_config_dict(model, vocab)
     values.pop(EXTRA_KEY)

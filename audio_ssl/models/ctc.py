@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from audio_ssl.config import ModelConfig
-from audio_ssl.models.wav2vec2 import Wav2Vec2Model
+from audio_ssl.models.cpc import backbone_model
 
 
 @dataclass
@@ -38,9 +38,9 @@ class Wav2Vec2ForCTC(nn.Module):
             raise ValueError(f"vocab_size must be at least 2 (blank and one token), got {vocab_size}")
         self.cfg = cfg
         self.vocab_size = vocab_size
-        self.backbone = Wav2Vec2Model(cfg)
+        self.backbone = backbone_model(cfg)  # CPC: its causal context network's output
         self.dropout = nn.Dropout(final_dropout)
-        self.head = nn.Linear(cfg.context.dim, vocab_size)
+        self.head = nn.Linear(self.backbone.projection.out_features, vocab_size)
 
     def load_backbone(self, state_dict: dict[str, torch.Tensor], *, keep_random_layers: int = 0,
                       ) -> None:

@@ -22,6 +22,7 @@ from audio_ssl.losses.contrastive import (
 from audio_ssl.losses.distributed import global_sum, with_global_value
 from audio_ssl.losses.total import masked_prediction_objective, wav2vec2_objective
 from audio_ssl.models.best_rq import MaskedPredictionOutput, RandomProjectionQuantizer
+from audio_ssl.models.cpc import CpcForPretraining
 from audio_ssl.models.masking import (
     compute_span_mask,
     masked_rows,
@@ -117,6 +118,8 @@ def pretraining_model(cfg: ModelConfig) -> nn.Module:
         return HubertForPretraining(cfg)
     if cfg.objective == "reconstruct":
         return ReconstructForPretraining(cfg)
+    if cfg.objective == "cpc":
+        return CpcForPretraining(cfg)
     return Wav2Vec2ForPretraining(cfg)
 
 
@@ -315,4 +318,4 @@ class HubertForPretraining(nn.Module):
 
 
 PRETRAINING_MODELS = (Wav2Vec2ForPretraining, BestRqForPretraining, HubertForPretraining,
-                      ReconstructForPretraining)  # for isinstance checks
+                      ReconstructForPretraining, CpcForPretraining)  # for isinstance checks

@@ -168,12 +168,12 @@ def model_features(name: str, extractor, files: list[str], cache: Path, *,
 def random_model(loaded, seed: int):
     """The network of ``loaded`` (a :class:`~audio_ssl.interop.LoadedModel`) with fresh weights
     from ``seed``, as a freshly built model would have them before pretraining."""
-    from audio_ssl.models import Wav2Vec2Model
+    from audio_ssl.models.cpc import backbone_model
 
     generator_state = torch.random.get_rng_state()
     torch.manual_seed(seed)
     try:
-        model = Wav2Vec2Model(loaded.config)
+        model = backbone_model(loaded.config)
     finally:
         torch.random.set_rng_state(generator_state)
     return model.eval()

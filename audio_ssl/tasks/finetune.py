@@ -115,7 +115,7 @@ class FinetuneTask(L.LightningModule):
         if time_cfg.prob > 0:
             time_mask = compute_span_mask(frames, num_frames, time_cfg, generator)
         if chan_cfg.prob > 0:
-            dim = self.cfg.model.context.dim
+            dim = self.model.head.in_features  # the context network's width
             full = torch.full_like(frames, dim)  # (B,)
             channel_mask = compute_span_mask(full, dim, chan_cfg, generator)  # (B, D)
         return time_mask, channel_mask

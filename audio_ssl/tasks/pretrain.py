@@ -77,7 +77,10 @@ class PretrainTask(L.LightningModule):
         self._probe_codes: torch.Tensor | None = None
         q = cfg.model.quantizer
         groups = q.groups if cfg.model.quantize_targets else 0  # 0: no codebook to collapse
-        self.watch = CollapseWatch(cfg.model.loss.num_negatives, groups, q.codes,
+        negatives = cfg.model.loss.num_negatives
+        if cfg.model.objective == "cpc":  # its plateau is log(N + 1) of its own distractors
+            negatives, groups = cfg.model.cpc.negatives, 0
+        self.watch = CollapseWatch(negatives, groups, q.codes,
                                    patience=cfg.train.collapse_patience)
 
     # -- training ------------------------------------------------------------------------------
@@ -185,7 +188,7 @@ class PretrainTask(L.LightningModule):
     @property
     def uniform_loss(self) -> float:
         """The loss of a uniform guess: log(K + 1) candidates, or log(V) codes or clusters."""
-        if isinstance(self.model, Wav2Vec2ForPretraining):
+        if isinstance(self.model, Wav2Vec2ForPretraining) or self.cfg.model.objective == "cpc":
             return self.watch.uniform_loss
         if self.cfg.model.objective == "hubert":
             return math.log(self.cfg.model.hubert.clusters)
