@@ -54,11 +54,13 @@ def _add_pretrain_options(p: argparse.ArgumentParser, default_preset: str) -> No
     p.add_argument("--config", type=Path, default=None,
                    help="YAML file of overrides on top of the preset (see configs/)")
     p.add_argument("--max-steps", type=int, default=None, help="number of updates")
-    p.add_argument("--objective", choices=["wav2vec2", "hubert", "best-rq"], default=None,
+    p.add_argument("--objective", choices=["wav2vec2", "hubert", "best-rq", "data2vec"],
+                   default=None,
                    help="self-supervised objective (default: the preset's, wav2vec2): wav2vec "
                    "2.0's contrastive loss; HuBERT's masked prediction of k-means labels "
                    "(needs --targets); BEST-RQ's masked prediction of fixed random-projection "
-                   "codes of the log-mel")
+                   "codes of the log-mel; data2vec 2.0's regression of an EMA teacher's "
+                   "averaged top layers")
     p.add_argument("--targets", default=None, metavar="DIR",
                    help="hubert: the labels of DATA that `audio-ssl targets` wrote")
     _add_device_options(p)

@@ -22,6 +22,7 @@ from audio_ssl.losses.contrastive import (
 from audio_ssl.losses.distributed import global_sum, with_global_value
 from audio_ssl.losses.total import masked_prediction_objective, wav2vec2_objective
 from audio_ssl.models.best_rq import MaskedPredictionOutput, RandomProjectionQuantizer
+from audio_ssl.models.data2vec import Data2VecForPretraining
 from audio_ssl.models.masking import (
     compute_span_mask,
     masked_rows,
@@ -114,6 +115,8 @@ def pretraining_model(cfg: ModelConfig) -> nn.Module:
         return BestRqForPretraining(cfg)
     if cfg.objective == "hubert":
         return HubertForPretraining(cfg)
+    if cfg.objective == "data2vec":
+        return Data2VecForPretraining(cfg)
     return Wav2Vec2ForPretraining(cfg)
 
 
@@ -311,4 +314,5 @@ class HubertForPretraining(nn.Module):
                                   self.cfg.hubert.clusters)
 
 
-PRETRAINING_MODELS = (Wav2Vec2ForPretraining, BestRqForPretraining, HubertForPretraining)  # for isinstance checks
+PRETRAINING_MODELS = (Wav2Vec2ForPretraining, BestRqForPretraining, HubertForPretraining,
+                      Data2VecForPretraining)  # for isinstance checks
