@@ -121,15 +121,9 @@ class Data2VecForPretraining(nn.Module):
         self.backbone = Wav2Vec2Model(cfg)
         self.teacher: ContextNetwork = copy.deepcopy(self.backbone.context)
         self.teacher.requires_grad_(False)
-        self.teacher.eval()
         self.decoder = ConvDecoder(cfg.context.dim, cfg.context.dim, cfg.data2vec)
         self.top_k = min(cfg.data2vec.top_k, cfg.context.layers)
         self._teacher_step: int | None = None  # the step the teacher last caught up at
-
-    def train(self, mode: bool = True) -> Data2VecForPretraining:
-        super().train(mode)
-        self.teacher.eval()  # no dropout or LayerDrop in the teacher, as data2vec
-        return self
 
     @torch.no_grad()
     def update_teacher(self, step: int, total_steps: int) -> float:
@@ -169,7 +163,12 @@ class Data2VecForPretraining(nn.Module):
         """(B, T, D) fp32: the teacher's top K block outputs on the unmasked projected frames,
         normalised and averaged (:func:`layer_average_targets`)."""
         x = self.backbone.projection(encoded.features)  # (B, T, D), no dropout
-        _, states = self.teacher(x, encoded.padding_mask, return_layers=True)
+        mode = self.teacher.training
+        self.teacher.eval()  # no dropout or LayerDrop in the teacher, as data2vec; its mode
+        try:  # flag otherwise follows the model's (Lightning warns of modules left in eval)
+            _, states = self.teacher(x, encoded.padding_mask, return_layers=True)
+        finally:
+            self.teacher.train(mode)
         return layer_average_targets(states[-self.top_k:], encoded.padding_mask,
                                      self.cfg.data2vec.instance_norm_layers,
                                      self.cfg.data2vec.instance_norm_targets)

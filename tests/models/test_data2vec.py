@@ -83,10 +83,16 @@ def test_tau_ramps_linearly_to_its_end_and_stays():
     assert replace(d2v, anneal_steps=10).tau(5, 100) == pytest.approx(0.99945)
 
 
-def test_teacher_stays_in_eval_mode():
-    model = _model()
-    model.train()
-    assert model.backbone.training and model.decoder.training and not model.teacher.training
+def test_teacher_runs_without_dropout():
+    small = _cfg()
+    torch.manual_seed(0)
+    model = pretraining_model(replace(small, context=replace(small.context, dropout=0.3,
+                                                             layer_drop=0.5)))
+    x, lengths = _batch()
+    enc = model.backbone.encode(x, lengths)
+    want = model.eval().targets(enc)
+    torch.testing.assert_close(model.train().targets(enc), want, rtol=0, atol=0)
+    assert model.teacher.training  # the mode flag follows the model's
 
 
 # -- (b) the targets ---------------------------------------------------------------------------
