@@ -187,7 +187,8 @@ class Data2VecForPretraining(nn.Module):
         targets = self.targets(enc)  # (B, T, D)
         pad = None if enc.padding_mask is None else repeat(enc.padding_mask, "b t -> (m b) t",
                                                            m=clones)
-        copies = EncodedFrames(repeat(enc.features, "b t c -> (m b) t c", m=clones), enc.raw_features,
+        copies = EncodedFrames(repeat(enc.features, "b t c -> (m b) t c", m=clones),
+                               enc.raw_features,  # (B, T, C): prepare does not read it
                                pad, repeat(enc.frame_lengths, "b -> (m b)", m=clones))
         x = self.backbone.prepare(copies, mask)  # (M * B, T, D), mask embedding at masked frames
         c, _ = self.backbone.context(x, pad, generator=generator)  # (M * B, T, D)

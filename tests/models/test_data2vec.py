@@ -266,6 +266,14 @@ def test_cli_data2vec_loss_falls_and_its_backbone_extracts(tmp_path, data_dir, c
                  "--to", "hf"]) == 0
     hf = json.loads((tmp_path / "hf" / "config.json").read_text())
     assert hf["architectures"] == ["Wav2Vec2Model"]
+    # fine-tuning takes the student's backbone alone
+    from audio_ssl.models import Wav2Vec2ForCTC
+    from audio_ssl.tasks.finetune import _initial_weights
+
+    model_cfg, state, vocab, *_ = _initial_weights(run / "checkpoints" / "last.ckpt", False)
+    assert vocab is None and state and all(k.startswith("backbone.") for k in state)
+    missing, unexpected = Wav2Vec2ForCTC(model_cfg, 5).load_state_dict(state, strict=False)
+    assert unexpected == [] and not any(k.startswith("backbone.") for k in missing)
 
 
 @pytest.mark.slow
