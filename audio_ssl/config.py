@@ -137,7 +137,8 @@ class Data2VecConfig:
 
     def __post_init__(self) -> None:
         def fail(name: str, expected: str) -> None:
-            raise ValueError(f"model.data2vec.{name} is {getattr(self, name)!r}: expected {expected}")
+            value = getattr(self, name)
+            raise ValueError(f"model.data2vec.{name} is {value!r}: expected {expected}")
 
         if not 0.0 <= self.tau_start <= self.tau_end <= 1.0:
             fail("tau_start", f"0 <= tau_start <= tau_end ({self.tau_end}) <= 1")

@@ -156,7 +156,8 @@ class Data2VecForPretraining(nn.Module):
         lengths = repeat(frames, "b -> (m b)", m=clones)  # (M * B,)
         gen_device = generator.device if generator is not None else frames.device
         mask = compute_span_mask(lengths.to(gen_device), num_frames, self.cfg.mask, generator)
-        return mask.to(frames.device), lengths.shape[0] * max_masked_frames(num_frames, self.cfg.mask)
+        rows = lengths.shape[0] * max_masked_frames(num_frames, self.cfg.mask)  # host arithmetic
+        return mask.to(frames.device), rows
 
     @torch.no_grad()
     def targets(self, encoded: EncodedFrames) -> torch.Tensor:

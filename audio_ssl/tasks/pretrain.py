@@ -75,7 +75,7 @@ class PretrainTask(L.LightningModule):
         torch.manual_seed(seed)  # dropout and Gumbel noise
         generator = torch.Generator(device=self.device).manual_seed(seed)
         ema_decay = None
-        if isinstance(self.model, Data2VecForPretraining):  # the teacher catches up with the student
+        if isinstance(self.model, Data2VecForPretraining):  # the teacher catches up
             ema_decay = self.model.update_teacher(step, self._schedule_steps)
         extra = {"labels": batch.labels} if self.cfg.model.objective == "hubert" else {}
         # crops cut to the batch's shortest item are never padded: the host knows it from the
