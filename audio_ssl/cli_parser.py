@@ -65,7 +65,8 @@ def _add_pretrain_options(p: argparse.ArgumentParser, default_preset: str) -> No
                    "codes of the log-mel; reconstruct: L1 regression of the masked frames' "
                    "normalised log-mel (TERA / Mockingjay style); CPC / wav2vec (v1): a causal "
                    "context network predicting the next model.cpc.steps frames (InfoNCE, no "
-                   "masking)")
+                   "masking); data2vec 2.0: regression of an EMA teacher's averaged top "
+                   "layers")
     p.add_argument("--targets", default=None, metavar="DIR",
                    help="hubert: the labels of DATA that `audio-ssl targets` wrote")
     _add_device_options(p)

@@ -153,6 +153,63 @@ class CpcConfig:
 
 
 @dataclass(frozen=True)
+class Data2VecConfig:
+    """data2vec 2.0 (Baevski et al., 2022) on the wav2vec 2.0 backbone: the student, on ``clones``
+    masked copies of each utterance's feature-encoder output, regresses through a small conv
+    decoder the average of the top ``top_k`` Transformer blocks of an EMA teacher that sees the
+    unmasked frames. The teacher is an EMA copy of the context network (positional convolution
+    and blocks); the feature encoder and projection are shared (one conv pass), as in data2vec.
+
+    Targets: each of the top min(``top_k``, context.layers) block outputs normalised over time
+    per utterance and channel (``instance_norm_layers``, data2vec's instance_norm_target_layer),
+    averaged, and with ``instance_norm_targets`` the average normalised so again (data2vec's
+    audio recipes leave it off).
+    """
+
+    tau_start: float = 0.999  # EMA decay at update 0
+    tau_end: float = 0.9999  # reached after ``anneal_steps`` updates, then held
+    anneal_steps: int = 0  # 0: the run's schedule length (optim.schedule_steps or max_steps)
+    top_k: int = 8  # average the top min(top_k, context.layers) blocks of the teacher
+    instance_norm_layers: bool = True
+    instance_norm_targets: bool = False
+    clones: int = 8  # masked copies of each utterance per encoder pass (data2vec 2.0: 8 for audio)
+    decoder_dim: int = 384
+    decoder_layers: int = 4
+    decoder_kernel: int = 7  # odd: 'same' padding
+    decoder_groups: int = 16  # must divide decoder_dim and context.dim
+    loss: Literal["mse", "smooth_l1"] = "mse"  # per masked frame, mean over the target's dims
+    smooth_l1_beta: float = 0.25
+
+    def __post_init__(self) -> None:
+        def fail(name: str, expected: str) -> None:
+            value = getattr(self, name)
+            raise ValueError(f"model.data2vec.{name} is {value!r}: expected {expected}")
+
+        if not 0.0 <= self.tau_start <= self.tau_end <= 1.0:
+            fail("tau_start", f"0 <= tau_start <= tau_end ({self.tau_end}) <= 1")
+        for name in ("top_k", "clones", "decoder_dim", "decoder_layers", "decoder_groups"):
+            if getattr(self, name) < 1:
+                fail(name, "at least 1")
+        if self.anneal_steps < 0:
+            fail("anneal_steps", "0 (the run's length) or more")
+        if self.decoder_kernel < 1 or self.decoder_kernel % 2 == 0:
+            fail("decoder_kernel", "an odd number of frames")
+        if self.decoder_dim % self.decoder_groups:
+            fail("decoder_dim", f"a multiple of decoder_groups ({self.decoder_groups})")
+        if self.smooth_l1_beta <= 0:
+            fail("smooth_l1_beta", "more than 0")
+
+    def tau(self, step: int, total_steps: int) -> float:
+        """EMA decay of the teacher update after update ``step``: a pure function of the step,
+        linear from ``tau_start`` at 0 to ``tau_end`` at ``anneal_steps`` (or ``total_steps``)
+        as data2vec's get_annealed_rate, then ``tau_end``."""
+        steps = self.anneal_steps or total_steps
+        if step >= steps:
+            return self.tau_end
+        return self.tau_end - (self.tau_end - self.tau_start) * (1.0 - step / steps)
+
+
+@dataclass(frozen=True)
 class ModelConfig:
     encoder: FeatureEncoderConfig = field(default_factory=FeatureEncoderConfig)
     context: ContextConfig = field(default_factory=ContextConfig)
@@ -171,12 +228,15 @@ class ModelConfig:
     # continuous) targets, or BEST-RQ's masked prediction of fixed random-projection codes
     # (HuBERT: masked prediction of k-means labels made beforehand by `audio-ssl targets`;
     # reconstruct: the generative family, see ReconstructConfig; cpc: CPC / wav2vec (v1), a
-    # causal context network predicting future frames, see CpcConfig)
-    objective: Literal["wav2vec2", "hubert", "best-rq", "reconstruct", "cpc"] = "wav2vec2"
+    # causal context network predicting future frames, see CpcConfig; data2vec: regression of
+    # an EMA teacher's averaged top layers, see Data2VecConfig)
+    objective: Literal["wav2vec2", "hubert", "best-rq", "reconstruct", "cpc", "data2vec"] = \
+        "wav2vec2"
     best_rq: BestRqConfig = field(default_factory=BestRqConfig)
     hubert: HubertConfig = field(default_factory=HubertConfig)
     reconstruct: ReconstructConfig = field(default_factory=ReconstructConfig)
     cpc: CpcConfig = field(default_factory=CpcConfig)
+    data2vec: Data2VecConfig = field(default_factory=Data2VecConfig)
 
 
 OBJECTIVES: tuple[str, ...] = typing.get_args(typing.get_type_hints(ModelConfig)["objective"])

@@ -4,6 +4,7 @@ from audio_ssl.models.ctc import CTCOutput, Wav2Vec2ForCTC
 from audio_ssl.models.feature_encoder import FeatureEncoder, frame_lengths, receptive_field
 from audio_ssl.models.masking import compute_span_mask, sample_negatives
 from audio_ssl.models.best_rq import MaskedPredictionOutput, RandomProjectionQuantizer
+from audio_ssl.models.data2vec import Data2VecForPretraining, Data2VecOutput
 from audio_ssl.models.pretraining import (
     PRETRAINING_MODELS,
     BestRqForPretraining,
@@ -22,4 +23,5 @@ __all__ = [
     "Wav2Vec2ForCTC", "CTCOutput", "BestRqForPretraining", "HubertForPretraining", "MaskedPredictionOutput",
     "RandomProjectionQuantizer", "PRETRAINING_MODELS", "pretraining_model",
     "ReconstructForPretraining", "ReconstructOutput",
+    "Data2VecForPretraining", "Data2VecOutput",
 ]

@@ -23,6 +23,7 @@ from audio_ssl.losses.distributed import global_sum, with_global_value
 from audio_ssl.losses.total import masked_prediction_objective, wav2vec2_objective
 from audio_ssl.models.best_rq import MaskedPredictionOutput, RandomProjectionQuantizer
 from audio_ssl.models.cpc import CpcForPretraining
+from audio_ssl.models.data2vec import Data2VecForPretraining
 from audio_ssl.models.masking import (
     compute_span_mask,
     masked_rows,
@@ -120,6 +121,8 @@ def pretraining_model(cfg: ModelConfig) -> nn.Module:
         return ReconstructForPretraining(cfg)
     if cfg.objective == "cpc":
         return CpcForPretraining(cfg)
+    if cfg.objective == "data2vec":
+        return Data2VecForPretraining(cfg)
     return Wav2Vec2ForPretraining(cfg)
 
 
@@ -318,4 +321,5 @@ class HubertForPretraining(nn.Module):
 
 
 PRETRAINING_MODELS = (Wav2Vec2ForPretraining, BestRqForPretraining, HubertForPretraining,
-                      ReconstructForPretraining, CpcForPretraining)  # for isinstance checks
+                      ReconstructForPretraining, CpcForPretraining,
+                      Data2VecForPretraining)  # for isinstance checks

@@ -96,3 +96,52 @@ def escape_step(losses: list[tuple[int, float]], uniform: float, threshold: floa
             start = None
     return None
 
+
+
+@dataclass
+class SpreadWatch:
+    """The collapse of a self-distilled teacher (data2vec; fairseq#4177, #5239): feed it the
+    targets' spread (``train/target_std``) of the logged steps; it returns warnings.
+
+    *target collapse*: the spread falls below ``ratio`` x its first logged value, i.e. the
+    teacher gives nearly the same vector at every frame. Targets normalised per layer over time
+    stay near 1 while the teacher's outputs vary at all (their average over K decorrelated layers
+    no lower than about 1/sqrt(K) of it), so 0.1 of the first value is far below healthy
+    training and well above the 0 a constant teacher reaches. Patience and grace as
+    :class:`CollapseWatch`.
+    """
+
+    patience: int = 200
+    grace: int = 500
+    ratio: float = 0.1
+    first: float | None = None
+    _streak: int = 0
+    _warned: bool = False
+    _last_step: int | None = None
+
+    def update(self, step: int, target_std: float) -> list[str]:
+        if self.first is None:
+            self.first = target_std
+        present = target_std < self.ratio * self.first
+        gap = 1 if self._last_step is None else max(1, step - self._last_step)
+        self._last_step = step
+        self._streak = self._streak + gap if present else 0
+        if not present:
+            self._warned = False
+            return []
+        if step < self.grace or self._streak < self.patience or self._warned:
+            return []
+        self._warned = True
+        return [f"collapse watch (step {step}): the targets' spread over frames (target_std) is "
+                f"{target_std:.4f}, below {self.ratio} x its first value {self.first:.4f} for "
+                f"{self._streak} steps: the EMA teacher gives nearly the same vector at every "
+                "frame. Usual remedies: a higher tau_start or a slower tau ramp, a lower "
+                "learning rate, instance-normalised target layers."]
+
+    def state_dict(self) -> dict:
+        return {"first": self.first, "streak": self._streak, "warned": self._warned,
+                "last_step": self._last_step}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.first, self._streak = state["first"], state["streak"]
+        self._warned, self._last_step = state["warned"], state["last_step"]

@@ -18,8 +18,9 @@ from audio_ssl.config import PretrainConfig, to_dict
 from audio_ssl.interop import CONFIG_KEY
 from audio_ssl.io import atomic_path, keep_rows_before
 from audio_ssl.losses.reconstruction import chance_loss
+from audio_ssl.models.data2vec import Data2VecForPretraining
 from audio_ssl.models.pretraining import PRETRAINING_MODELS, Wav2Vec2ForPretraining, pretraining_model
-from audio_ssl.tasks.monitor import CollapseWatch
+from audio_ssl.tasks.monitor import CollapseWatch, SpreadWatch
 from audio_ssl.tasks.schedules import skips_weight_decay, warmup_linear
 
 
@@ -82,6 +83,7 @@ class PretrainTask(L.LightningModule):
             negatives, groups = cfg.model.cpc.negatives, 0
         self.watch = CollapseWatch(negatives, groups, q.codes,
                                    patience=cfg.train.collapse_patience)
+        self.spread_watch = SpreadWatch(patience=cfg.train.collapse_patience)  # data2vec
 
     # -- training ------------------------------------------------------------------------------
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor | None:
@@ -96,6 +98,9 @@ class PretrainTask(L.LightningModule):
         seed = step_seed(self.cfg.train.seed, step, self.global_rank)
         torch.manual_seed(seed)  # dropout and Gumbel noise
         generator = torch.Generator(device=self.device).manual_seed(seed)
+        ema_decay = None
+        if isinstance(self.model, Data2VecForPretraining):  # the teacher catches up
+            ema_decay = self.model.update_teacher(step, self._schedule_steps)
         extra = {"labels": batch.labels} if self.cfg.model.objective == "hubert" else {}
         # crops cut to the batch's shortest item are never padded: the host knows it from the
         # config, so the model need not read the lengths back from the device to find out
@@ -116,6 +121,8 @@ class PretrainTask(L.LightningModule):
         }
         if not self.cfg.model.quantize_targets or self.cfg.model.objective != "wav2vec2":
             del metrics["train/gumbel_temperature"]  # no Gumbel quantizer
+        if ema_decay is not None:
+            metrics["train/ema_decay"] = ema_decay
         churn = self._code_churn(batch)
         if churn is not None:
             metrics["train/code_churn"] = churn
@@ -167,6 +174,8 @@ class PretrainTask(L.LightningModule):
         o = self.cfg.optim
         groups: dict[tuple[bool, float], list[torch.nn.Parameter]] = {}
         for name, param in self.model.named_parameters():
+            if not param.requires_grad:  # data2vec's EMA teacher
+                continue
             scale = 1.0
             if name.startswith("backbone.feature_encoder."):
                 scale = o.encoder_lr_scale
@@ -194,6 +203,8 @@ class PretrainTask(L.LightningModule):
             return math.log(self.cfg.model.hubert.clusters)
         if self.cfg.model.objective == "reconstruct":  # predicting 0, each channel's mean
             return chance_loss(self.cfg.model.reconstruct.loss)
+        if self.cfg.model.objective == "data2vec":
+            return float("nan")  # a regression: no uniform guess
         return math.log(self.cfg.model.best_rq.codes)
 
     @property
@@ -212,6 +223,11 @@ class PretrainTask(L.LightningModule):
             self.warnings.append(message)
             if self.global_rank == 0:
                 warnings.warn(message, stacklevel=1)
+        if "train/target_std" in metrics:  # data2vec: the teacher's collapse
+            for message in self.spread_watch.update(step, metrics["train/target_std"]):
+                self.warnings.append(message)
+                if self.global_rank == 0:
+                    warnings.warn(message, stacklevel=1)
         # written with the gradient norms, before the update
         self._pending = (step, metrics) if self.output_dir is not None else None
 
@@ -237,6 +253,7 @@ class PretrainTask(L.LightningModule):
         checkpoint[CONFIG_KEY] = to_dict(self.cfg)
         checkpoint["batches_seen"] = self.batches_seen
         checkpoint["collapse_watch"] = self.watch.state_dict()
+        checkpoint["spread_watch"] = self.spread_watch.state_dict()
         checkpoint["first_metrics"] = self.first_metrics
         checkpoint["elapsed_seconds"] = self.clock.seconds
         checkpoint["failed_files"] = sorted(self.failed_files)
@@ -247,6 +264,8 @@ class PretrainTask(L.LightningModule):
         state = checkpoint.get("collapse_watch")
         if state:
             self.watch.load_state_dict(state)
+        if checkpoint.get("spread_watch"):
+            self.spread_watch.load_state_dict(checkpoint["spread_watch"])
         self.first_metrics = checkpoint.get("first_metrics") or self.first_metrics
         self.clock.before = float(checkpoint.get("elapsed_seconds", 0.0))
         self.failed_files = set(checkpoint.get("failed_files", ()))

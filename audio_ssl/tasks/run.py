@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -84,10 +85,12 @@ class PretrainResult:
         text += "what was learned (first logged step -> last):\n"
         for name in ("train/contrastive", "train/masked_loss", "train/accuracy", "train/code_perplexity",
                      "train/prob_perplexity", "train/gumbel_temperature",
-                     "train/l1_masked", "train/l1_unmasked"):
+                     "train/l1_masked", "train/l1_unmasked", "train/regression",
+                     "train/target_std", "train/prediction_std"):
             text += row(name)
+        if math.isfinite(self.uniform_loss):  # nan: a regression (data2vec), no uniform guess
+            text += f"  (a uniform guess scores {self.uniform_loss:.3f})\n"
         text += (
-            f"  (a uniform guess scores {self.uniform_loss:.3f})\n"
             f"outputs in {self.output_dir}:\n"
             f"  checkpoint  {self.last_checkpoint}\n"
             f"  config      {self.output_dir / 'config.yaml'}\n"
@@ -219,6 +222,8 @@ def pretrain(data: str | Path, cfg: PretrainConfig, output_dir: str | Path, *,
     )
     if trainer.global_rank == 0:
         summary = {k: v for k, v in vars(result).items() if k not in ("output_dir", "last_checkpoint")}
+        if not math.isfinite(result.uniform_loss):
+            summary["uniform_loss"] = None  # strict JSON has no NaN
         summary.update(output_dir=str(output), last_checkpoint=str(result.last_checkpoint),
                        init=None if init is None else str(init))
         (output / "summary.json").write_text(json.dumps(summary, indent=2))
