@@ -8,7 +8,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from audio_ssl.cli_parser import build_parser
+from audio_ssl.cli_parser import build_parser, parse_args
 
 
 def _load_config(args: argparse.Namespace, init=None):
@@ -48,8 +48,6 @@ def _run_targets(args: argparse.Namespace) -> int:
     from audio_ssl.data import scan
     from audio_ssl.data.targets import TargetsConfig, make_targets
 
-    if args.clusters < 2:
-        raise ValueError(f"--clusters {args.clusters}: expected at least 2")
     checkpoint = str(Path(args.checkpoint).resolve()) if args.checkpoint else None
     cfg = TargetsConfig(kind=args.kind, clusters=args.clusters, seed=args.seed,
                         checkpoint=checkpoint, layer=args.layer)
@@ -154,7 +152,7 @@ def _user_errors() -> tuple[type[Exception], ...]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parse_args(parser, argv)
     if args.command is None:
         parser.print_help()
         return 1
