@@ -202,3 +202,37 @@ def test_hardware_counts_and_sizes_are_checked_as_parsed(name, argv, expected, g
     assert code == 2 and len(lines) == 1, (code, lines)
     assert lines[0].startswith("audio-ssl: error: ") and expected in lines[0], lines
     assert not out.exists()
+
+
+def _read_only_folder(tmp_path: Path) -> Path:
+    """A folder no file can be created in: a mode 555 one, or for root (whom modes do not stop)
+    sysfs, which refuses new entries to everyone."""
+    import os
+
+    if os.geteuid() != 0:
+        folder = tmp_path / "read-only"
+        folder.mkdir()
+        folder.chmod(0o555)
+        return folder
+    if not Path("/sys/kernel").is_dir():
+        pytest.skip("running as root without /sys: no folder refuses writes")
+    return Path("/sys/kernel")
+
+
+@pytest.mark.parametrize("where", ["a file", "under a file", "read-only", "under read-only"])
+@pytest.mark.parametrize("command", ["demo", "pretrain"])
+def test_output_folder_that_cannot_be_written_is_one_line(command, where, files, data_dir,
+                                                          tmp_path, capsys):
+    """``-o`` a file, a path under a file, or a folder one may not write: one line naming the
+    path and what was expected, exit status 2, before any stage starts."""
+    read_only = _read_only_folder(tmp_path)
+    output = {"a file": files["a_file"], "under a file": files["a_file"] / "run",
+              "read-only": read_only, "under read-only": read_only / "demo" / "run"}[where]
+    argv = {"demo": ["demo", "-o", str(output), "--minutes", "0.1", "--pretrain-steps", "1"],
+            "pretrain": ["pretrain", str(data_dir / "tiny"), "-o", str(output),
+                         "--max-steps", "1"]}[command]
+    code, lines = _one_line_exit_2(argv, capsys)
+    assert code == 2 and len(lines) == 1, (code, lines)
+    assert lines[0].startswith("audio-ssl: error: ") and str(output) in lines[0], lines
+    assert "expected a folder" in lines[0], lines
+    assert files["a_file"].read_text() == "I am a file\n"
