@@ -91,12 +91,16 @@ def _run_asr(args: argparse.Namespace) -> int:
     if args.command == "transcribe":
         from audio_ssl.inference.transcribe import transcribe
 
-        result = transcribe(args.model, args.inputs, output=args.output, **options)
-        if args.output is None:
-            for t in result.transcriptions:
-                print(f"{t.path}\t{t.text}")
-        for r in result.failed:
-            print(f"audio-ssl: skipped {r.path}: {r.reason}", file=sys.stderr)
+        from audio_ssl.data.manifest import Rejected
+
+        def show(r) -> None:  # each file as soon as its batch is decoded
+            if isinstance(r, Rejected):
+                print(f"audio-ssl: skipped {r.path}: {r.reason}", file=sys.stderr, flush=True)
+            elif args.output is None:
+                print(f"{r.path}\t{r.text}", flush=True)
+
+        result = transcribe(args.model, args.inputs, output=args.output, on_result=show,
+                            **options)
         print(result.summary() + (f"; written to {args.output}" if args.output else ""),
               file=sys.stderr)
         return 0 if result.transcriptions or not result.failed else 1

@@ -392,13 +392,17 @@ def _add_asr_commands(sub) -> None:
     t = sub.add_parser(
         "transcribe", help="speech to text with a fine-tuned model",
         description="Transcribe audio files, folders (scanned recursively) or lists with MODEL "
-        "(a fine-tuned CTC checkpoint). Prints 'path<TAB>text' lines, or writes JSONL with "
-        "--output. Files that cannot be read are reported and skipped.",
+        "(a fine-tuned CTC checkpoint). Prints 'path<TAB>text' lines as each batch is decoded "
+        "(shortest files first), or appends them to --output as JSONL; a rerun into the same "
+        "--output skips the files it holds, so a stopped run resumes. Files that cannot be "
+        "used are reported and skipped.",
     )
     t.add_argument("model", help="fine-tuned CTC checkpoint")
     t.add_argument("inputs", nargs="+", help="audio files, folders, .jsonl or .txt lists")
     t.add_argument("--output", "-o", type=Path, default=None,
-                   help="JSONL of {path, text, seconds} instead of text on stdout")
+                   help="JSONL of {path, text, seconds} instead of text on stdout, a line "
+                   "written as each file is done, then {path, error} for each file skipped; "
+                   "an existing one is resumed")
     _add_decoder_options(t)
 
     e = sub.add_parser(
