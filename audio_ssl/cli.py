@@ -60,6 +60,13 @@ def _run_targets(args: argparse.Namespace) -> int:
     return 0
 
 
+def _skipped_line(r) -> str:
+    """One stderr line naming a file a command skipped (a ``Rejected``): its path, the manifest
+    row it came from when there is one, and why."""
+    where = f" ({r.line})" if getattr(r, "line", None) else ""
+    return f"audio-ssl: skipped {r.path}{where}: {r.reason}"
+
+
 def _run_asr(args: argparse.Namespace) -> int:
     """finetune, transcribe, evaluate, lm: the commands' implementations live in tasks/ and
     inference/."""
@@ -95,7 +102,7 @@ def _run_asr(args: argparse.Namespace) -> int:
 
         def show(r) -> None:  # each file as soon as its batch is decoded
             if isinstance(r, Rejected):
-                print(f"audio-ssl: skipped {r.path}: {r.reason}", file=sys.stderr, flush=True)
+                print(_skipped_line(r), file=sys.stderr, flush=True)
             elif args.output is None:
                 print(f"{r.path}\t{r.text}", flush=True)
 
@@ -108,6 +115,8 @@ def _run_asr(args: argparse.Namespace) -> int:
 
     result = evaluate(args.model, args.labelled, split=args.split, report=args.report,
                       **options)
+    for r in result.skipped:
+        print(_skipped_line(r), file=sys.stderr)
     print(result.summary())
     if args.report:
         print(f"per-utterance report: {args.report}")

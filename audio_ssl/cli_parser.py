@@ -409,8 +409,11 @@ def _add_asr_commands(sub) -> None:
         "evaluate", help="WER and CER on transcribed audio",
         description="Decode LABELLED (JSONL manifest, LibriSpeech-style folder or TSV) with "
         "MODEL and print the word and character error rates; references and hypotheses are "
-        "normalised with the model's text settings. --report writes one JSONL line per "
-        "utterance (reference, hypothesis, errors).",
+        "normalised with the model's text settings. Utterances that cannot be used (no or "
+        "empty transcript, one that normalises to nothing, unreadable, empty or too-short "
+        "audio: the rules of finetune) are skipped, each named on stderr with why. --report "
+        "writes one JSONL line per utterance (reference, hypothesis, errors), then the skipped "
+        "ones.",
     )
     e.add_argument("model", help="fine-tuned CTC checkpoint")
     e.add_argument("labelled", help="labelled data")

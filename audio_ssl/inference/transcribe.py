@@ -33,6 +33,7 @@ from audio_ssl.data.manifest import (
     Rejected,
     read_header,
     scan,
+    too_short,
 )
 from audio_ssl.data.text import Vocabulary, normalize_text
 from audio_ssl.inference.decode import BeamSearchDecoder, greedy_decode
@@ -93,6 +94,10 @@ class Transcriber:
         max_batch_samples: padded samples per forward pass (B * S).
         precision: ``auto``, ``32`` or ``bf16-mixed`` (see :mod:`audio_ssl.precision`); the
             log-softmax and the decoding are fp32 either way.
+
+    Attributes:
+        min_samples: the model's receptive field: shorter files give no frame and are skipped
+            as too short (:func:`~audio_ssl.data.manifest.too_short`, the rule of every command).
     """
 
     def __init__(self, loaded: Any, *, device: str | torch.device = "cpu",
@@ -110,6 +115,9 @@ class Transcriber:
         self.model = loaded.model.to(self.device).eval()
         self.decoder = decoder
         self.max_batch_samples = int(max_batch_samples)
+        from audio_ssl.models.feature_encoder import receptive_field
+
+        self.min_samples = receptive_field(loaded.config.encoder.conv_layers)[0]
 
     @classmethod
     def from_path(cls, model: str | os.PathLike, *, lm: str | os.PathLike | None = None,
@@ -146,13 +154,16 @@ class Transcriber:
 
     def iter_files(self, paths: Sequence[str]) -> Iterator[Transcription | Rejected]:
         """Transcribe ``paths`` batch by batch, shortest first: first a :class:`Rejected` for
-        each file whose header cannot be read, then, as each batch is decoded, a
+        each file whose header cannot be read or that is too short, then, as each batch is
+        decoded, a
         :class:`Transcription` for each of its files (in length order) or a :class:`Rejected`
         for one that failed to decode."""
         s = self.settings
         lengths: list[int] = []
         usable: list[str] = []
         for header in map(read_header, map(str, paths)):
+            if not isinstance(header, Rejected):
+                header = too_short(header, self.min_samples, s.sample_rate) or header
             if isinstance(header, Rejected):
                 yield header
                 continue
@@ -410,24 +421,31 @@ def evaluate(model: str | os.PathLike | Transcriber, labelled: str | os.PathLike
     """WER and CER of ``model`` on a labelled corpus (JSONL, LibriSpeech folder or TSV; see
     :func:`audio_ssl.data.labelled.read_labelled`). References and hypotheses are normalised
     with the model's text settings. ``report``: JSONL, one line per utterance (reference,
-    hypothesis, errors), skipped ones with their reason."""
-    from audio_ssl.data.labelled import read_labelled
+    hypothesis, errors), skipped ones with their reason.
+
+    The input rules of fine-tuning apply: unreadable, empty or too-short audio (shorter than
+    the model's receptive field) and references that normalise to nothing are skipped, each in
+    ``EvalResult.skipped`` with its reason."""
+    from audio_ssl.data.labelled import read_labelled, reference_text
 
     start = time.perf_counter()
     transcriber = model if isinstance(model, Transcriber) else \
         Transcriber.from_path(model, **decoder_options)
     text_cfg = transcriber.settings.text
     items, skipped = read_labelled(labelled, split=split,
-                                   sample_rate=transcriber.settings.sample_rate, min_samples=1)
-    results, failed = transcriber.transcribe_files([it.path for it in items])
-    skipped = skipped + failed
+                                   sample_rate=transcriber.settings.sample_rate,
+                                   min_samples=transcriber.min_samples)
+    references = [reference_text(it, text_cfg) for it in items]
+    skipped += [r for r in references if isinstance(r, Rejected)]
+    kept = [(it, ref) for it, ref in zip(items, references) if not isinstance(ref, Rejected)]
+    results, failed = transcriber.transcribe_files(sorted({it.path for it, _ in kept}))
+    skipped += failed
     hyps = {t.path: t.text for t in results}
     utterances = []
     word = char = ZERO
-    for it in items:
+    for it, ref in kept:
         if it.path not in hyps:
             continue
-        ref = normalize_text(it.text, text_cfg)
         hyp = normalize_text(hyps[it.path], text_cfg)
         u = UtteranceErrors(it.id, it.path, ref, hyp, word_errors(ref, hyp), char_errors(ref, hyp))
         word, char = word + u.word, char + u.char

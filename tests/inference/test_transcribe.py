@@ -84,3 +84,39 @@ def test_output_that_is_not_transcribe_output_is_refused_untouched(ctc_model, da
     assert code == 2 and len(lines) == 1, lines
     assert f"--output {out}:1: not a row of transcribe's output" in lines[0]
     assert out.read_text() == '{"audio": "a.flac", "text": "hello"}\n{"audio": "b.flac", "text": "x"}\n'
+
+
+def test_transcribe_and_evaluate_apply_the_input_rules_and_name_every_skip(ctc_model, data_dir,
+                                                                          tmp_path, capsys):
+    """Too-short audio (under the model's receptive field, 400 samples here) and references
+    that normalise to nothing are skipped as finetune skips them, with the same reasons; every
+    skip is one stderr line naming the file, where it is listed and why."""
+    import numpy as np
+    import soundfile as sf
+
+    clip = data_dir / "tiny" / "audio" / "cv_00.flac"
+    short = tmp_path / "short.wav"
+    sf.write(short, np.zeros(100, dtype=np.float32), 16000)
+    too_short = "too short: 0.01 s < minimum 0.03 s (100 < 400 samples at 16000 Hz)"
+
+    assert main(["transcribe", str(ctc_model), str(clip), str(short)]) == 0
+    captured = capsys.readouterr()
+    assert [line.split("\t")[0] for line in captured.out.splitlines()] == [str(clip)]
+    assert f"audio-ssl: skipped {short}: {too_short}" in captured.err.splitlines()
+    assert "transcribed 1 file(s)" in captured.err and "1 skipped" in captured.err
+
+    labelled = tmp_path / "test.tsv"
+    labelled.write_text(f"{clip}\thello\n{short}\thello\n{clip}\t?!\n"
+                        f"{tmp_path / 'gone.flac'}\thello\n")
+    report = tmp_path / "report.jsonl"
+    assert main(["evaluate", str(ctc_model), str(labelled), "--report", str(report)]) == 0
+    captured = capsys.readouterr()
+    assert "1 utterance(s) decoded (greedy)" in captured.out and "3 skipped" in captured.out
+    skipped = [line for line in captured.err.splitlines() if "skipped" in line]
+    assert len(skipped) == 3, captured.err
+    assert f"audio-ssl: skipped {short} ({labelled}:2): {too_short}" in skipped
+    assert f"audio-ssl: skipped {clip}: empty transcript after normalisation (was '?!')" in skipped
+    assert any(line.startswith(f"audio-ssl: skipped {tmp_path / 'gone.flac'} ({labelled}:4): ")
+               for line in skipped)
+    rows = [json.loads(line) for line in report.read_text().splitlines()]
+    assert [r.get("reference") for r in rows] == ["hello", None, None, None]
