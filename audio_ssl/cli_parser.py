@@ -128,7 +128,8 @@ def check_devices(parser: argparse.ArgumentParser, args: argparse.Namespace) -> 
                      f"process, and this machine has {cpus} CPU core(s): expected at most {cpus}")
 
 
-def parse_args(parser: argparse.ArgumentParser, argv: list[str] | None = None) -> argparse.Namespace:
+def parse_args(parser: argparse.ArgumentParser,
+               argv: list[str] | None = None) -> argparse.Namespace:
     """``parser.parse_args(argv)`` and the checks that need several options (:func:`check_devices`);
     a refusal exits with status 2 after one line."""
     args = parser.parse_args(argv)
@@ -324,7 +325,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--workers", type=COUNT, default=None,
                    help="decoding processes (default: all cores but two on CUDA, up to 16; "
                    "0 on the CPU, where the model is the bottleneck)")
-    e.add_argument("--device", default=None, type=device, help="cpu, cuda, cuda:1 (default: cuda when visible)")
+    e.add_argument("--device", default=None, type=device,
+                   help="cpu, cuda, cuda:1 (default: cuda when visible)")
     add_precision_option(e)
     e.add_argument("--normalize", default=None, action=argparse.BooleanOptionalAction,
                    help="zero-mean unit-variance audio (default: as the checkpoint was trained)")
@@ -352,7 +354,8 @@ def _add_decoder_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lm-weight", type=float, default=2.0, help="LM weight (default: 2.0)")
     p.add_argument("--word-score", type=float, default=0.0,
                    help="score added per word (default: 0.0)")
-    p.add_argument("--device", default=None, type=device, help="cpu or cuda (default: cuda when visible)")
+    p.add_argument("--device", default=None, type=device,
+                   help="cpu or cuda (default: cuda when visible)")
     add_precision_option(p)
 
 

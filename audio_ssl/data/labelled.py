@@ -353,5 +353,6 @@ def make_labelled_loader(dataset: LabelledBatchDataset, *, max_batch_samples: in
     return DataLoader(_FixedBatches(dataset, groups[rank::world_size]), shuffle=False, **kw)
 
 
-__all__ = ["LabelledItem", "NoLabelledDataError", "read_labelled", "reference_text", "LabelledBatch",
+__all__ = ["LabelledItem", "NoLabelledDataError", "read_labelled", "reference_text",
+           "LabelledBatch",
            "LabelledBatchDataset", "length_batches", "make_labelled_loader"]

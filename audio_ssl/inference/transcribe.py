@@ -280,7 +280,8 @@ class TranscriptionFile:
             if row is None:
                 dropped += 1  # blank
             elif isinstance(row, dict) and isinstance(row.get("path"), str) and \
-                    isinstance(row.get("text"), str) and isinstance(row.get("seconds"), (int, float)):
+                    isinstance(row.get("text"), str) and \
+                    isinstance(row.get("seconds"), (int, float)):
                 self.done[row["path"]] = Transcription(row["path"], row["text"], row["seconds"])
                 kept.append(line)
             elif isinstance(row, dict) and set(row) == {"path", "error"}:
@@ -470,5 +471,5 @@ def evaluate(model: str | os.PathLike | Transcriber, labelled: str | os.PathLike
 
 
 __all__ = ["run_config_of", "InferenceSettings", "Transcription", "Transcriber",
-           "expand_inputs", "TranscriptionFile", "TranscribeResult", "transcribe", "UtteranceErrors", "EvalResult",
-           "evaluate"]
+           "expand_inputs", "TranscriptionFile", "TranscribeResult", "transcribe",
+           "UtteranceErrors", "EvalResult", "evaluate"]

@@ -43,7 +43,8 @@ def add_parser(sub) -> None:
                    help="comma-separated, from random, mfcc, logmel; 'none' for none "
                    "(default: all three)")
     p.add_argument("--no-sweep", action="store_true", help="skip the per-layer sweep")
-    p.add_argument("--device", default=None, type=device, help="extraction device (default: CUDA if any)")
+    p.add_argument("--device", default=None, type=device,
+                   help="extraction device (default: CUDA if any)")
     add_precision_option(p)  # the extraction's
     p.add_argument("--compare", nargs="+", type=Path, default=None, metavar="DIR",
                    help="tabulate earlier probe output folders side by side (and write "

@@ -78,12 +78,13 @@ def test_stopped_transcription_keeps_its_work_and_a_rerun_completes_it(ctc_model
 def test_output_that_is_not_transcribe_output_is_refused_untouched(ctc_model, data_dir,
                                                                    tmp_path, capsys):
     out = tmp_path / "manifest.jsonl"
-    out.write_text('{"audio": "a.flac", "text": "hello"}\n{"audio": "b.flac", "text": "x"}\n')
+    manifest = '{"audio": "a.flac", "text": "hello"}\n{"audio": "b.flac", "text": "x"}\n'
+    out.write_text(manifest)
     code = main(["transcribe", str(ctc_model), str(data_dir / "tiny" / "audio"), "-o", str(out)])
     lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
     assert code == 2 and len(lines) == 1, lines
     assert f"--output {out}:1: not a row of transcribe's output" in lines[0]
-    assert out.read_text() == '{"audio": "a.flac", "text": "hello"}\n{"audio": "b.flac", "text": "x"}\n'
+    assert out.read_text() == manifest
 
 
 def test_transcribe_and_evaluate_apply_the_input_rules_and_name_every_skip(ctc_model, data_dir,
