@@ -8,7 +8,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from audio_ssl.cli_parser import build_parser
+from audio_ssl.cli_parser import build_parser, parse_args
 
 
 def _load_config(args: argparse.Namespace, init=None):
@@ -48,8 +48,6 @@ def _run_targets(args: argparse.Namespace) -> int:
     from audio_ssl.data import scan
     from audio_ssl.data.targets import TargetsConfig, make_targets
 
-    if args.clusters < 2:
-        raise ValueError(f"--clusters {args.clusters}: expected at least 2")
     checkpoint = str(Path(args.checkpoint).resolve()) if args.checkpoint else None
     cfg = TargetsConfig(kind=args.kind, clusters=args.clusters, seed=args.seed,
                         checkpoint=checkpoint, layer=args.layer)
@@ -71,6 +69,13 @@ def _run_targets(args: argparse.Namespace) -> int:
           f"pretrain on them: audio-ssl pretrain {args.data} --objective hubert "
           f"--targets {args.output}")
     return 0
+
+
+def _skipped_line(r) -> str:
+    """One stderr line naming a file a command skipped (a ``Rejected``): its path, the manifest
+    row it came from when there is one, and why."""
+    where = f" ({r.line})" if getattr(r, "line", None) else ""
+    return f"audio-ssl: skipped {r.path}{where}: {r.reason}"
 
 
 def _run_asr(args: argparse.Namespace) -> int:
@@ -104,12 +109,16 @@ def _run_asr(args: argparse.Namespace) -> int:
     if args.command == "transcribe":
         from audio_ssl.inference.transcribe import transcribe
 
-        result = transcribe(args.model, args.inputs, output=args.output, **options)
-        if args.output is None:
-            for t in result.transcriptions:
-                print(f"{t.path}\t{t.text}")
-        for r in result.failed:
-            print(f"audio-ssl: skipped {r.path}: {r.reason}", file=sys.stderr)
+        from audio_ssl.data.manifest import Rejected
+
+        def show(r) -> None:  # each file as soon as its batch is decoded
+            if isinstance(r, Rejected):
+                print(_skipped_line(r), file=sys.stderr, flush=True)
+            elif args.output is None:
+                print(f"{r.path}\t{r.text}", flush=True)
+
+        result = transcribe(args.model, args.inputs, output=args.output, on_result=show,
+                            **options)
         print(result.summary() + (f"; written to {args.output}" if args.output else ""),
               file=sys.stderr)
         return 0 if result.transcriptions or not result.failed else 1
@@ -117,6 +126,8 @@ def _run_asr(args: argparse.Namespace) -> int:
 
     result = evaluate(args.model, args.labelled, split=args.split, report=args.report,
                       **options)
+    for r in result.skipped:
+        print(_skipped_line(r), file=sys.stderr)
     print(result.summary())
     if args.report:
         print(f"per-utterance report: {args.report}")
@@ -165,7 +176,7 @@ def _user_errors() -> tuple[type[Exception], ...]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parse_args(parser, argv)
     if args.command is None:
         parser.print_help()
         return 1

@@ -1,10 +1,22 @@
-"""The `audio-ssl` command line: every command's options (:func:`build_parser`). What each
-command runs is in :mod:`audio_ssl.cli`."""
+"""The `audio-ssl` command line: every command's options (:func:`build_parser`) and their
+checks (:func:`parse_args`). What each command runs is in :mod:`audio_ssl.cli`.
+
+Every option that names a count, a size or hardware is checked here, as it is parsed: counts and
+sizes by their ``type=`` function (:func:`at_least`), ``--accelerator`` and ``--device`` against
+the GPUs torch sees, ``--devices`` against the GPUs or CPU cores of the machine once
+``--accelerator`` is known (:func:`parse_args`). A refused value is one line on stderr, naming the
+option, the value and what was expected, and exit status 2 (:class:`OneLineParser`); nothing has
+been read or written by then.
+"""
 
 from __future__ import annotations
 
 import argparse
+import math
+import os
+import sys
 from pathlib import Path
+from typing import Any, Callable, NoReturn
 
 from audio_ssl.config import OBJECTIVES
 
@@ -33,6 +45,103 @@ Run `audio-ssl COMMAND --help` for each command's options.
 """
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """An ArgumentParser whose errors are one line (``audio-ssl: error: argument --x: ...``,
+    and the command's --help to read) and exit status 2, as every other refusal of the CLI;
+    subcommand parsers are of this class too."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"audio-ssl: error: {message} (see {self.prog} --help)\n")
+
+
+def at_least(minimum: float, kind: type = int, *, strict: bool = False) -> Callable[[str], Any]:
+    """An argparse ``type=``: the text as ``kind`` (int or float), refused unless it is at least
+    ``minimum`` (greater than it with ``strict``); NaN and infinities are refused too."""
+    what = "an integer" if kind is int else "a number"
+    bound = f"greater than {minimum:g}" if strict else f"at least {minimum:g}"
+
+    def check(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r}: expected {what} {bound}") from None
+        if not math.isfinite(value) or value < minimum or (strict and value == minimum):
+            raise argparse.ArgumentTypeError(f"{text}: expected {what} {bound}")
+        return value
+
+    check.__name__ = f"{kind.__name__} {bound}"
+    return check
+
+
+POSITIVE_INT = at_least(1)  # steps, beam widths, seeds, file counts
+COUNT = at_least(0)  # worker processes, steps that may be skipped
+POSITIVE_SECONDS = at_least(0.0, float, strict=True)  # durations and sizes
+
+
+def _no_gpu() -> str:
+    return "no CUDA GPU is visible here (torch.cuda.is_available() is False)"
+
+
+def accelerator(text: str) -> str:
+    """``--accelerator``: ``gpu`` only where torch sees a CUDA GPU (choices are checked after)."""
+    if text == "gpu":
+        import torch
+
+        if not torch.cuda.is_available():
+            raise argparse.ArgumentTypeError(f"gpu: {_no_gpu()}; expected cpu or auto")
+    return text
+
+
+def device(text: str) -> str:
+    """``--device``: a torch device name (cpu, cuda, cuda:N, ...); a CUDA one only where that GPU
+    is visible."""
+    import torch
+
+    try:
+        dev = torch.device(text)
+    except (RuntimeError, ValueError):
+        raise argparse.ArgumentTypeError(f"{text!r}: expected cpu, cuda or cuda:N") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise argparse.ArgumentTypeError(f"{text}: {_no_gpu()}; expected cpu")
+        count = torch.cuda.device_count()
+        if dev.index is not None and dev.index >= count:
+            raise argparse.ArgumentTypeError(
+                f"{text}: {count} CUDA GPU(s) visible: expected cuda:0 to cuda:{count - 1}")
+    return text
+
+
+def check_devices(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """``--devices`` of pretrain and finetune: at most the GPUs visible when training on GPUs
+    (``--accelerator gpu``, or ``auto`` with one visible), else at most ``os.cpu_count()`` CPU
+    processes. Values below 1 are the config's to refuse (train.devices)."""
+    devices = getattr(args, "devices", None)
+    if devices is None or devices < 1:
+        return
+    import torch
+
+    if args.accelerator == "gpu" or (args.accelerator == "auto" and torch.cuda.is_available()):
+        have = torch.cuda.device_count()
+        if devices > have:
+            parser.error(f"argument --devices: {devices}: {have} CUDA GPU(s) visible here, "
+                         f"expected at most {have}")
+        return
+    cpus = os.cpu_count() or 1
+    if devices > cpus:
+        parser.error(f"argument --devices: {devices}: without a GPU each device is a CPU "
+                     f"process, and this machine has {cpus} CPU core(s): expected at most {cpus}")
+
+
+def parse_args(parser: argparse.ArgumentParser,
+               argv: list[str] | None = None) -> argparse.Namespace:
+    """``parser.parse_args(argv)`` and the checks that need several options (:func:`check_devices`);
+    a refusal exits with status 2 after one line."""
+    args = parser.parse_args(argv)
+    command = getattr(parser, "commands", {}).get(args.command, parser)  # for its --help
+    check_devices(command, args)
+    return args
+
+
 PRECISION_HELP = ("auto (default): bf16-mixed on a GPU and on CPUs with bf16 units (AVX512-BF16, "
                   "AMX), fp32 elsewhere; 32; bf16-mixed. The log says which and why")
 
@@ -48,7 +157,7 @@ def _add_device_options(p: argparse.ArgumentParser) -> None:
                    help="devices per node (GPUs, or CPU processes with gloo when no GPU)")
     p.add_argument("--num-nodes", type=int, default=None, help="nodes (torchrun or SLURM)")
     p.add_argument("--accelerator", default="auto", choices=["auto", "cpu", "gpu"],
-                   help="where to train (default: GPU when one is visible)")
+                   type=accelerator, help="where to train (default: GPU when one is visible)")
     add_precision_option(p)
 
 
@@ -81,11 +190,12 @@ def _add_pretrain_options(p: argparse.ArgumentParser, default_preset: str) -> No
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="audio-ssl", description=DESCRIPTION,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    parser.commands = sub.choices  # command -> its parser (parse_args' errors name its --help)
 
     p = sub.add_parser(
         "pretrain", help="pretrain on a folder of raw audio",
@@ -132,7 +242,8 @@ def build_parser() -> argparse.ArgumentParser:
     k.add_argument("data", help="folder of audio, JSONL manifest or list of files")
     k.add_argument("--output", "-o", type=Path, required=True, help="targets folder")
     k.add_argument("--kind", choices=["mfcc", "layer"], default="mfcc")
-    k.add_argument("--clusters", type=int, default=100)
+    k.add_argument("--clusters", type=at_least(2), default=100,
+                   help="k-means clusters (default: 100)")
     k.add_argument("--checkpoint", default=None, help="--kind layer: any model load_model reads")
     k.add_argument("--layer", type=int, default=None, help="--kind layer: context layer (0 = input)")
     k.add_argument("--seed", type=int, default=0)
@@ -148,18 +259,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     d.add_argument("--output", "-o", type=Path, default=Path("runs/demo"),
                    help="folder for the corpus and the runs (default: runs/demo)")
-    d.add_argument("--minutes", type=float, default=20.0,
+    d.add_argument("--minutes", type=POSITIVE_SECONDS, default=20.0,
                    help="minutes of audio to generate (default: 20)")
-    d.add_argument("--pretrain-steps", type=int, default=500,
+    d.add_argument("--pretrain-steps", type=POSITIVE_INT, default=500,
                    help="pretraining updates (default: 500)")
-    d.add_argument("--finetune-steps", type=int, default=600,
+    d.add_argument("--finetune-steps", type=COUNT, default=600,
                    help="CTC fine-tuning updates (default: 600; 0: stop after the probe)")
     d.add_argument("--seed", type=int, default=0, help="corpus and training seed (default: 0)")
     d.add_argument("--preset", choices=["tiny", "base", "large"], default="tiny",
                    help="model preset (default: tiny)")
     d.add_argument("--config", type=Path, default=None,
                    help="YAML overrides on top of the preset, as for pretrain")
-    d.add_argument("--accelerator", default="auto", choices=["auto", "cpu", "gpu"])
+    d.add_argument("--accelerator", default="auto", choices=["auto", "cpu", "gpu"],
+                   type=accelerator)
     d.add_argument("--no-progress", action="store_true", help="no progress bars")
 
     o = sub.add_parser(
@@ -177,7 +289,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="PNG to write (default: RUN_DIR/curves.png, or CHECKPOINT.codebook.png)")
     o.add_argument("--data", default=None,
                    help="checkpoint: audio whose codes to count (folder, manifest or list)")
-    o.add_argument("--max-files", type=int, default=200,
+    o.add_argument("--max-files", type=POSITIVE_INT, default=200,
                    help="checkpoint: files of --data to read at most (default: 200)")
     o.add_argument("--title", default=None, help="figure title")
 
@@ -230,19 +342,20 @@ def build_parser() -> argparse.ArgumentParser:
                    help="stored feature type (default: float32)")
     e.add_argument("--shards", action="store_true",
                    help="write a few large shard files and an index instead of one file per input")
-    e.add_argument("--shard-mb", type=float, default=1024.0,
+    e.add_argument("--shard-mb", type=POSITIVE_SECONDS, default=1024.0,
                    help="size of a shard in MB (default: 1024)")
-    e.add_argument("--chunk-seconds", type=float, default=30.0,
+    e.add_argument("--chunk-seconds", type=POSITIVE_SECONDS, default=30.0,
                    help="long files: seconds kept per chunk (default: 30)")
-    e.add_argument("--context-seconds", type=float, default=5.0,
+    e.add_argument("--context-seconds", type=at_least(0.0, float), default=5.0,
                    help="long files: context computed and dropped on each side of a chunk "
                    "(default: 5)")
-    e.add_argument("--batch-seconds", type=float, default=None,
+    e.add_argument("--batch-seconds", type=POSITIVE_SECONDS, default=None,
                    help="padded audio per forward (default: 160 on CUDA, 32 on the CPU)")
-    e.add_argument("--workers", type=int, default=None,
+    e.add_argument("--workers", type=COUNT, default=None,
                    help="decoding processes (default: all cores but two on CUDA, up to 16; "
                    "0 on the CPU, where the model is the bottleneck)")
-    e.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda when visible)")
+    e.add_argument("--device", default=None, type=device,
+                   help="cpu, cuda, cuda:1 (default: cuda when visible)")
     add_precision_option(e)
     e.add_argument("--normalize", default=None, action=argparse.BooleanOptionalAction,
                    help="zero-mean unit-variance audio (default: as the checkpoint was trained)")
@@ -266,11 +379,12 @@ def _add_decoder_options(p: argparse.ArgumentParser) -> None:
                    "needs --lexicon, a --unit char model works without one")
     p.add_argument("--lexicon", type=Path, default=None,
                    help="lexicon (word<TAB>w o r d |) for beam search: only its words are spelled")
-    p.add_argument("--beam-size", type=int, default=50, help="beam width (default: 50)")
+    p.add_argument("--beam-size", type=POSITIVE_INT, default=50, help="beam width (default: 50)")
     p.add_argument("--lm-weight", type=float, default=2.0, help="LM weight (default: 2.0)")
     p.add_argument("--word-score", type=float, default=0.0,
                    help="score added per word (default: 0.0)")
-    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when visible)")
+    p.add_argument("--device", default=None, type=device,
+                   help="cpu or cuda (default: cuda when visible)")
     add_precision_option(p)
 
 
@@ -310,21 +424,28 @@ def _add_asr_commands(sub) -> None:
     t = sub.add_parser(
         "transcribe", help="speech to text with a fine-tuned model",
         description="Transcribe audio files, folders (scanned recursively) or lists with MODEL "
-        "(a fine-tuned CTC checkpoint). Prints 'path<TAB>text' lines, or writes JSONL with "
-        "--output. Files that cannot be read are reported and skipped.",
+        "(a fine-tuned CTC checkpoint). Prints 'path<TAB>text' lines as each batch is decoded "
+        "(shortest files first), or appends them to --output as JSONL; a rerun into the same "
+        "--output skips the files it holds, so a stopped run resumes. Files that cannot be "
+        "used are reported and skipped.",
     )
     t.add_argument("model", help="fine-tuned CTC checkpoint")
     t.add_argument("inputs", nargs="+", help="audio files, folders, .jsonl or .txt lists")
     t.add_argument("--output", "-o", type=Path, default=None,
-                   help="JSONL of {path, text, seconds} instead of text on stdout")
+                   help="JSONL of {path, text, seconds} instead of text on stdout, a line "
+                   "written as each file is done, then {path, error} for each file skipped; "
+                   "an existing one is resumed")
     _add_decoder_options(t)
 
     e = sub.add_parser(
         "evaluate", help="WER and CER on transcribed audio",
         description="Decode LABELLED (JSONL manifest, LibriSpeech-style folder or TSV) with "
         "MODEL and print the word and character error rates; references and hypotheses are "
-        "normalised with the model's text settings. --report writes one JSONL line per "
-        "utterance (reference, hypothesis, errors).",
+        "normalised with the model's text settings. Utterances that cannot be used (no or "
+        "empty transcript, one that normalises to nothing, unreadable, empty or too-short "
+        "audio: the rules of finetune) are skipped, each named on stderr with why. --report "
+        "writes one JSONL line per utterance (reference, hypothesis, errors), then the skipped "
+        "ones.",
     )
     e.add_argument("model", help="fine-tuned CTC checkpoint")
     e.add_argument("labelled", help="labelled data")

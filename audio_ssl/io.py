@@ -20,6 +20,7 @@ import json
 import logging
 import os
 import secrets
+import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -132,11 +133,38 @@ def keep_rows_before(path: Path, step: int) -> None:
         atomic_write_text(path, "".join(line + "\n" for line in kept), fsync=False)
 
 
+class OutputFolderError(ValueError):
+    """An output folder that cannot be made or written to."""
+
+
+def make_output_folder(path: Path, option: str = "--output") -> None:
+    """Create the folder ``path`` (and its parents) and check that a file can be created in it
+    (the check :func:`os.access` cannot make: root on a read-only file system, ACLs).
+
+    Raises:
+        OutputFolderError: ``path`` or one of its parents is a file, or the folder cannot be
+            made or written to; the message names ``option``, the path and why.
+    """
+    for folder in (path, *path.parents):
+        if folder.exists():
+            if not folder.is_dir():
+                where = "is a file" if folder == path else f"is under {folder}, a file"
+                raise OutputFolderError(f"{option} {path} {where}: expected a folder")
+            break
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path):
+            pass
+    except OSError as e:
+        raise OutputFolderError(f"{option} {path}: cannot write there ({e.strerror or e}): "
+                                "expected a folder you may write to") from e
+
+
 def make_run_folder(output: Path) -> None:
     """Create the run folder once the run is accepted (:func:`check_run_folder`), and remove
     the temporary files of checkpoint writes that were killed midway (at ``base`` size each is a
-    whole checkpoint's worth)."""
-    output.mkdir(parents=True, exist_ok=True)
+    whole checkpoint's worth). A folder that cannot be written is an :class:`OutputFolderError`."""
+    make_output_folder(output)
     folder = output / "checkpoints"
     stale = list(folder.glob(f".*{TMP_SUFFIX}")) if folder.is_dir() else []
     for tmp in stale:
@@ -180,4 +208,4 @@ def iter_jsonl(path: str | os.PathLike) -> Iterator[tuple[int, dict]]:
 
 
 __all__ = ["fsync_dir", "create_temp", "commit", "atomic_path", "atomic_write_text",
-           "start_fresh_logs", "iter_jsonl"]
+           "start_fresh_logs", "iter_jsonl", "OutputFolderError", "make_output_folder"]

@@ -109,3 +109,130 @@ def test_every_misuse_is_one_line_and_exit_2(files, data_dir, capsys):
             failures.append(f"{name}: wrote {files['root'] / 'out'}")
     assert not failures, "\n".join(failures)
     assert files["a_file"].read_text() == "I am a file\n"
+
+
+def _one_line_exit_2(argv: list[str], capsys) -> tuple[int | str, list[str]]:
+    """Run the CLI -> (exit status, or what it raised; its stderr lines)."""
+    try:
+        code = main(argv)
+    except SystemExit as stop:  # argparse's refusals exit
+        code = stop.code
+    except BaseException as err:  # noqa: BLE001  (a traceback is the failure we look for)
+        code = f"raised {type(err).__name__}: {err}"
+    return code, [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+
+
+# (name, argv with {data} {ckpt} {labelled} {out} {missing}, expected in the line, GPUs visible)
+OPTION_CASES = [
+    ("pretrain --accelerator gpu", "pretrain {missing} -o {out} --accelerator gpu",
+     "argument --accelerator: gpu: no CUDA GPU is visible", 0),
+    ("finetune --accelerator gpu",
+     "finetune {ckpt} --train {labelled} --valid {labelled} -o {out} --accelerator gpu",
+     "argument --accelerator: gpu: no CUDA GPU is visible", 0),
+    ("demo --accelerator gpu", "demo -o {out} --accelerator gpu",
+     "argument --accelerator: gpu: no CUDA GPU is visible", 0),
+    ("extract --device cuda", "extract {ckpt} {data} {out} --device cuda",
+     "argument --device: cuda: no CUDA GPU is visible", 0),
+    ("transcribe --device cuda", "transcribe {ckpt} {data} -o {out}/t.jsonl --device cuda",
+     "argument --device: cuda: no CUDA GPU is visible", 0),
+    ("evaluate --device cuda:0", "evaluate {ckpt} {labelled} --device cuda:0",
+     "argument --device: cuda:0: no CUDA GPU is visible", 0),
+    ("probe --device cuda", "probe {ckpt} --task d={labelled} -o {out} --device cuda",
+     "argument --device: cuda: no CUDA GPU is visible", 0),
+    ("extract --device cuda:2 with one GPU", "extract {ckpt} {data} {out} --device cuda:2",
+     "argument --device: cuda:2: 1 CUDA GPU(s) visible: expected cuda:0 to cuda:0", 1),
+    ("extract --device nonsense", "extract {ckpt} {data} {out} --device gpu0",
+     "argument --device: 'gpu0': expected cpu, cuda or cuda:N", 0),
+    ("pretrain --devices 3 on 2 cores", "pretrain {missing} -o {out} --devices 3",
+     "argument --devices: 3: without a GPU each device is a CPU process, and this machine has "
+     "2 CPU core(s): expected at most 2", 0),
+    ("finetune --devices 1000 --accelerator cpu",
+     "finetune {ckpt} --train {labelled} --valid {labelled} -o {out} --devices 1000 "
+     "--accelerator cpu", "argument --devices: 1000: without a GPU", 1),
+    ("pretrain --devices 2 with one GPU", "pretrain {missing} -o {out} --devices 2",
+     "argument --devices: 2: 1 CUDA GPU(s) visible here, expected at most 1", 1),
+    ("extract --workers -1", "extract {ckpt} {data} {out} --workers -1",
+     "argument --workers: -1: expected an integer at least 0", 0),
+    ("extract --workers two", "extract {ckpt} {data} {out} --workers two",
+     "argument --workers: 'two': expected an integer at least 0", 0),
+    ("extract --batch-seconds 0", "extract {ckpt} {data} {out} --batch-seconds 0",
+     "argument --batch-seconds: 0: expected a number greater than 0", 0),
+    ("extract --chunk-seconds -5", "extract {ckpt} {data} {out} --chunk-seconds -5",
+     "argument --chunk-seconds: -5: expected a number greater than 0", 0),
+    ("extract --context-seconds -1", "extract {ckpt} {data} {out} --context-seconds -1",
+     "argument --context-seconds: -1: expected a number at least 0", 0),
+    ("extract --shard-mb 0", "extract {ckpt} {data} {out} --shards --shard-mb 0",
+     "argument --shard-mb: 0: expected a number greater than 0", 0),
+    ("transcribe --beam-size 0", "transcribe {ckpt} {data} -o {out}/t.jsonl --beam-size 0",
+     "argument --beam-size: 0: expected an integer at least 1", 0),
+    ("evaluate --beam-size -3", "evaluate {ckpt} {labelled} --report {out}/r.jsonl "
+     "--beam-size -3", "argument --beam-size: -3: expected an integer at least 1", 0),
+    ("demo --minutes 0", "demo -o {out} --minutes 0",
+     "argument --minutes: 0: expected a number greater than 0", 0),
+    ("demo --minutes inf", "demo -o {out} --minutes inf",
+     "argument --minutes: inf: expected a number greater than 0", 0),
+    ("demo --pretrain-steps 0", "demo -o {out} --pretrain-steps 0",
+     "argument --pretrain-steps: 0: expected an integer at least 1", 0),
+    ("demo --finetune-steps -1", "demo -o {out} --finetune-steps -1",
+     "argument --finetune-steps: -1: expected an integer at least 0", 0),
+    ("plot --max-files 0", "plot {ckpt} --data {data} -o {out}/u.png --max-files 0",
+     "argument --max-files: 0: expected an integer at least 1", 0),
+    ("probe --seeds 0", "probe {ckpt} --task d={labelled} -o {out} --seeds 0",
+     "argument --seeds: 0: expected an integer at least 1", 0),
+    ("targets --clusters 1", "targets {data} -o {out} --clusters 1",
+     "argument --clusters: 1: expected an integer at least 2", 0),
+]
+
+
+@pytest.mark.parametrize("name,argv,expected,gpus", OPTION_CASES, ids=[c[0] for c in OPTION_CASES])
+def test_hardware_counts_and_sizes_are_checked_as_parsed(name, argv, expected, gpus, files,
+                                                         data_dir, tmp_path, monkeypatch, capsys):
+    """Options naming hardware, counts or sizes are refused as they are parsed, against the
+    machine (here: 2 cores and ``gpus`` CUDA GPUs), before any input is read: one line naming
+    the option, the value and what was expected, exit status 2, nothing written."""
+    import os
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: gpus > 0)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: gpus)
+    monkeypatch.setattr(os, "cpu_count", lambda: 2)
+    out = tmp_path / "out"
+    args = argv.format(data=data_dir / "tiny", ckpt=files["good"], labelled=files["labelled"],
+                       out=out, missing=tmp_path / "missing").split()
+    code, lines = _one_line_exit_2(args, capsys)
+    assert code == 2 and len(lines) == 1, (code, lines)
+    assert lines[0].startswith("audio-ssl: error: ") and expected in lines[0], lines
+    assert not out.exists()
+
+
+def _read_only_folder(tmp_path: Path) -> Path:
+    """A folder no file can be created in: a mode 555 one, or for root (whom modes do not stop)
+    sysfs, which refuses new entries to everyone."""
+    import os
+
+    if os.geteuid() != 0:
+        folder = tmp_path / "read-only"
+        folder.mkdir()
+        folder.chmod(0o555)
+        return folder
+    if not Path("/sys/kernel").is_dir():
+        pytest.skip("running as root without /sys: no folder refuses writes")
+    return Path("/sys/kernel")
+
+
+@pytest.mark.parametrize("where", ["a file", "under a file", "read-only", "under read-only"])
+@pytest.mark.parametrize("command", ["demo", "pretrain"])
+def test_output_folder_that_cannot_be_written_is_one_line(command, where, files, data_dir,
+                                                          tmp_path, capsys):
+    """``-o`` a file, a path under a file, or a folder one may not write: one line naming the
+    path and what was expected, exit status 2, before any stage starts."""
+    read_only = _read_only_folder(tmp_path)
+    output = {"a file": files["a_file"], "under a file": files["a_file"] / "run",
+              "read-only": read_only, "under read-only": read_only / "demo" / "run"}[where]
+    argv = {"demo": ["demo", "-o", str(output), "--minutes", "0.1", "--pretrain-steps", "1"],
+            "pretrain": ["pretrain", str(data_dir / "tiny"), "-o", str(output),
+                         "--max-steps", "1"]}[command]
+    code, lines = _one_line_exit_2(argv, capsys)
+    assert code == 2 and len(lines) == 1, (code, lines)
+    assert lines[0].startswith("audio-ssl: error: ") and str(output) in lines[0], lines
+    assert "expected a folder" in lines[0], lines
+    assert files["a_file"].read_text() == "I am a file\n"

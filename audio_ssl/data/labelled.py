@@ -26,10 +26,12 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from audio_ssl.config import TextConfig
 from audio_ssl.data.collate import load_batch, pad_batch
 from audio_ssl.data.dataset import _worker_init
-from audio_ssl.data.manifest import AUDIO_EXTENSIONS, Rejected, _resolve, read_header
+from audio_ssl.data.manifest import AUDIO_EXTENSIONS, Rejected, _resolve, read_header, too_short
 from audio_ssl.data.sampler import BatchRequest, BucketBatchSampler
+from audio_ssl.data.text import normalize_text
 from audio_ssl.io import iter_jsonl
 
 
@@ -151,9 +153,9 @@ def read_labelled(source: str | os.PathLike, *, split: str | None = None, sample
             rejected.append(replace(header, line=line))
             continue
         samples = header.samples_at(sample_rate)
-        if samples < min_samples:
-            rejected.append(Rejected(path, f"too short: {samples / sample_rate:.2f} s < minimum "
-                                           f"{min_samples / sample_rate:.2f} s", line))
+        short = too_short(header, min_samples, sample_rate)
+        if short is not None:
+            rejected.append(replace(short, line=line))
             continue
         if max_samples is not None and samples > max_samples:
             rejected.append(Rejected(path, f"too long: {samples / sample_rate:.2f} s > maximum "
@@ -166,6 +168,16 @@ def read_labelled(source: str | os.PathLike, *, split: str | None = None, sample
         raise NoLabelledDataError(f"no usable transcribed audio in {src}{what}: "
                                   f"{len(entries)} utterances seen" + (f", e.g. {first}" if first else ""))
     return items, rejected
+
+
+def reference_text(item: LabelledItem, cfg: TextConfig) -> str | Rejected:
+    """``item``'s transcript normalised by ``cfg`` (:func:`~audio_ssl.data.text.normalize_text`),
+    or a :class:`Rejected` when nothing is left (``'?!'`` with the default settings): the one
+    rule for references of fine-tuning and evaluation."""
+    text = normalize_text(item.text, cfg)
+    if not text:
+        return Rejected(item.path, f"empty transcript after normalisation (was {item.text!r})")
+    return text
 
 
 # ---------------------------------------------------------------------------------------------
@@ -341,5 +353,6 @@ def make_labelled_loader(dataset: LabelledBatchDataset, *, max_batch_samples: in
     return DataLoader(_FixedBatches(dataset, groups[rank::world_size]), shuffle=False, **kw)
 
 
-__all__ = ["LabelledItem", "NoLabelledDataError", "read_labelled", "LabelledBatch",
+__all__ = ["LabelledItem", "NoLabelledDataError", "read_labelled", "reference_text",
+           "LabelledBatch",
            "LabelledBatchDataset", "length_batches", "make_labelled_loader"]

@@ -280,7 +280,10 @@ def _read_headers(paths: Sequence[str], num_workers: int, progress: bool,
     return results
 
 
-def _too_short(item: AudioItem, min_samples: int, sample_rate: int) -> Rejected | None:
+def too_short(item: AudioItem, min_samples: int, sample_rate: int) -> Rejected | None:
+    """The one rule for short audio, of every command (pretrain, targets, extract, finetune,
+    transcribe, evaluate): Rejected when ``item`` has fewer than ``min_samples`` samples at
+    ``sample_rate`` (the reason says both in seconds and samples), else None."""
     n = item.samples_at(sample_rate)
     if n >= min_samples:
         return None
@@ -377,7 +380,7 @@ def scan(
     for p, k in zip(paths, known):
         r = k if k is not None else fresh[p]
         if isinstance(r, AudioItem):
-            short = _too_short(r, min_samples, sample_rate)
+            short = too_short(r, min_samples, sample_rate)
             if short is None:
                 items.append(r)
                 continue
@@ -405,4 +408,5 @@ def _no_audio_message(src: Path, seen: int, others: int, rejected: list[Rejected
 __all__ = [
     "AUDIO_EXTENSIONS", "AudioItem", "Rejected", "NoAudioError", "scan", "write_manifest",
     "read_manifest", "write_rejected", "default_cache_dir", "cache_path", "read_header",
+    "too_short",
 ]

@@ -67,8 +67,11 @@ def _finished(run: Path, steps: int) -> bool:
 
 def _check_settings(s: DemoSettings) -> None:
     """A demo folder serves one set of settings: rerunning it reuses finished stages, so other
-    settings there would mix two demos. Raises FileExistsError naming the difference."""
-    from audio_ssl.io import atomic_write_text
+    settings there would mix two demos. Raises FileExistsError naming the difference, and
+    :class:`~audio_ssl.io.OutputFolderError` for a folder that cannot be made or written."""
+    from audio_ssl.io import atomic_write_text, make_output_folder
+
+    make_output_folder(s.output)  # before anything else: a file there, or no right to write
 
     wanted = {"minutes": s.minutes, "pretrain_steps": s.pretrain_steps,
               "finetune_steps": s.finetune_steps, "seed": s.seed, "preset": s.preset,
@@ -84,7 +87,6 @@ def _check_settings(s: DemoSettings) -> None:
             raise FileExistsError(
                 f"{s.output} holds a demo run with other settings ({', '.join(changed)}): "
                 f"choose another --output, or delete it to start again")
-    s.output.mkdir(parents=True, exist_ok=True)
     atomic_write_text(path, json.dumps(wanted, indent=2) + "\n", fsync=False)
 
 

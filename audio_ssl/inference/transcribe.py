@@ -4,6 +4,11 @@ A :class:`Transcriber` holds a model loaded by :func:`audio_ssl.interop.load_mod
 and text settings it was fine-tuned with (read from its run config), and a decoder (greedy, or
 beam search with an LM). Files are decoded whole, batched by length; a file that cannot be
 read is reported and skipped.
+
+``transcribe(..., output=FILE)`` appends each file's row to FILE as soon as its batch is
+decoded (:class:`TranscriptionFile`), so a stopped run keeps what it did, and a rerun into the
+same FILE skips the files it holds: an interrupted run, rerun, ends with the file an
+uninterrupted one writes.
 """
 
 from __future__ import annotations
@@ -12,7 +17,7 @@ import json
 import logging
 import os
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,10 +33,12 @@ from audio_ssl.data.manifest import (
     Rejected,
     read_header,
     scan,
+    too_short,
 )
 from audio_ssl.data.text import Vocabulary, normalize_text
 from audio_ssl.inference.decode import BeamSearchDecoder, greedy_decode
 from audio_ssl.inference.metrics import ZERO, EditCounts, char_errors, word_errors
+from audio_ssl.io import atomic_write_text
 from audio_ssl.precision import resolve as resolve_precision
 
 log = logging.getLogger("audio_ssl")
@@ -87,6 +94,10 @@ class Transcriber:
         max_batch_samples: padded samples per forward pass (B * S).
         precision: ``auto``, ``32`` or ``bf16-mixed`` (see :mod:`audio_ssl.precision`); the
             log-softmax and the decoding are fp32 either way.
+
+    Attributes:
+        min_samples: the model's receptive field: shorter files give no frame and are skipped
+            as too short (:func:`~audio_ssl.data.manifest.too_short`, the rule of every command).
     """
 
     def __init__(self, loaded: Any, *, device: str | torch.device = "cpu",
@@ -104,6 +115,9 @@ class Transcriber:
         self.model = loaded.model.to(self.device).eval()
         self.decoder = decoder
         self.max_batch_samples = int(max_batch_samples)
+        from audio_ssl.models.feature_encoder import receptive_field
+
+        self.min_samples = receptive_field(loaded.config.encoder.conv_layers)[0]
 
     @classmethod
     def from_path(cls, model: str | os.PathLike, *, lm: str | os.PathLike | None = None,
@@ -138,32 +152,46 @@ class Transcriber:
             return greedy_decode(log_probs, out.frame_lengths, self.vocab)
         return self.decoder(log_probs, out.frame_lengths)
 
-    def transcribe_files(self, paths: Sequence[str]) -> tuple[list[Transcription], list[Rejected]]:
-        """Transcribe ``paths`` (in their order) -> (transcriptions, files that failed)."""
+    def iter_files(self, paths: Sequence[str]) -> Iterator[Transcription | Rejected]:
+        """Transcribe ``paths`` batch by batch, shortest first: first a :class:`Rejected` for
+        each file whose header cannot be read or that is too short, then, as each batch is
+        decoded, a
+        :class:`Transcription` for each of its files (in length order) or a :class:`Rejected`
+        for one that failed to decode."""
         s = self.settings
         lengths: list[int] = []
         usable: list[str] = []
-        failed: list[Rejected] = []
         for header in map(read_header, map(str, paths)):
+            if not isinstance(header, Rejected):
+                header = too_short(header, self.min_samples, s.sample_rate) or header
             if isinstance(header, Rejected):
-                failed.append(header)
+                yield header
                 continue
             usable.append(header.path)
             lengths.append(header.samples_at(s.sample_rate))
         from audio_ssl.data.labelled import length_batches
 
-        texts: dict[str, Transcription] = {}
         for group in length_batches(lengths, self.max_batch_samples):
             decoded = load_batch([usable[i] for i in group], sample_rate=s.sample_rate,
                                  normalize=s.normalize_audio)  # (B, S), (B,)
-            failed.extend(Rejected(usable[group[k]], reason) for k, reason in decoded.failures)
+            yield from (Rejected(usable[group[k]], reason) for k, reason in decoded.failures)
             if not decoded.kept:
                 continue
             hypotheses = self.decode_batch(decoded.waveforms, decoded.lengths)
             for k, text, n in zip(decoded.kept, hypotheses, decoded.lengths.tolist()):
-                name = usable[group[k]]
-                texts[name] = Transcription(name, text, n / s.sample_rate)
-        return [texts[p] for p in usable if p in texts], failed
+                yield Transcription(usable[group[k]], text, n / s.sample_rate)
+
+    def transcribe_files(self, paths: Sequence[str]) -> tuple[list[Transcription], list[Rejected]]:
+        """Transcribe ``paths`` -> (transcriptions in the order of ``paths``, files that
+        failed)."""
+        texts: dict[str, Transcription] = {}
+        failed: list[Rejected] = []
+        for r in self.iter_files(paths):
+            if isinstance(r, Rejected):
+                failed.append(r)
+            else:
+                texts[r.path] = r
+        return [texts[p] for p in map(str, paths) if p in texts], failed
 
 
 def expand_inputs(inputs: Iterable[str | os.PathLike]) -> tuple[list[str], list[Rejected]]:
@@ -191,39 +219,162 @@ def expand_inputs(inputs: Iterable[str | os.PathLike]) -> tuple[list[str], list[
     return paths, bad
 
 
+class TranscriptionFile:
+    """The JSONL output of ``transcribe``, written as the run goes and resumed by a rerun.
+
+    One line per file: ``{"path", "text", "seconds"}`` for a transcription, appended and
+    flushed as soon as its batch is decoded; ``{"path", "error"}`` for a file that could not be
+    used, written by :meth:`finish` at the end of the run. Opening an existing file keeps its
+    transcriptions (:attr:`done`: a rerun skips them) and drops what a rerun writes again: its
+    error rows (those files are tried again) and a last line a kill left torn (no newline, or
+    not JSON); the kept lines are rewritten atomically (by :meth:`open`), so nothing complete is
+    lost.
+
+    Raises:
+        ValueError: ``path`` is a folder, or a line before the last is not a row of this
+            format (not a file this command wrote).
+        OutputFolderError: (:meth:`open`) ``path`` or its folder cannot be made or written.
+    """
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+        if self.path.is_dir():
+            raise ValueError(f"--output {self.path} is a folder: expected a JSONL file")
+        self.done: dict[str, Transcription] = {}
+        self.kept, self.dropped = self._read()
+        self.file = None
+
+    def open(self) -> None:
+        """Make the folder, rewrite the file without what a rerun writes again, open it to
+        append (nothing is written before this)."""
+        from audio_ssl.io import OutputFolderError, make_output_folder
+
+        make_output_folder(self.path.parent, f"--output {self.path}: folder")
+        try:
+            if self.dropped:
+                atomic_write_text(self.path, "".join(line + "\n" for line in self.kept),
+                                  fsync=False)
+            self.file = open(self.path, "a", encoding="utf-8")
+        except OSError as e:
+            raise OutputFolderError(f"--output {self.path}: cannot write it ({e.strerror or e})") \
+                from e
+
+    def _read(self) -> tuple[list[str], int]:
+        """The kept lines of an existing file (its transcriptions, :attr:`done` filled) and
+        how many lines were dropped."""
+        if not self.path.exists():
+            return [], 0
+        try:
+            lines = self.path.read_text(encoding="utf-8").split("\n")
+        except (OSError, UnicodeDecodeError) as e:
+            raise ValueError(f"--output {self.path}: cannot read it back to resume ({e}): "
+                             "expected a JSONL file transcribe wrote") from e
+        torn = lines.pop()  # "" after a complete last line; else what a kill left half-written
+        kept: list[str] = []
+        dropped = int(bool(torn))
+        for number, line in enumerate(lines, 1):
+            try:
+                row = json.loads(line) if line.strip() else None
+            except json.JSONDecodeError:
+                row = False
+            if row is None:
+                dropped += 1  # blank
+            elif isinstance(row, dict) and isinstance(row.get("path"), str) and \
+                    isinstance(row.get("text"), str) and \
+                    isinstance(row.get("seconds"), (int, float)):
+                self.done[row["path"]] = Transcription(row["path"], row["text"], row["seconds"])
+                kept.append(line)
+            elif isinstance(row, dict) and set(row) == {"path", "error"}:
+                dropped += 1  # tried again
+            elif number == len(lines) and row is False:
+                dropped += 1  # the last line cut short (a kill between a write and its newline)
+            else:
+                raise ValueError(f"--output {self.path}:{number}: not a row of transcribe's "
+                                 "output: expected JSONL of {path, text, seconds} (a file this "
+                                 "command wrote, to resume); choose another --output")
+        return kept, dropped
+
+    def add(self, t: Transcription) -> None:
+        """Append and flush one transcription."""
+        self.file.write(json.dumps(asdict(t), ensure_ascii=False) + "\n")
+        self.file.flush()
+
+    def close(self) -> None:
+        if self.file is not None:
+            self.file.close()
+
+    def finish(self, failed: Iterable[Rejected]) -> None:
+        """Append the run's error rows and close the file."""
+        for r in failed:
+            self.file.write(json.dumps({"path": r.path, "error": r.reason}, ensure_ascii=False)
+                            + "\n")
+        self.file.close()
+
+
 @dataclass
 class TranscribeResult:
+    """``transcriptions``: this run's and, resuming, those already in the output (``resumed``
+    of them), in the order of the inputs; ``failed``: the files skipped, with the reason."""
+
     transcriptions: list[Transcription]
     failed: list[Rejected]
     seconds: float  # wall time
+    resumed: int = 0
 
     def summary(self) -> str:
         audio = sum(t.seconds for t in self.transcriptions)
-        return (f"transcribed {len(self.transcriptions)} file(s), {audio:.1f} s of audio, in "
-                f"{self.seconds:.1f} s; {len(self.failed)} skipped")
+        earlier = f" ({self.resumed} by an earlier run)" if self.resumed else ""
+        return (f"transcribed {len(self.transcriptions)} file(s){earlier}, {audio:.1f} s of "
+                f"audio, in {self.seconds:.1f} s; {len(self.failed)} skipped")
 
 
 def transcribe(model: str | os.PathLike | Transcriber, inputs: Sequence[str | os.PathLike], *,
-               output: str | os.PathLike | None = None, **decoder_options: Any) -> TranscribeResult:
+               output: str | os.PathLike | None = None,
+               on_result: Callable[[Transcription | Rejected], None] | None = None,
+               **decoder_options: Any) -> TranscribeResult:
     """Transcribe files and folders with ``model`` (a path, or a :class:`Transcriber`).
-    ``output``: JSONL of ``{"path", "text", "seconds"}`` (failures as ``{"path", "error"}``).
-    ``decoder_options``: ``lm``, ``lexicon``, ``beam_size``, ``lm_weight``, ``word_score``,
-    ``device``, ``precision``, as :meth:`Transcriber.from_path`."""
+
+    Args:
+        output: JSONL of ``{"path", "text", "seconds"}``, a line appended as each file is
+            transcribed, then ``{"path", "error"}`` for each file skipped. An existing one is
+            resumed: the files it holds are not transcribed again (see
+            :class:`TranscriptionFile`).
+        on_result: called with each new :class:`Transcription` or :class:`Rejected` as soon as
+            it is known (the CLI prints them as they come).
+        decoder_options: ``lm``, ``lexicon``, ``beam_size``, ``lm_weight``, ``word_score``,
+            ``device``, ``precision``, as :meth:`Transcriber.from_path`.
+    """
     start = time.perf_counter()
+    out = TranscriptionFile(output) if output is not None else None  # refused before loading
     transcriber = model if isinstance(model, Transcriber) else \
         Transcriber.from_path(model, **decoder_options)
-    paths, bad = expand_inputs(inputs)
-    results, failed = transcriber.transcribe_files(paths)
-    failed = bad + failed
-    if output is not None:
-        out = Path(output)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        with open(out, "w", encoding="utf-8") as f:
-            for t in results:
-                f.write(json.dumps(asdict(t), ensure_ascii=False) + "\n")
-            for r in failed:
-                f.write(json.dumps({"path": r.path, "error": r.reason}, ensure_ascii=False) + "\n")
-    return TranscribeResult(results, failed, time.perf_counter() - start)
+    paths, failed = expand_inputs(inputs)
+    if out is not None:
+        out.open()
+    done = out.done if out is not None else {}
+    texts = {p: done[p] for p in paths if p in done}
+    resumed = len(texts)
+    for r in failed:
+        if on_result is not None:
+            on_result(r)
+    try:
+        for r in transcriber.iter_files([p for p in paths if p not in texts]):
+            if isinstance(r, Rejected):
+                failed.append(r)
+            else:
+                texts[r.path] = r
+                if out is not None:
+                    out.add(r)
+            if on_result is not None:
+                on_result(r)
+    except BaseException:
+        if out is not None:
+            out.close()  # what was appended stays; error rows are written by complete runs
+        raise
+    if out is not None:
+        out.finish(failed)
+    return TranscribeResult([texts[p] for p in paths if p in texts], failed,
+                            time.perf_counter() - start, resumed)
 
 
 @dataclass
@@ -271,24 +422,31 @@ def evaluate(model: str | os.PathLike | Transcriber, labelled: str | os.PathLike
     """WER and CER of ``model`` on a labelled corpus (JSONL, LibriSpeech folder or TSV; see
     :func:`audio_ssl.data.labelled.read_labelled`). References and hypotheses are normalised
     with the model's text settings. ``report``: JSONL, one line per utterance (reference,
-    hypothesis, errors), skipped ones with their reason."""
-    from audio_ssl.data.labelled import read_labelled
+    hypothesis, errors), skipped ones with their reason.
+
+    The input rules of fine-tuning apply: unreadable, empty or too-short audio (shorter than
+    the model's receptive field) and references that normalise to nothing are skipped, each in
+    ``EvalResult.skipped`` with its reason."""
+    from audio_ssl.data.labelled import read_labelled, reference_text
 
     start = time.perf_counter()
     transcriber = model if isinstance(model, Transcriber) else \
         Transcriber.from_path(model, **decoder_options)
     text_cfg = transcriber.settings.text
     items, skipped = read_labelled(labelled, split=split,
-                                   sample_rate=transcriber.settings.sample_rate, min_samples=1)
-    results, failed = transcriber.transcribe_files([it.path for it in items])
-    skipped = skipped + failed
+                                   sample_rate=transcriber.settings.sample_rate,
+                                   min_samples=transcriber.min_samples)
+    references = [reference_text(it, text_cfg) for it in items]
+    skipped += [r for r in references if isinstance(r, Rejected)]
+    kept = [(it, ref) for it, ref in zip(items, references) if not isinstance(ref, Rejected)]
+    results, failed = transcriber.transcribe_files(sorted({it.path for it, _ in kept}))
+    skipped += failed
     hyps = {t.path: t.text for t in results}
     utterances = []
     word = char = ZERO
-    for it in items:
+    for it, ref in kept:
         if it.path not in hyps:
             continue
-        ref = normalize_text(it.text, text_cfg)
         hyp = normalize_text(hyps[it.path], text_cfg)
         u = UtteranceErrors(it.id, it.path, ref, hyp, word_errors(ref, hyp), char_errors(ref, hyp))
         word, char = word + u.word, char + u.char
@@ -313,5 +471,5 @@ def evaluate(model: str | os.PathLike | Transcriber, labelled: str | os.PathLike
 
 
 __all__ = ["run_config_of", "InferenceSettings", "Transcription", "Transcriber",
-           "expand_inputs", "TranscribeResult", "transcribe", "UtteranceErrors", "EvalResult",
-           "evaluate"]
+           "expand_inputs", "TranscriptionFile", "TranscribeResult", "transcribe",
+           "UtteranceErrors", "EvalResult", "evaluate"]

@@ -18,7 +18,7 @@ DESCRIPTION = (
 
 
 def add_parser(sub) -> None:
-    from audio_ssl.cli_parser import add_precision_option
+    from audio_ssl.cli_parser import POSITIVE_INT, add_precision_option, device
     from audio_ssl.probe.data import SPLITS
     from audio_ssl.probe.heads import HEADS
 
@@ -37,13 +37,14 @@ def add_parser(sub) -> None:
                    "within-speaker (speaker identification)")
     p.add_argument("--output", "-o", type=Path, default=None, help="results folder")
     p.add_argument("--name", default="model", help="the checkpoint's column (default: model)")
-    p.add_argument("--seeds", type=int, default=3, help="head seeds (default: 3)")
+    p.add_argument("--seeds", type=POSITIVE_INT, default=3, help="head seeds (default: 3)")
     p.add_argument("--head", choices=HEADS, default="linear", help="head (default: linear)")
     p.add_argument("--baselines", default="random,mfcc,logmel",
                    help="comma-separated, from random, mfcc, logmel; 'none' for none "
                    "(default: all three)")
     p.add_argument("--no-sweep", action="store_true", help="skip the per-layer sweep")
-    p.add_argument("--device", default=None, help="extraction device (default: CUDA if any)")
+    p.add_argument("--device", default=None, type=device,
+                   help="extraction device (default: CUDA if any)")
     add_precision_option(p)  # the extraction's
     p.add_argument("--compare", nargs="+", type=Path, default=None, metavar="DIR",
                    help="tabulate earlier probe output folders side by side (and write "

@@ -23,6 +23,7 @@ from audio_ssl.data.labelled import (
     LabelledItem,
     make_labelled_loader,
     read_labelled,
+    reference_text,
 )
 from audio_ssl.data.manifest import Rejected
 from audio_ssl.data.text import TokenError, Vocabulary, ctc_frames_needed, normalize_text
@@ -51,10 +52,9 @@ def prepare(items: list[LabelledItem], rejected: list[Rejected], cfg: FinetuneCo
     convs = cfg.model.encoder.conv_layers
     frames = conv_frame_lengths(torch.tensor([it.samples for it in items] or [0]), convs).tolist()
     for it, n in zip(items, frames):
-        text = normalize_text(it.text, cfg.text)
-        if not text:
-            out.rejected.append(Rejected(it.path, f"empty transcript after normalisation "
-                                                  f"(was {it.text!r})"))
+        text = reference_text(it, cfg.text)
+        if isinstance(text, Rejected):
+            out.rejected.append(text)
             continue
         try:
             ids = vocab.encode(text)
