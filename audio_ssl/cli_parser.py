@@ -21,28 +21,11 @@ from typing import Any, Callable, NoReturn
 from audio_ssl.config import OBJECTIVES
 
 DESCRIPTION = """\
-audio-ssl: self-supervised speech representation learning (wav2vec 2.0).
-
-commands:
-  demo       the whole workflow on spoken digits it synthesises: pretrain, plot, extract,
-             probe, fine-tune with CTC, transcribe unseen voices (no input needed)
-  pretrain   pretrain a model on a folder of raw audio (any format, rate, channels, length)
-             or on shards streamed from a folder or object storage
-  shard      write a folder, manifest or list as Lhotse Shar shards (a path or s3://); resumable
-  extract    features (any layer, or quantizer codes) of every file of a folder, manifest or
-             list, from any checkpoint; resumable
-  finetune   fine-tune a pretrained model for speech recognition (CTC) on transcribed audio
-  transcribe speech to text with a fine-tuned model (greedy, or beam search with an LM)
-  evaluate   word and character error rates of a fine-tuned model on transcribed audio
-  lm         build an n-gram language model (ARPA) from a text file, for beam search
-  probe      what a checkpoint's features know: SUPERB-style probes on labelled manifests,
-             beside MFCC, log-mel and random-weight baselines
-  plot       curves of pretraining and fine-tuning runs; a checkpoint's codebook usage
-  convert    convert a checkpoint (HF folder, fairseq .pt, torchaudio .pt, audio-ssl .ckpt) to
-             an HF folder or an audio-ssl .ckpt
-
-Run `audio-ssl COMMAND --help` for each command's options.
+audio-ssl: self-supervised speech representation learning from raw audio: pretrain (wav2vec 2.0,
+HuBERT, BEST-RQ, data2vec 2.0, CPC / wav2vec, masked reconstruction), extract features, probe
+them, fine-tune for speech recognition (CTC), transcribe and evaluate, convert checkpoints.
 """
+EPILOG = "Run `audio-ssl COMMAND --help` for each command's options."
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -191,10 +174,11 @@ def _add_pretrain_options(p: argparse.ArgumentParser, default_preset: str) -> No
 
 def build_parser() -> argparse.ArgumentParser:
     parser = OneLineParser(
-        prog="audio-ssl", description=DESCRIPTION,
+        prog="audio-ssl", description=DESCRIPTION, epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    # each command listed once, with its own help= line, in the order below
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", title="commands")
     parser.commands = sub.choices  # command -> its parser (parse_args' errors name its --help)
 
     p = sub.add_parser(

@@ -61,3 +61,15 @@ def test_demo_runs_every_stage(tmp_path, capsys):
     assert main([*args, "--seed", "1"]) == 2
     err = capsys.readouterr().err
     assert "other settings (seed)" in err and str(out) in err
+
+
+def test_top_level_help_lists_each_command_once(capsys):
+    from audio_ssl.cli_parser import build_parser
+
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    out = capsys.readouterr().out
+    commands = list(build_parser().commands)
+    assert len(commands) >= 12
+    for name in commands:
+        assert len(re.findall(rf"^\s+{re.escape(name)}\b", out, re.M)) == 1, name
