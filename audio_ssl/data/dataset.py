@@ -19,7 +19,7 @@ from audio_ssl.data.collate import load_batch
 from audio_ssl.data.manifest import AudioItem, Rejected
 from audio_ssl.data.sampler import BatchRequest, BucketBatchSampler
 from audio_ssl.data.targets import LabelStore
-from audio_ssl.models.feature_encoder import frame_lengths
+from audio_ssl.frames import frame_lengths
 
 
 @dataclass

@@ -30,7 +30,7 @@ from audio_ssl.config import ConvSpec, FeatureEncoderConfig
 from audio_ssl.data.audio import AudioError, load_audio
 from audio_ssl.data.manifest import AudioItem, Rejected, write_rejected
 from audio_ssl.io import atomic_path, atomic_write_text
-from audio_ssl.models.feature_encoder import frame_lengths, receptive_field
+from audio_ssl.frames import frame_lengths, receptive_field
 
 log = logging.getLogger("audio_ssl")
 
