@@ -69,7 +69,9 @@ class FeatureExtractor:
     """A model in inference mode that turns audio into the selected layers' features.
 
     Args:
-        model: Wav2Vec2ForPretraining, Wav2Vec2ForCTC or Wav2Vec2Model.
+        model: Wav2Vec2ForPretraining, Wav2Vec2ForCTC or Wav2Vec2Model, or an ONNX features
+            export's :class:`~audio_ssl.interop.onnx_torch.OnnxFeatures` (onnxruntime on the
+            CPU in fp32, whatever ``device`` and ``precision``).
         layers: index, list, ``last``, ``all``, ``encoder``, ``codes`` (see
             :func:`audio_ssl.inference.features.parse_layers`).
         device: default CUDA when available, else the CPU.
@@ -98,10 +100,20 @@ class FeatureExtractor:
         if batch_seconds <= 0 or max_batch_size < 1:
             raise ValueError(f"batch_seconds must be > 0 and max_batch_size >= 1, got "
                              f"{batch_seconds}, {max_batch_size}")
-        backbone, _ = split_model(model)
-        selection = parse_layers(layers, backbone.cfg.context.layers)
-        self.model = InferenceModel(model, selection, device,
-                                    "bf16" if self.precision.bf16 else "fp32")
+        from audio_ssl.interop.onnx_torch import OnnxCTC, OnnxFeatures
+
+        if isinstance(model, OnnxCTC):
+            raise ValueError("this ONNX file holds CTC logits only: export the features "
+                             "(audio-ssl convert CKPT OUT.onnx --outputs features)")
+        if isinstance(model, OnnxFeatures):
+            from audio_ssl.inference.onnx_model import OnnxInferenceModel
+
+            self.model = OnnxInferenceModel(model, parse_layers(layers, model.cfg.context.layers))
+        else:
+            backbone, _ = split_model(model)
+            selection = parse_layers(layers, backbone.cfg.context.layers)
+            self.model = InferenceModel(model, selection, device,
+                                        "bf16" if self.precision.bf16 else "fp32")
         self.normalize = bool(normalize)
         self.chunk_seconds, self.context_seconds = float(chunk_seconds), float(context_seconds)
         self.chunk_frames = max(1, round(chunk_seconds * self.frame_rate))
@@ -118,7 +130,7 @@ class FeatureExtractor:
         arguments as the constructor's."""
         from audio_ssl.interop import load_model
 
-        loaded = load_model(path)
+        loaded = load_model(path, onnx=True)
         if normalize is None:
             normalize = loaded.expects_normalized
         extractor = cls(loaded.model, normalize=normalize, **kwargs)
@@ -141,8 +153,10 @@ class FeatureExtractor:
         return self.model.device
 
     def plan(self, num_samples: int) -> list[Chunk]:
-        """Windows of a file of ``num_samples`` samples (one for short files, [] if too short)."""
-        return plan_chunks(num_samples, self.model.cfg.encoder.conv_layers, self.chunk_frames,
+        """Windows of a file of ``num_samples`` samples (one for short files, [] if too short;
+        always one for a model that cannot take whole-file statistics, ``whole_files_only``)."""
+        chunk_frames = 2**62 if self.model.whole_files_only else self.chunk_frames
+        return plan_chunks(num_samples, self.model.cfg.encoder.conv_layers, chunk_frames,
                            self.context_frames)
 
     def num_frames(self, num_samples: int) -> int:
