@@ -89,9 +89,18 @@ class FeatureExtractor:
                  normalize: bool = False, chunk_seconds: float = 30.0,
                  context_seconds: float = 5.0, batch_seconds: float | None = None,
                  max_batch_size: int = 64):
+        from audio_ssl.interop.onnx_torch import OnnxCTC, OnnxFeatures
+
+        if isinstance(model, OnnxCTC):
+            raise ValueError("this ONNX file holds CTC logits only: export the features "
+                             "(audio-ssl convert CKPT OUT.onnx --outputs features)")
+        onnx = isinstance(model, OnnxFeatures)
+        if onnx:  # onnxruntime on the CPU, in the file's own types
+            device, precision = "cpu", "32"
         device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.precision = resolve_precision(precision, device.type)
-        log.info(self.precision.describe())
+        if not onnx:
+            log.info(self.precision.describe())
         if chunk_seconds <= 0 or context_seconds < 0:
             raise ValueError(f"chunk_seconds must be > 0 and context_seconds >= 0, got "
                              f"{chunk_seconds}, {context_seconds}")
@@ -100,12 +109,7 @@ class FeatureExtractor:
         if batch_seconds <= 0 or max_batch_size < 1:
             raise ValueError(f"batch_seconds must be > 0 and max_batch_size >= 1, got "
                              f"{batch_seconds}, {max_batch_size}")
-        from audio_ssl.interop.onnx_torch import OnnxCTC, OnnxFeatures
-
-        if isinstance(model, OnnxCTC):
-            raise ValueError("this ONNX file holds CTC logits only: export the features "
-                             "(audio-ssl convert CKPT OUT.onnx --outputs features)")
-        if isinstance(model, OnnxFeatures):
+        if onnx:
             from audio_ssl.inference.onnx_model import OnnxInferenceModel
 
             self.model = OnnxInferenceModel(model, parse_layers(layers, model.cfg.context.layers))

@@ -103,7 +103,8 @@ class Transcriber:
             device, precision = "cpu", "32"
         self.device = torch.device(device)
         self.precision = resolve_precision(precision, self.device.type)
-        log.info(self.precision.describe())
+        if loaded.source != "onnx":
+            log.info(self.precision.describe())
         self.model = loaded.model.to(self.device).eval()
         self.decoder = decoder
         self.max_batch_samples = int(max_batch_samples)
