@@ -26,8 +26,12 @@ from __future__ import annotations
 
 import pickle
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from audio_ssl.config import ModelConfig, merge
+
+if TYPE_CHECKING:
+    from audio_ssl.interop.common import LoadedModel
 
 CONFIG_KEY = "audio_ssl_config"  # the resolved run config (a dict with a "model" section)
 VOCAB_KEY = "audio_ssl_vocab"  # fine-tuned CTC checkpoints: list of tokens, blank first
@@ -35,7 +39,7 @@ ARCHITECTURE_KEY = "audio_ssl_architecture"  # "Wav2Vec2Model" for backbone-only
 FINAL_DROPOUT_KEY = "audio_ssl_final_dropout"  # CTC head dropout, when known
 
 
-def _load_native(path: Path, checkpoint: dict):
+def _load_native(path: Path, checkpoint: dict) -> LoadedModel:
     from audio_ssl.interop.common import LoadedModel, build_model, load_exact
 
     run_cfg = checkpoint[CONFIG_KEY]
@@ -54,7 +58,7 @@ def _load_native(path: Path, checkpoint: dict):
 
 
 def load_model(path: str | Path, map_location: str = "cpu",
-               dictionary: str | Path | None = None, *, onnx: bool = False):
+               dictionary: str | Path | None = None, *, onnx: bool = False) -> LoadedModel:
     """Rebuild the model stored at ``path`` (file or folder), whatever its format, as a
     :class:`~audio_ssl.interop.common.LoadedModel`.
 

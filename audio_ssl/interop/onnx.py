@@ -198,16 +198,6 @@ class OnnxModel:
     def vocab(self) -> tuple[str, ...] | None:
         return self.metadata.vocab
 
-    def num_frames(self, num_samples: int) -> int:
-        """Frames of a clip of ``num_samples`` samples (from the graph's conv stack)."""
-        cfg = self.metadata.model_config.get("encoder", {}).get("conv_layers")
-        if not cfg:  # a stack of one equivalent layer is exact only for the first frame
-            return max((num_samples - self.metadata.receptive_field) // self.metadata.hop + 1, 0)
-        n = num_samples
-        for _, kernel, stride in cfg:
-            n = max((n - kernel) // stride + 1, 0)
-        return n
-
     def prepare(self, clips: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
         """Mono clips (S_i,) at the model's rate -> padded (B, S) float32 (each normalised when
         the model expects it) and lengths (B,) int64."""
