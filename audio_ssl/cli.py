@@ -166,12 +166,14 @@ def _run_demo(args: argparse.Namespace) -> int:
 def _user_errors() -> tuple[type[Exception], ...]:
     """What a user's input can cause, reported as one line: bad values and configs
     (ValueError, which NoAudioError, CheckpointError and the rest derive from), missing or
-    misplaced files, an extraction folder in use, eSpeak NG not starting."""
+    misplaced files, an extraction folder in use, eSpeak NG not starting, the [onnx] extra
+    missing."""
     from audio_ssl.demo.espeak import EspeakError
     from audio_ssl.inference.output_folder import FolderInUseError
+    from audio_ssl.interop.onnx import OptionalDependencyError
 
     return (ValueError, FileNotFoundError, FileExistsError, NotADirectoryError,
-            FolderInUseError, EspeakError)
+            FolderInUseError, EspeakError, OptionalDependencyError)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -203,7 +205,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "convert":
             from audio_ssl.interop.export import run_convert
 
-            return run_convert(args.src, args.dst, args.to, args.dictionary, args.overwrite)
+            return run_convert(args.src, args.dst, args.to, args.dictionary, args.overwrite,
+                               outputs=args.outputs, quantize=args.quantize)
         if args.command in ("finetune", "transcribe", "evaluate", "lm"):
             return _run_asr(args)
         if args.command == "demo":

@@ -284,17 +284,30 @@ def build_parser() -> argparse.ArgumentParser:
     add_probe_parser(sub)
 
     c = sub.add_parser(
-        "convert", help="convert a checkpoint to an HF folder or an audio-ssl .ckpt",
+        "convert", help="convert a checkpoint to an HF folder, an audio-ssl .ckpt or ONNX",
         description="Load SRC in any format audio-ssl reads (an HF wav2vec 2.0 folder, a fairseq "
         "wav2vec 2.0 .pt -- pretraining, or fine-tuned CTC with dict.ltr.txt beside it -- a "
         "torchaudio wav2vec2_model state dict, or an audio-ssl .ckpt) and write it to DST: "
         "--to hf writes a folder transformers loads with from_pretrained (config.json, "
         "model.safetensors, and the Wav2Vec2Processor files); --to audio-ssl writes a .ckpt "
-        "every audio-ssl command takes. The weights are copied unchanged.",
+        "every audio-ssl command takes. The weights are copied unchanged. A DST ending in .onnx "
+        "writes an ONNX file (opset 18, dynamic batch and length, inputs waveforms and lengths) "
+        "with its sample rate, normalisation, frame rate, layer names and CTC vocabulary in its "
+        "metadata: CTC logits for a fine-tuned model, else the encoder's and every context "
+        "layer's output; extract, transcribe and evaluate run it with onnxruntime "
+        "(pip install 'audio-ssl[onnx]'). See docs/onnx.md.",
     )
     c.add_argument("src", type=Path, help="checkpoint file or HF folder")
-    c.add_argument("dst", type=Path, help="output folder (--to hf) or .ckpt file (--to audio-ssl)")
-    c.add_argument("--to", required=True, choices=["hf", "audio-ssl"], help="output format")
+    c.add_argument("dst", type=Path, help="output folder (--to hf), .ckpt file (--to audio-ssl) "
+                   "or .onnx file")
+    c.add_argument("--to", default=None, choices=["hf", "audio-ssl", "onnx"],
+                   help="output format (default: onnx for a DST ending in .onnx, else required)")
+    c.add_argument("--outputs", default="auto", choices=["auto", "features", "logits"],
+                   help="ONNX: logits (CTC models), features (encoder and every context layer) "
+                   "or auto (default): logits when SRC has a CTC head, else features")
+    c.add_argument("--quantize", default=None, choices=["int8"],
+                   help="ONNX: dynamic int8 quantisation of the matrix products (convolutions "
+                   "stay fp32); docs/onnx.md has what it costs in accuracy")
     c.add_argument("--dictionary", type=Path, default=None,
                    help="letter dictionary of a fine-tuned fairseq checkpoint (default: "
                    "dict.ltr.txt beside it)")

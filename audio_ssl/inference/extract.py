@@ -69,7 +69,9 @@ class FeatureExtractor:
     """A model in inference mode that turns audio into the selected layers' features.
 
     Args:
-        model: Wav2Vec2ForPretraining, Wav2Vec2ForCTC or Wav2Vec2Model.
+        model: Wav2Vec2ForPretraining, Wav2Vec2ForCTC or Wav2Vec2Model, or an ONNX features
+            export's :class:`~audio_ssl.interop.onnx_torch.OnnxFeatures` (onnxruntime on the
+            CPU in fp32, whatever ``device`` and ``precision``).
         layers: index, list, ``last``, ``all``, ``encoder``, ``codes`` (see
             :func:`audio_ssl.inference.features.parse_layers`).
         device: default CUDA when available, else the CPU.
@@ -87,9 +89,18 @@ class FeatureExtractor:
                  normalize: bool = False, chunk_seconds: float = 30.0,
                  context_seconds: float = 5.0, batch_seconds: float | None = None,
                  max_batch_size: int = 64):
+        from audio_ssl.interop.onnx_torch import OnnxCTC, OnnxFeatures
+
+        if isinstance(model, OnnxCTC):
+            raise ValueError("this ONNX file holds CTC logits only: export the features "
+                             "(audio-ssl convert CKPT OUT.onnx --outputs features)")
+        onnx = isinstance(model, OnnxFeatures)
+        if onnx:  # onnxruntime on the CPU, in the file's own types
+            device, precision = "cpu", "32"
         device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.precision = resolve_precision(precision, device.type)
-        log.info(self.precision.describe())
+        if not onnx:
+            log.info(self.precision.describe())
         if chunk_seconds <= 0 or context_seconds < 0:
             raise ValueError(f"chunk_seconds must be > 0 and context_seconds >= 0, got "
                              f"{chunk_seconds}, {context_seconds}")
@@ -98,10 +109,15 @@ class FeatureExtractor:
         if batch_seconds <= 0 or max_batch_size < 1:
             raise ValueError(f"batch_seconds must be > 0 and max_batch_size >= 1, got "
                              f"{batch_seconds}, {max_batch_size}")
-        backbone, _ = split_model(model)
-        selection = parse_layers(layers, len(backbone.context.layers))
-        self.model = InferenceModel(model, selection, device,
-                                    "bf16" if self.precision.bf16 else "fp32")
+        if onnx:
+            from audio_ssl.inference.onnx_model import OnnxInferenceModel
+
+            self.model = OnnxInferenceModel(model, parse_layers(layers, model.cfg.context.layers))
+        else:
+            backbone, _ = split_model(model)
+            selection = parse_layers(layers, len(backbone.context.layers))
+            self.model = InferenceModel(model, selection, device,
+                                        "bf16" if self.precision.bf16 else "fp32")
         self.normalize = bool(normalize)
         self.chunk_seconds, self.context_seconds = float(chunk_seconds), float(context_seconds)
         self.chunk_frames = max(1, round(chunk_seconds * self.frame_rate))
@@ -118,7 +134,7 @@ class FeatureExtractor:
         arguments as the constructor's."""
         from audio_ssl.interop import load_model
 
-        loaded = load_model(path)
+        loaded = load_model(path, onnx=True)
         if normalize is None:
             normalize = loaded.expects_normalized
         extractor = cls(loaded.model, normalize=normalize, **kwargs)
@@ -141,8 +157,10 @@ class FeatureExtractor:
         return self.model.device
 
     def plan(self, num_samples: int) -> list[Chunk]:
-        """Windows of a file of ``num_samples`` samples (one for short files, [] if too short)."""
-        return plan_chunks(num_samples, self.model.cfg.encoder.conv_layers, self.chunk_frames,
+        """Windows of a file of ``num_samples`` samples (one for short files, [] if too short;
+        always one for a model that cannot take whole-file statistics, ``whole_files_only``)."""
+        chunk_frames = 2**62 if self.model.whole_files_only else self.chunk_frames
+        return plan_chunks(num_samples, self.model.cfg.encoder.conv_layers, chunk_frames,
                            self.context_frames)
 
     def num_frames(self, num_samples: int) -> int:

@@ -182,6 +182,11 @@ class InferenceModel:
         return self._encoder.group_norm
 
     @property
+    def whole_files_only(self) -> bool:
+        """False: long files run in chunks, with whole-file statistics where needed."""
+        return False
+
+    @property
     def conv0(self) -> tuple[torch.Tensor, torch.Tensor | None, int, int]:
         """(weight (C, k), bias (C,) or None, kernel, stride) of the first conv layer."""
         enc = self._encoder

@@ -88,7 +88,8 @@ class Transcriber:
     """A CTC model and a decoder: waveforms or files in, text out.
 
     Args:
-        loaded: a ``LoadedModel`` whose model has a CTC head and whose ``vocab`` is set.
+        loaded: a ``LoadedModel`` whose model has a CTC head and whose ``vocab`` is set (an
+            ONNX export's runs onnxruntime on the CPU, whatever ``device`` and ``precision``).
         device: where the model runs.
         decoder: a :class:`BeamSearchDecoder`, or None for greedy decoding.
         max_batch_samples: padded samples per forward pass (B * S).
@@ -109,9 +110,12 @@ class Transcriber:
         self.loaded = loaded
         self.vocab = Vocabulary(tuple(loaded.vocab))
         self.settings = InferenceSettings.of(loaded)
+        if loaded.source == "onnx":  # onnxruntime on the CPU, in the file's own types
+            device, precision = "cpu", "32"
         self.device = torch.device(device)
         self.precision = resolve_precision(precision, self.device.type)
-        log.info(self.precision.describe())
+        if loaded.source != "onnx":
+            log.info(self.precision.describe())
         self.model = loaded.model.to(self.device).eval()
         self.decoder = decoder
         self.max_batch_samples = int(max_batch_samples)
@@ -125,11 +129,12 @@ class Transcriber:
                   lm_weight: float = 2.0, word_score: float = 0.0,
                   device: str | None = None, max_batch_samples: int = 1_600_000,
                   precision: str = "auto") -> Transcriber:
-        """Load ``model`` (any format :func:`load_model` reads); beam search when ``lm`` or
-        ``lexicon`` is given, else greedy."""
+        """Load ``model`` (any format :func:`load_model` reads, or an exported ``.onnx``
+        file, run by onnxruntime); beam search when ``lm`` or ``lexicon`` is given, else
+        greedy."""
         from audio_ssl.interop import load_model
 
-        loaded = load_model(model)
+        loaded = load_model(model, onnx=True)
         decoder = None
         if lm is not None or lexicon is not None:
             if loaded.vocab is None:

@@ -9,19 +9,29 @@ It recognises, by content rather than by name:
 - fairseq ``.pt`` files (pretraining, or fine-tuned CTC with ``dict.ltr.txt`` beside it), read
   without fairseq: :func:`~audio_ssl.interop.fairseq.from_fairseq`;
 - ``torchaudio.models.wav2vec2_model`` state dicts (``.pt``/``.pth``):
-  :func:`~audio_ssl.interop.torchaudio_format.from_torchaudio`.
+  :func:`~audio_ssl.interop.torchaudio_format.from_torchaudio`;
+- ONNX files this library exported (``.onnx``), only when the caller runs models without
+  training them (``onnx=True``: extract, transcribe, evaluate): the model is then onnxruntime
+  behind a module (:func:`~audio_ssl.interop.onnx_torch.load_onnx`).
 
 Exports: :func:`~audio_ssl.interop.hf.save_hf` (an HF folder), :func:`~audio_ssl.interop.hf.to_hf`
-(the in-memory ``transformers`` model), :func:`~audio_ssl.interop.export.save_native`.
+(the in-memory ``transformers`` model), :func:`~audio_ssl.interop.export.save_native`,
+:func:`~audio_ssl.interop.onnx.export_onnx`.
+
+Importing this package imports no torch (the ONNX runner, :mod:`.onnx`, runs without it): the
+loaders and records are imported on first use.
 """
 
 from __future__ import annotations
 
 import pickle
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from audio_ssl.config import ModelConfig, merge
-from audio_ssl.interop.common import BLANK, WORD_SEPARATOR, CheckpointError, LoadedModel
+
+if TYPE_CHECKING:
+    from audio_ssl.interop.common import LoadedModel
 
 CONFIG_KEY = "audio_ssl_config"  # the resolved run config (a dict with a "model" section)
 VOCAB_KEY = "audio_ssl_vocab"  # fine-tuned CTC checkpoints: list of tokens, blank first
@@ -30,7 +40,7 @@ FINAL_DROPOUT_KEY = "audio_ssl_final_dropout"  # CTC head dropout, when known
 
 
 def _load_native(path: Path, checkpoint: dict) -> LoadedModel:
-    from audio_ssl.interop.common import build_model, load_exact
+    from audio_ssl.interop.common import LoadedModel, build_model, load_exact
 
     run_cfg = checkpoint[CONFIG_KEY]
     model_cfg = merge(ModelConfig(), run_cfg.get("model", {}))
@@ -48,12 +58,16 @@ def _load_native(path: Path, checkpoint: dict) -> LoadedModel:
 
 
 def load_model(path: str | Path, map_location: str = "cpu",
-               dictionary: str | Path | None = None) -> LoadedModel:
-    """Rebuild the model stored at ``path`` (file or folder), whatever its format.
+               dictionary: str | Path | None = None, *, onnx: bool = False) -> LoadedModel:
+    """Rebuild the model stored at ``path`` (file or folder), whatever its format, as a
+    :class:`~audio_ssl.interop.common.LoadedModel`.
 
     ``dictionary``: the letter dictionary of a fine-tuned fairseq checkpoint, when it is not
     ``dict.ltr.txt`` beside it. ``LoadedModel.source`` says which format it was.
+    ``onnx``: accept an exported ``.onnx`` file (run by onnxruntime, no weights to train); a
+    command that trains or converts leaves it False and gets a one-line refusal.
     """
+    from audio_ssl.interop.common import CheckpointError
     from audio_ssl.interop.fairseq import from_fairseq, is_fairseq_checkpoint
     from audio_ssl.interop.hf import from_hf
     from audio_ssl.interop.safe_load import safe_torch_load
@@ -67,6 +81,14 @@ def load_model(path: str | Path, map_location: str = "cpu",
             return from_hf(path)
         raise ValueError(f"{path}: a folder must be an HF wav2vec 2.0 model (config.json + "
                          "model.safetensors or pytorch_model.bin); no config.json there")
+    if path.suffix.lower() == ".onnx":
+        if not onnx:
+            raise ValueError(f"{path}: an ONNX export runs with extract, transcribe and "
+                             "evaluate only; this command needs the checkpoint it was exported "
+                             "from")
+        from audio_ssl.interop.onnx_torch import load_onnx
+
+        return load_onnx(path)
     if path.name == "config.json" or path.suffix == ".safetensors" or (
             path.suffix == ".bin" and (path.parent / "config.json").is_file()):
         return from_hf(path.parent)
@@ -97,7 +119,9 @@ def load_model(path: str | Path, map_location: str = "cpu",
 def __getattr__(name: str):
     """Importers and exporters, imported on first use (transformers stays optional)."""
     lazy = {"from_hf": "hf", "save_hf": "hf", "to_hf": "hf", "from_fairseq": "fairseq",
-            "from_torchaudio": "torchaudio_format", "save_native": "export", "convert": "export"}
+            "from_torchaudio": "torchaudio_format", "save_native": "export", "convert": "export",
+            "export_onnx": "onnx", "BLANK": "common", "WORD_SEPARATOR": "common",
+            "CheckpointError": "common", "LoadedModel": "common"}
     if name in lazy:
         import importlib
 
@@ -107,4 +131,4 @@ def __getattr__(name: str):
 
 __all__ = ["CONFIG_KEY", "VOCAB_KEY", "BLANK", "WORD_SEPARATOR", "CheckpointError", "LoadedModel",
            "load_model", "from_hf", "save_hf", "to_hf", "from_fairseq", "from_torchaudio",
-           "save_native", "convert"]
+           "save_native", "convert", "export_onnx"]

@@ -91,12 +91,34 @@ def describe(loaded: LoadedModel) -> str:
             f"{params / 1e6:.1f}M parameters{vocab}")
 
 
-def run_convert(src: str | Path, dst: str | Path, to: str, dictionary: str | Path | None = None,
-                overwrite: bool = False) -> int:
-    """``audio-ssl convert``: convert, print what was written, return the exit status."""
+def run_convert(src: str | Path, dst: str | Path, to: str | None,
+                dictionary: str | Path | None = None, overwrite: bool = False, *,
+                outputs: str = "auto", quantize: str | None = None) -> int:
+    """``audio-ssl convert``: convert, print what was written, return the exit status.
+    ``to`` None: ``onnx`` for a ``dst`` ending in ``.onnx``; ``outputs`` and ``quantize`` are
+    the ONNX export's (:func:`~audio_ssl.interop.onnx.export_onnx`)."""
+    from audio_ssl.interop.onnx import OptionalDependencyError, export_onnx, is_onnx_path
+
     try:
+        if to is None:
+            if not is_onnx_path(dst):
+                raise ValueError(f"convert {dst}: give --to hf or --to audio-ssl (or a DST "
+                                 "ending in .onnx)")
+            to = "onnx"
+        if (to == "onnx") != is_onnx_path(dst):
+            raise ValueError(f"--to {to} with DST {dst}: an ONNX export is a .onnx file, and "
+                             "only an ONNX export is")
+        if to != "onnx" and (outputs != "auto" or quantize is not None):
+            raise ValueError("--outputs and --quantize apply to ONNX exports (DST.onnx) only")
+        if to == "onnx":
+            loaded = load_model(src, dictionary=dictionary)
+            report = export_onnx(loaded, dst, outputs=outputs, quantize=quantize,
+                                 overwrite=overwrite)
+            print(f"{describe(loaded)}\nwritten to {report.path}: {report.summary()}")
+            return 0
         loaded, written = convert(src, dst, to, dictionary, overwrite)
-    except (CheckpointError, FileNotFoundError, FileExistsError, ValueError) as err:
+    except (CheckpointError, FileNotFoundError, FileExistsError, ValueError,
+            OptionalDependencyError) as err:
         print(f"audio-ssl: error: {err}", file=sys.stderr)
         return 2
     kind = "HF folder" if to == "hf" else "audio_ssl checkpoint"
