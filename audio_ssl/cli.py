@@ -82,6 +82,8 @@ def _run_asr(args: argparse.Namespace) -> int:
         train = {"max_steps": args.max_steps, "precision": args.precision,
                  "devices": args.devices, "num_nodes": args.num_nodes}
         overrides = {"train": {k: v for k, v in train.items() if v is not None}}
+        if args.chunk_train:
+            overrides["ctc"] = {"chunk_train": True}
         result = finetune(args.pretrained, args.train, args.valid, args.output,
                           preset=args.preset, config_yaml=args.config, overrides=overrides,
                           from_scratch=args.from_scratch, train_split=args.train_split,

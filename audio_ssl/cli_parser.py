@@ -293,6 +293,10 @@ def _add_asr_commands(sub) -> None:
     f.add_argument("--max-steps", type=int, default=None, help="number of updates")
     f.add_argument("--from-scratch", action="store_true",
                    help="the same network with random weights (a baseline)")
+    f.add_argument("--chunk-train", action="store_true",
+                   help="dynamic chunk training for streaming (WeNet's): per batch a random "
+                   "chunk size, each frame attending to its chunk and a few chunks before it "
+                   "(ctc.chunk_train; sizes in ctc.chunk_frames, ctc.chunk_left)")
     _add_device_options(f)
     f.add_argument("--resume", action="store_true",
                    help="continue the run in --output from its last checkpoint")

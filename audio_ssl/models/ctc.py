@@ -68,16 +68,19 @@ class Wav2Vec2ForCTC(nn.Module):
     def forward(self, waveforms: torch.Tensor, lengths: torch.Tensor | None = None, *,
                 mask: torch.Tensor | None = None, channel_mask: torch.Tensor | None = None,
                 generator: torch.Generator | None = None,
-                return_layers: bool = False, freeze_backbone: bool = False) -> CTCOutput:
+                return_layers: bool = False, freeze_backbone: bool = False,
+                chunk_mask: torch.Tensor | None = None) -> CTCOutput:
         """waveforms: (B, S); lengths: (B,); mask (B, T) and channel_mask (B, D) as in
         :meth:`Wav2Vec2Model.forward` (fine-tuning's SpecAugment-style masking).
 
         freeze_backbone: run the backbone without gradients, so only the head learns
         (fine-tuning's first ``freeze_updates``, fairseq's ``freeze_finetune_updates``). The
         feature encoder alone is frozen by its parameters' ``requires_grad``, for every update.
+        chunk_mask: (T, T) bool attention mask of chunk training (None: full attention).
         """
         with torch.set_grad_enabled(torch.is_grad_enabled() and not freeze_backbone):
             out = self.backbone(waveforms, lengths, mask=mask, generator=generator,
-                                return_layers=return_layers, channel_mask=channel_mask)
+                                return_layers=return_layers, channel_mask=channel_mask,
+                                chunk_mask=chunk_mask)
         logits = self.head(self.dropout(out.context))  # (B, T, V)
         return CTCOutput(logits, out.frame_lengths, out.padding_mask, out.hidden_states)
