@@ -309,7 +309,8 @@ def _add_asr_commands(sub) -> None:
         "--output. Files that cannot be read are reported and skipped.",
     )
     t.add_argument("model", help="fine-tuned CTC checkpoint")
-    t.add_argument("inputs", nargs="+", help="audio files, folders, .jsonl or .txt lists")
+    t.add_argument("inputs", nargs="+", help="audio files, folders, .jsonl or .txt lists; with "
+                   "--stream also '-' (raw PCM s16le mono on stdin)")
     t.add_argument("--output", "-o", type=Path, default=None,
                    help="JSONL of {path, text, seconds} instead of text on stdout")
     _add_stream_options(t.add_argument_group(
