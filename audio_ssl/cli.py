@@ -87,6 +87,8 @@ def _run_asr(args: argparse.Namespace) -> int:
         train = {"max_steps": args.max_steps, "precision": args.precision,
                  "devices": args.devices, "num_nodes": args.num_nodes}
         overrides = {"train": {k: v for k, v in train.items() if v is not None}}
+        if args.chunk_train:
+            overrides["ctc"] = {"chunk_train": True}
         result = finetune(args.pretrained, args.train, args.valid, args.output,
                           preset=args.preset, config_yaml=args.config, overrides=overrides,
                           from_scratch=args.from_scratch, train_split=args.train_split,
@@ -106,6 +108,8 @@ def _run_asr(args: argparse.Namespace) -> int:
     options = dict(lm=args.lm, lexicon=args.lexicon, beam_size=args.beam_size,
                    lm_weight=args.lm_weight, word_score=args.word_score, device=args.device,
                    precision=args.precision or "auto")
+    if args.command == "transcribe" and args.stream:
+        return _run_stream(args, options)
     if args.command == "transcribe":
         from audio_ssl.inference.transcribe import transcribe
 
@@ -124,14 +128,113 @@ def _run_asr(args: argparse.Namespace) -> int:
         return 0 if result.transcriptions or not result.failed else 1
     from audio_ssl.inference.transcribe import evaluate
 
+    stream = None
+    if args.stream:
+        from audio_ssl.inference.streaming import StreamSettings
+
+        stream = StreamSettings(args.chunk, args.left, args.right)
     result = evaluate(args.model, args.labelled, split=args.split, report=args.report,
-                      **options)
+                      stream=stream, **options)
     for r in result.skipped:
         print(_skipped_line(r), file=sys.stderr)
     print(result.summary())
     if args.report:
         print(f"per-utterance report: {args.report}")
     return 0
+
+
+def _stdin_rate(value: str | None) -> int | None:
+    """--sample-rate as a positive whole number of Hz (None: not given)."""
+    if value is None:
+        return None
+    try:
+        rate = int(value)
+    except ValueError:
+        rate = 0
+    if rate <= 0:
+        raise ValueError(f"--sample-rate {value!r}: expected a positive whole number of Hz, "
+                         "e.g. 16000")
+    return rate
+
+
+def _run_stream(args: argparse.Namespace, options: dict) -> int:
+    """transcribe --stream: each input fed chunk by chunk (files as if live, '-' raw PCM s16le
+    from stdin), events printed as they come, then the real-time factor and the latency."""
+    import json
+
+    import numpy as np
+
+    from audio_ssl.data.audio import AudioError, load_audio
+    from audio_ssl.data.manifest import Rejected
+    from audio_ssl.inference.streaming import StreamingTranscriber, StreamSettings
+    from audio_ssl.inference.transcribe import Transcriber, expand_inputs
+
+    if args.output is not None:
+        raise ValueError("--output is for whole files; with --stream use --json (and redirect "
+                         "stdout)")
+    if args.inputs.count("-") > 1:
+        raise ValueError("'-' (stdin) given more than once")
+    rate = _stdin_rate(args.sample_rate)
+    if rate is not None and "-" not in args.inputs:
+        raise ValueError(f"--sample-rate {rate}: only raw PCM on stdin ('-') needs a rate; "
+                         "files carry their own")
+    settings = StreamSettings(args.chunk, args.left, args.right)
+    stream = StreamingTranscriber(Transcriber.from_path(args.model, **options), settings)
+    model_rate = stream.sample_rate
+    if rate is not None and rate != model_rate:
+        raise ValueError(f"--sample-rate {rate}: this model takes {model_rate} Hz audio; "
+                         f"record or resample at {model_rate} Hz (arecord -f S16_LE -r "
+                         f"{model_rate})")
+    files, bad = expand_inputs([i for i in args.inputs if i != "-"])
+    sources = ["-"] * ("-" in args.inputs) + files
+    several = len(sources) > 1
+    block = max(1, round(settings.chunk_seconds * model_rate))
+
+    def emit(path: str, events) -> None:
+        for e in events:
+            if args.json:
+                print(json.dumps({"path": path, **e.to_dict()}, ensure_ascii=False), flush=True)
+            else:
+                kind = "final" if e.final else "partial"
+                print(f"{path}\t" * several + f"{kind}\t{e.start:.2f}\t{e.end:.2f}\t{e.text}",
+                      flush=True)
+
+    done = 0
+    for source in sources:
+        if source == "-":
+            binary = sys.stdin.buffer
+            read = getattr(binary, "read1", binary.read)  # what has arrived, up to a block
+            pending = b""
+            while data := read(2 * block):
+                data = pending + data
+                whole = len(data) // 2 * 2
+                pending = data[whole:]
+                if whole:
+                    emit(source, stream.feed(np.frombuffer(data[:whole], dtype="<i2")))
+            if pending:
+                print("audio-ssl: stdin ended inside a sample: its last byte was dropped",
+                      file=sys.stderr)
+            emit(source, stream.finish())
+            done += 1
+            continue
+        try:
+            wav = load_audio(source, sample_rate=model_rate)
+        except AudioError as err:
+            bad.append(Rejected(source, err.reason))
+            continue
+        for start in range(0, wav.numel(), block):
+            emit(source, stream.feed(wav[start:start + block]))
+        emit(source, stream.finish())
+        done += 1
+    for r in bad:
+        print(f"audio-ssl: skipped {r.path}: {r.reason}", file=sys.stderr)
+    stats = stream.stats()
+    if args.json:
+        print(json.dumps({"event": "summary", **stats.to_dict(), "inputs": done,
+                          "skipped": len(bad)}), flush=True)
+    else:
+        print(stats.summary() + f"; {done} input(s), {len(bad)} skipped", file=sys.stderr)
+    return 0 if done or not bad else 1
 
 
 def _run_extract(args: argparse.Namespace) -> int:

@@ -385,6 +385,26 @@ def _add_decoder_options(p: argparse.ArgumentParser) -> None:
     add_precision_option(p)
 
 
+def _add_stream_options(g, live: bool) -> None:
+    """transcribe --stream and evaluate --stream: chunk and context (and, live, stdin's rate
+    and JSON events)."""
+    g.add_argument("--stream", action="store_true", help="stream the inputs (see above)")
+    g.add_argument("--chunk", type=float, default=1.0, metavar="SECONDS",
+                   help="seconds of frames made final per forward (default: 1.0)")
+    g.add_argument("--left", type=float, default=8.0, metavar="SECONDS",
+                   help="context before a chunk, in seconds (default: 8.0)")
+    g.add_argument("--right", type=float, default=1.28, metavar="SECONDS",
+                   help="context after a chunk, in seconds: adds to the latency (default: 1.28, "
+                   "half the BASE positional convolution)")
+    if live:
+        g.add_argument("--sample-rate", default=None, metavar="HZ",
+                       help="rate of the PCM on stdin; must be the model's (default: the "
+                       "model's, 16000)")
+        g.add_argument("--json", action="store_true",
+                       help="one JSON object a line per event ({path, event, text, start, "
+                       "end}), then {event: summary, ...}")
+
+
 def _add_asr_commands(sub) -> None:
     f = sub.add_parser(
         "finetune", help="fine-tune for speech recognition with CTC",
@@ -413,6 +433,10 @@ def _add_asr_commands(sub) -> None:
     f.add_argument("--max-steps", type=int, default=None, help="number of updates")
     f.add_argument("--from-scratch", action="store_true",
                    help="the same network with random weights (a baseline)")
+    f.add_argument("--chunk-train", action="store_true",
+                   help="dynamic chunk training for streaming (WeNet's): per batch a random "
+                   "chunk size, each frame attending to its chunk and a few chunks before it "
+                   "(ctc.chunk_train; sizes in ctc.chunk_frames, ctc.chunk_left)")
     _add_device_options(f)
     f.add_argument("--resume", action="store_true",
                    help="continue the run in --output from its last checkpoint")
@@ -427,11 +451,19 @@ def _add_asr_commands(sub) -> None:
         "used are reported and skipped.",
     )
     t.add_argument("model", help="fine-tuned CTC checkpoint")
-    t.add_argument("inputs", nargs="+", help="audio files, folders, .jsonl or .txt lists")
+    t.add_argument("inputs", nargs="+", help="audio files, folders, .jsonl or .txt lists; with "
+                   "--stream also '-' (raw PCM s16le mono on stdin)")
     t.add_argument("--output", "-o", type=Path, default=None,
                    help="JSONL of {path, text, seconds} instead of text on stdout, a line "
                    "written as each file is done, then {path, error} for each file skipped; "
                    "an existing one is resumed")
+    _add_stream_options(t.add_argument_group(
+        "streaming", "--stream: transcribe as the audio arrives, chunk by chunk; files are read "
+        "as if live, '-' reads raw PCM s16le mono from stdin (arecord -f S16_LE -r 16000 | "
+        "audio-ssl transcribe --stream MODEL -). Prints partial hypotheses as they change and "
+        "final segments with start and end times ('partial|final<TAB>start<TAB>end<TAB>text', "
+        "the path first for several inputs), then the real-time factor and the algorithmic "
+        "latency (chunk + right context)"), live=True)
     _add_decoder_options(t)
 
     e = sub.add_parser(
@@ -448,6 +480,9 @@ def _add_asr_commands(sub) -> None:
     e.add_argument("labelled", help="labelled data")
     e.add_argument("--split", default=None, help="JSONL: the rows whose 'split' is this")
     e.add_argument("--report", type=Path, default=None, help="per-utterance JSONL report")
+    _add_stream_options(e.add_argument_group(
+        "streaming", "--stream: also decode every file as a stream (fed chunk by chunk) and "
+        "report its WER and CER next to the offline ones"), live=False)
     _add_decoder_options(e)
 
     m = sub.add_parser(

@@ -460,6 +460,13 @@ class CTCConfig:
     freeze_feature_encoder: bool = True  # fairseq feature_grad_mult 0.0
     freeze_updates: int = 0  # updates with the loaded backbone frozen (freeze_finetune_updates)
     reinit_layers: int = 0  # top context layers left at random weights (not loaded; not fairseq)
+    # dynamic chunk training (WeNet's), for streaming (--chunk-train): per batch a chunk size,
+    # each frame attending to its own chunk and chunk_left chunks before it (the positional
+    # convolution still reads its kernel's reach)
+    chunk_train: bool = False
+    chunk_frames: tuple[int, int] = (10, 100)  # chunk sizes drawn from, inclusive (frames)
+    chunk_left: int = 4  # chunks before its own a frame attends to (-1: all)
+    chunk_full_prob: float = 0.5  # batches that keep full attention
 
 
 @dataclass(frozen=True)

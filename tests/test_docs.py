@@ -114,17 +114,22 @@ def test_configuration_reference_is_the_generated_one():
 
 
 def test_python_blocks_of_the_docs_run(tmp_path, monkeypatch):
-    """The extraction page's example, in a folder with the checkpoint and audio it names."""
+    """The extraction and streaming pages' examples, in a folder with the checkpoints and audio
+    they name."""
     import soundfile as sf
 
     from audio_ssl.interop.export import save_native
-    from audio_ssl.models import Wav2Vec2ForPretraining
+    from audio_ssl.models import Wav2Vec2ForCTC, Wav2Vec2ForPretraining
     from tests.conftest import small_model_config
 
     torch.manual_seed(0)
     ckpt = tmp_path / "runs/demo/pretrain/checkpoints/last.ckpt"
     ckpt.parent.mkdir(parents=True)
     save_native(Wav2Vec2ForPretraining(small_model_config()).eval(), ckpt)
+    ctc = tmp_path / "runs/demo/finetune/checkpoints/best.ckpt"  # the streaming page's model
+    ctc.parent.mkdir(parents=True)
+    save_native(Wav2Vec2ForCTC(small_model_config(), 5).eval(), ctc,
+                vocab=["<blank>", "|", "a", "b", "c"])
     rng = np.random.default_rng(0)
     (tmp_path / "my_audio").mkdir()
     for name in ("speech.flac", "my_audio/a.flac", "my_audio/b.flac"):

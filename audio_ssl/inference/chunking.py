@@ -20,6 +20,11 @@ Two statistics are global to a file and are computed over all of it before its c
 
 What remains different from the whole file is the context network's reach beyond the window: the
 positional convolution (exact when ``context`` covers half its kernel) and global attention.
+
+A stream (:mod:`audio_ssl.inference.streaming`) is the same plan with the future arriving late:
+its windows come from :func:`chunk_window` with the frames received so far, and its statistics
+from a :class:`MomentAccumulator` fed as the samples arrive (the running statistics of what has
+been seen, through the window's right context).
 """
 
 from __future__ import annotations
@@ -57,6 +62,20 @@ def num_frames(num_samples: int, conv_layers: ConvSpec) -> int:
     return int(frame_lengths(torch.tensor([num_samples]), conv_layers)[0])
 
 
+def chunk_window(a: int, b: int, total: int, conv_layers: ConvSpec, left_frames: int,
+                 right_frames: int) -> Chunk:
+    """The window that keeps frames ``[a, b)`` of ``total`` frames, computed with up to
+    ``left_frames`` frames of context before and ``right_frames`` after (clipped to the file).
+
+    A stream (:mod:`audio_ssl.inference.streaming`) calls it with the frames received so far as
+    ``total``; :func:`plan_chunks` with the whole file's and equal context on both sides.
+    """
+    field, hop = receptive_field(conv_layers)
+    f0, f1 = max(0, a - left_frames), min(total, b + right_frames)
+    start, stop = f0 * hop, (f1 - 1) * hop + field  # stop <= num_samples as f1 <= T
+    return Chunk(start, stop - start, (a - f0, b - f0), (a, b))
+
+
 def plan_chunks(num_samples: int, conv_layers: ConvSpec, chunk_frames: int,
                 context_frames: int) -> list[Chunk]:
     """The windows of a file of ``num_samples`` samples.
@@ -74,15 +93,10 @@ def plan_chunks(num_samples: int, conv_layers: ConvSpec, chunk_frames: int,
         return []
     if total <= chunk_frames + 2 * context_frames:
         return [Chunk(0, num_samples, (0, total), (0, total))]
-    field, hop = receptive_field(conv_layers)
     count = math.ceil(total / chunk_frames)
     bounds = [round(i * total / count) for i in range(count + 1)]
-    chunks = []
-    for a, b in zip(bounds[:-1], bounds[1:]):
-        f0, f1 = max(0, a - context_frames), min(total, b + context_frames)
-        start, stop = f0 * hop, (f1 - 1) * hop + field  # stop <= num_samples as f1 <= T
-        chunks.append(Chunk(start, stop - start, (a - f0, b - f0), (a, b)))
-    return chunks
+    return [chunk_window(a, b, total, conv_layers, context_frames, context_frames)
+            for a, b in zip(bounds[:-1], bounds[1:])]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -123,36 +137,56 @@ class FileMoments:
         return FileMoments(self.count, total, total_sq, n, s1, s2)
 
 
+class MomentAccumulator:
+    """:class:`FileMoments` of a signal that arrives in order, piece by piece.
+
+    Keeps the sums and the last samples that do not yet fill a window of the first conv layer
+    (fewer than ``kernel``): its state does not grow with the signal's length. A long file is
+    read span by span (:func:`accumulate_moments`); a stream adds what arrives.
+    """
+
+    def __init__(self, kernel: int, stride: int):
+        self.kernel, self.stride = kernel, stride
+        self.count, self.windows = 0, 0
+        self.total = self.total_sq = 0.0
+        self.s1 = torch.zeros(kernel, dtype=torch.float64)
+        self.s2 = torch.zeros(kernel, kernel, dtype=torch.float64)
+        self._tail = torch.zeros(0, dtype=torch.float64)  # samples after the last full window
+
+    def add(self, samples: torch.Tensor) -> None:
+        """The next samples (n,) of the signal."""
+        x = samples.detach().reshape(-1).to("cpu", torch.float64)  # (n,)
+        self.count += x.numel()
+        self.total += float(x.sum())
+        self.total_sq += float((x * x).sum())
+        x = torch.cat([self._tail, x])
+        n = max((x.numel() - self.kernel) // self.stride + 1, 0)  # windows that now fit
+        if n:
+            win = x.as_strided((n, self.kernel), (self.stride, 1))  # (n, k) view
+            self.s1 += win.sum(0)
+            self.s2 += win.T @ win
+            self.windows += n
+        self._tail = x[n * self.stride:].clone()  # (< kernel,) once a window has fitted
+
+    def moments(self) -> FileMoments:
+        """The sums so far (copies: later samples do not change them)."""
+        return FileMoments(self.count, self.total, self.total_sq, self.windows, self.s1.clone(),
+                           self.s2.clone())
+
+
 def accumulate_moments(read: Callable[[int, int], torch.Tensor], num_samples: int, kernel: int,
                        stride: int, span_samples: int = 320_000) -> FileMoments:
     """Moments of a file of ``num_samples`` samples read span by span.
 
     ``read(start, n)`` returns samples ``[start, start + n)`` (fewer only at the end of the
-    file); spans overlap by ``kernel - stride`` so every window of the first conv layer is seen
-    exactly once.
+    file).
     """
-    windows = max((num_samples - kernel) // stride + 1, 0)
-    per_span = max(span_samples // stride, 1)  # windows per span
-    s1 = torch.zeros(kernel, dtype=torch.float64)
-    s2 = torch.zeros(kernel, kernel, dtype=torch.float64)
-    total = total_sq = 0.0
-    counted = 0  # samples summed so far (each sample once)
-    for first in range(0, max(windows, 1), per_span):
-        last = min(first + per_span, windows)  # windows [first, last) of this span
-        start = first * stride
-        stop = num_samples if last >= windows else max(last * stride, (last - 1) * stride + kernel)
-        x = read(start, stop - start).to(torch.float64)  # (n,)
-        fresh = x[counted - start:]  # samples not summed yet
-        total += float(fresh.sum())
-        total_sq += float((fresh * fresh).sum())
-        counted = start + x.numel()
-        if last > first:
-            win = x.as_strided((last - first, kernel), (stride, 1))  # (n_w, k) view
-            s1 += win.sum(0)
-            s2 += win.T @ win
-    if counted < num_samples:  # windows == 0: the loop read everything in one span
-        raise RuntimeError(f"read {counted} of {num_samples} samples")
-    return FileMoments(num_samples, total, total_sq, windows, s1, s2)
+    acc = MomentAccumulator(kernel, stride)
+    for start in range(0, num_samples, span_samples):
+        acc.add(read(start, min(span_samples, num_samples - start)))
+    if acc.count < num_samples:
+        raise RuntimeError(f"read {acc.count} of {num_samples} samples")
+    return acc.moments()
 
 
 def group_norm_stats(moments: FileMoments, weight: torch.Tensor,
@@ -188,7 +222,15 @@ def prepare_file(read: Reader, num_samples: int, kernel: int, stride: int, norma
     moments of the normalised waveform's conv windows when ``need_moments`` (group norm)."""
     if not normalize and not need_moments:
         return 0.0, 1.0, None
-    moments = accumulate_moments(read, num_samples, kernel, stride)
+    return statistics(accumulate_moments(read, num_samples, kernel, stride), normalize,
+                      need_moments)
+
+
+def statistics(moments: FileMoments, normalize: bool, need_moments: bool
+               ) -> tuple[float, float, FileMoments | None]:
+    """(mean, scale, moments of the normalised waveform or None) from the raw waveform's
+    moments, as :func:`prepare_file` returns them (a stream's running moments give a stream's
+    running statistics)."""
     mean, scale = 0.0, 1.0
     if normalize:
         mean, var = moments.waveform_stats()
@@ -223,5 +265,6 @@ def group_chunks(chunks: list[Chunk], max_batch_samples: int) -> list[list[int]]
     return groups
 
 
-__all__ = ["Chunk", "num_frames", "plan_chunks", "FileMoments", "accumulate_moments",
-           "group_norm_stats", "Reader", "prepare_file", "read_chunk", "group_chunks"]
+__all__ = ["Chunk", "num_frames", "chunk_window", "plan_chunks", "FileMoments",
+           "MomentAccumulator", "accumulate_moments", "group_norm_stats", "Reader",
+           "prepare_file", "statistics", "read_chunk", "group_chunks"]

@@ -403,6 +403,8 @@ class EvalResult:
     seconds: float = 0.0
     decoder: str = "greedy"
     extra: dict[str, Any] = field(default_factory=dict)
+    streaming: EvalResult | None = None  # the same files decoded as streams (evaluate --stream)
+    stream_settings: Any = None  # their StreamSettings
 
     @property
     def wer(self) -> float:
@@ -414,20 +416,58 @@ class EvalResult:
 
     def summary(self) -> str:
         w, c = self.word, self.char
-        return (f"WER {100 * self.wer:.2f}% ({w.errors} errors / {w.reference_length} words: "
+        text = (f"WER {100 * self.wer:.2f}% ({w.errors} errors / {w.reference_length} words: "
                 f"{w.substitutions} sub, {w.deletions} del, {w.insertions} ins)\n"
                 f"CER {100 * self.cer:.2f}% ({c.errors} errors / {c.reference_length} characters)\n"
                 f"{len(self.utterances)} utterance(s) decoded ({self.decoder}) in "
                 f"{self.seconds:.1f} s; {len(self.skipped)} skipped")
+        if self.streaming is not None:
+            s, st = self.streaming, self.stream_settings
+            text += (f"\nstreaming (chunk {st.chunk_seconds:g} s, left {st.left_seconds:g} s, "
+                     f"right {st.right_seconds:g} s; latency {st.latency_seconds:.2f} s): "
+                     f"WER {100 * s.wer:.2f}% ({s.word.errors} errors), CER {100 * s.cer:.2f}% "
+                     f"({s.char.errors} errors); offline WER {100 * self.wer:.2f}%, CER "
+                     f"{100 * self.cer:.2f}%; streamed in {s.seconds:.1f} s")
+        return text
+
+
+def _score(kept: Sequence[tuple[Any, str]], hyps: dict[str, str], text_cfg: TextConfig
+           ) -> tuple[list[UtteranceErrors], EditCounts, EditCounts]:
+    """Per-utterance errors of ``hyps`` (by path) against the (item, normalised reference)
+    pairs, and the sums."""
+    utterances = []
+    word = char = ZERO
+    for it, ref in kept:
+        if it.path not in hyps:
+            continue
+        hyp = normalize_text(hyps[it.path], text_cfg)
+        u = UtteranceErrors(it.id, it.path, ref, hyp, word_errors(ref, hyp), char_errors(ref, hyp))
+        word, char = word + u.word, char + u.char
+        utterances.append(u)
+    return utterances, word, char
+
+
+def stream_files(transcriber: Transcriber, paths: Sequence[str], settings: Any
+                 ) -> dict[str, str]:
+    """Each file fed to a :class:`~audio_ssl.inference.streaming.StreamingTranscriber` chunk
+    by chunk, as if live -> {path: its final segments joined}."""
+    from audio_ssl.data.audio import load_audio
+    from audio_ssl.inference.streaming import StreamingTranscriber, final_text
+
+    stream = StreamingTranscriber(transcriber, settings)
+    return {path: final_text(stream.transcribe(load_audio(path, sample_rate=stream.sample_rate)))
+            for path in paths}
 
 
 def evaluate(model: str | os.PathLike | Transcriber, labelled: str | os.PathLike, *,
              split: str | None = None, report: str | os.PathLike | None = None,
-             **decoder_options: Any) -> EvalResult:
+             stream: Any = None, **decoder_options: Any) -> EvalResult:
     """WER and CER of ``model`` on a labelled corpus (JSONL, LibriSpeech folder or TSV; see
     :func:`audio_ssl.data.labelled.read_labelled`). References and hypotheses are normalised
     with the model's text settings. ``report``: JSONL, one line per utterance (reference,
-    hypothesis, errors), skipped ones with their reason.
+    hypothesis, errors), skipped ones with their reason. ``stream``: a
+    :class:`~audio_ssl.inference.streaming.StreamSettings`: the files are also decoded as
+    streams, scored in ``EvalResult.streaming`` (and ``stream_*`` fields of the report).
 
     The input rules of fine-tuning apply: unreadable, empty or too-short audio (shorter than
     the model's receptive field) and references that normalise to nothing are skipped, each in
@@ -447,17 +487,18 @@ def evaluate(model: str | os.PathLike | Transcriber, labelled: str | os.PathLike
     results, failed = transcriber.transcribe_files(sorted({it.path for it, _ in kept}))
     skipped += failed
     hyps = {t.path: t.text for t in results}
-    utterances = []
-    word = char = ZERO
-    for it, ref in kept:
-        if it.path not in hyps:
-            continue
-        hyp = normalize_text(hyps[it.path], text_cfg)
-        u = UtteranceErrors(it.id, it.path, ref, hyp, word_errors(ref, hyp), char_errors(ref, hyp))
-        word, char = word + u.word, char + u.char
-        utterances.append(u)
-    result = EvalResult(utterances, skipped, word, char, time.perf_counter() - start,
-                        "greedy" if transcriber.decoder is None else "beam search")
+    utterances, word, char = _score(kept, hyps, text_cfg)
+    decoder = "greedy" if transcriber.decoder is None else "beam search"
+    result = EvalResult(utterances, skipped, word, char, time.perf_counter() - start, decoder)
+    streamed: dict[str, UtteranceErrors] = {}
+    if stream is not None:
+        began = time.perf_counter()
+        stream_hyps = stream_files(transcriber, list(hyps), stream)
+        s_utts, s_word, s_char = _score(kept, stream_hyps, text_cfg)
+        result.streaming = EvalResult(s_utts, [], s_word, s_char, time.perf_counter() - began,
+                                      decoder)
+        result.stream_settings = stream
+        streamed = {u.path: u for u in s_utts}
     if report is not None:
         out = Path(report)
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -469,6 +510,10 @@ def evaluate(model: str | os.PathLike | Transcriber, labelled: str | os.PathLike
                     "words": u.word.reference_length, "char_errors": u.char.errors,
                     "chars": u.char.reference_length, "substitutions": u.word.substitutions,
                     "deletions": u.word.deletions, "insertions": u.word.insertions,
+                    **({"stream_hypothesis": streamed[u.path].hypothesis,
+                        "stream_word_errors": streamed[u.path].word.errors,
+                        "stream_char_errors": streamed[u.path].char.errors}
+                       if u.path in streamed else {}),
                 }, ensure_ascii=False) + "\n")
             for r in skipped:
                 f.write(json.dumps({"path": r.path, "error": r.reason}, ensure_ascii=False) + "\n")
@@ -477,4 +522,4 @@ def evaluate(model: str | os.PathLike | Transcriber, labelled: str | os.PathLike
 
 __all__ = ["run_config_of", "InferenceSettings", "Transcription", "Transcriber",
            "expand_inputs", "TranscriptionFile", "TranscribeResult", "transcribe",
-           "UtteranceErrors", "EvalResult", "evaluate"]
+           "UtteranceErrors", "EvalResult", "stream_files", "evaluate"]

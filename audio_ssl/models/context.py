@@ -120,16 +120,28 @@ class ContextNetwork(nn.Module):
         return (draws < self.cfg.layer_drop).tolist()
 
     def prepare(self, x: torch.Tensor, padding_mask: torch.Tensor | None = None,
-                positional: Callable[[torch.Tensor], torch.Tensor] | None = None
+                positional: Callable[[torch.Tensor], torch.Tensor] | None = None,
+                chunk_mask: torch.Tensor | None = None
                 ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """The first layer's input (B, T, D) and the attention mask (B, 1, 1, T) bool (True =
         attend; None when nothing is padded): padded frames zeroed, the positional convolution
         added (``positional``: another implementation of ``pos_conv``, e.g. the inference
-        kernels'), the layer norm of post-norm models, dropout."""
+        kernels'), the layer norm of post-norm models, dropout.
+
+        chunk_mask: (T, T) bool, query x key, True = attend (chunk training's
+        :func:`~audio_ssl.models.masking.chunk_attention_mask`), combined with the padding:
+        the mask is then (B or 1, 1, T, T); a padded query attends to itself, so no row is
+        empty."""
         attn_mask = None
         if padding_mask is not None:
             x = x.masked_fill(padding_mask[..., None], 0.0)
             attn_mask = rearrange(~padding_mask, "b t -> b 1 1 t")
+        if chunk_mask is not None:
+            allowed = rearrange(chunk_mask, "q k -> 1 1 q k")
+            if attn_mask is not None:
+                allowed = allowed & attn_mask  # (B, 1, T, T)
+            eye = torch.eye(chunk_mask.shape[0], dtype=torch.bool, device=chunk_mask.device)
+            attn_mask = allowed | eye
         x = x + (positional or self.pos_conv)(x)
         if not self.cfg.layer_norm_first:
             x = self.layer_norm(x)
@@ -140,7 +152,8 @@ class ContextNetwork(nn.Module):
                 return_layers: bool = False, num_layers: int | None = None, *,
                 positional: Callable[[torch.Tensor], torch.Tensor] | None = None,
                 layers: Sequence[Callable[[torch.Tensor, torch.Tensor | None], torch.Tensor]]
-                | None = None) -> tuple[torch.Tensor, list[torch.Tensor]]:
+                | None = None, chunk_mask: torch.Tensor | None = None
+                ) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """x: (B, T, D), padding_mask: (B, T) True = padded, or None when nothing is padded
         (the caller decides on the host: a mask is applied as given, never read back).
 
@@ -153,12 +166,13 @@ class ContextNetwork(nn.Module):
         any final layer norm (that belongs to the last layer), and the states stop at it.
         positional, layers: other implementations of ``pos_conv`` and of ``self.layers`` (the
         same functions with other kernels, for inference; see :mod:`audio_ssl.inference.kernels`).
+        chunk_mask: (T, T) bool, as in :meth:`prepare` (chunk training).
         """
         layers = self.layers if layers is None else layers
         depth = len(layers) if num_layers is None else num_layers
         if not 0 <= depth <= len(layers):
             raise ValueError(f"num_layers must be in 0..{len(layers)}, got {num_layers}")
-        x, attn_mask = self.prepare(x, padding_mask, positional)
+        x, attn_mask = self.prepare(x, padding_mask, positional, chunk_mask)
         states = [x] if return_layers else []
         dropped = self._dropped_layers(generator)
         for layer, module, drop in zip(layers[:depth], self.layers, dropped):

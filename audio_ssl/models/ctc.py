@@ -68,15 +68,17 @@ class Wav2Vec2ForCTC(nn.Module):
     def forward(self, waveforms: torch.Tensor, lengths: torch.Tensor | None = None, *,
                 mask: torch.Tensor | None = None, channel_mask: torch.Tensor | None = None,
                 generator: torch.Generator | None = None,
-                return_layers: bool = False, padded: bool | None = None) -> CTCOutput:
+                return_layers: bool = False, padded: bool | None = None,
+                chunk_mask: torch.Tensor | None = None) -> CTCOutput:
         """waveforms: (B, S); lengths: (B,); mask (B, T) and channel_mask (B, D) as in
         :meth:`Wav2Vec2Model.forward` (fine-tuning's SpecAugment-style masking); padded as in
-        :meth:`Wav2Vec2Model.encode` (True for a graph that must serve any lengths: ONNX). What
+        :meth:`Wav2Vec2Model.encode` (True for a graph that must serve any lengths: ONNX);
+        chunk_mask: (T, T) bool attention mask of chunk training (None: full attention). What
         is frozen is decided by the parameters' ``requires_grad`` (fine-tuning's
         ``FinetuneTask.freeze_loaded``), not here.
         """
         out = self.backbone(waveforms, lengths, mask=mask, generator=generator,
                             return_layers=return_layers, channel_mask=channel_mask,
-                            padded=padded)
+                            padded=padded, chunk_mask=chunk_mask)
         logits = self.head(self.dropout(out.context))  # (B, T, V)
         return CTCOutput(logits, out.frame_lengths, out.padding_mask, out.hidden_states)

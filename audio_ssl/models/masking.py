@@ -5,7 +5,32 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from audio_ssl.config import MaskConfig
+from audio_ssl.config import CTCConfig, MaskConfig
+
+
+def chunk_attention_mask(num_frames: int, chunk: int, left_chunks: int,
+                         device: torch.device | str | None = None) -> torch.Tensor:
+    """(T, T) bool, True = query i may attend to key j: j's chunk is i's own or one of the
+    ``left_chunks`` chunks before it (all chunks before it when ``left_chunks < 0``), chunks
+    being ``[k * chunk, (k + 1) * chunk)`` (WeNet's ``subsequent_chunk_mask``)."""
+    if chunk < 1:
+        raise ValueError(f"chunk must be at least 1 frame, got {chunk}")
+    block = torch.arange(num_frames, device=device) // chunk  # (T,) chunk of each frame
+    behind = block[:, None] - block[None, :]  # (T, T) query's chunk - key's chunk
+    mask = behind >= 0
+    if left_chunks >= 0:
+        mask &= behind <= left_chunks
+    return mask
+
+
+def draw_chunk(cfg: CTCConfig, generator: torch.Generator) -> int | None:
+    """One batch's chunk size in frames, or None for full attention; drawn on the host from
+    ``generator`` (a CPU generator: the size decides the mask's shape of work, not a value)."""
+    low, high = cfg.chunk_frames
+    full, size = torch.rand(2, generator=generator).tolist()
+    if full < cfg.chunk_full_prob:
+        return None
+    return low + min(int(size * (high - low + 1)), high - low)
 
 
 def compute_span_mask(frame_lengths: torch.Tensor, num_frames: int, cfg: MaskConfig,

@@ -98,13 +98,14 @@ class Wav2Vec2Model(nn.Module):
                 mask: torch.Tensor | None = None, generator: torch.Generator | None = None,
                 return_layers: bool = False,
                 channel_mask: torch.Tensor | None = None,
-                padded: bool | None = None, num_layers: int | None = None) -> BackboneOutput:
+                padded: bool | None = None, num_layers: int | None = None,
+                chunk_mask: torch.Tensor | None = None) -> BackboneOutput:
         """waveforms: (B, S); lengths: (B,) valid samples (None = all); mask (B, T) and
         channel_mask (B, D) as in :meth:`prepare`; padded as in :meth:`encode`; generator:
         LayerDrop's draws; return_layers and num_layers (run only the first N Transformer
-        layers) as in :meth:`ContextNetwork.forward`."""
+        layers) and chunk_mask (T, T) (chunk training) as in :meth:`ContextNetwork.forward`."""
         enc = self.encode(waveforms, lengths, padded=padded)
         c, states = self.context(self.prepare(enc, mask, channel_mask), enc.padding_mask,
                                  generator=generator, return_layers=return_layers,
-                                 num_layers=num_layers)
+                                 num_layers=num_layers, chunk_mask=chunk_mask)
         return BackboneOutput(**vars(enc), context=c, hidden_states=states)

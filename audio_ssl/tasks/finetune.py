@@ -35,7 +35,7 @@ from audio_ssl.inference.decode import greedy_decode
 from audio_ssl.interop import CONFIG_KEY, VOCAB_KEY
 from audio_ssl.losses.ctc import ctc_loss
 from audio_ssl.models.ctc import Wav2Vec2ForCTC, top_layer_prefixes
-from audio_ssl.models.masking import compute_span_mask
+from audio_ssl.models.masking import chunk_attention_mask, compute_span_mask, draw_chunk
 from audio_ssl.tasks.finetune_data import (
     SELECTION_KEYS,
     FinetuneData,
@@ -120,21 +120,36 @@ class FinetuneTask(L.LightningModule):
             channel_mask = compute_span_mask(full, dim, chan_cfg, generator)  # (B, D)
         return time_mask, channel_mask
 
+    def chunk_mask(self, num_frames: int, step: int,
+                   device: torch.device | str | None = None) -> torch.Tensor | None:
+        """Chunk training's attention mask (T, T) for the batch of update ``step`` (None: full
+        attention, or ``ctc.chunk_train`` off): the chunk size is a pure function of the step
+        and rank, drawn on the host."""
+        ctc = self.cfg.ctc
+        if not ctc.chunk_train:
+            return None
+        seed = step_seed(self.cfg.train.seed, step, self.global_rank) + 1  # not dropout's seed
+        chunk = draw_chunk(ctc, torch.Generator().manual_seed(seed))
+        if chunk is None:
+            return None
+        return chunk_attention_mask(num_frames, chunk, ctc.chunk_left, device)
+
     def forward_ctc(self, batch: LabelledBatch, *, train: bool, step: int = 0,
                     generator: torch.Generator | None = None):
         """Logits (B, T, V), frame lengths (B,) and the CTC loss of one batch. ``train``: with
         time and channel masks drawn from ``generator``; the loaded backbone takes no gradient
         while ``step`` is in the frozen stage (:meth:`freeze_loaded`)."""
         model = self.model
-        time_mask = channel_mask = None
+        time_mask = channel_mask = chunk_mask = None
         if train:
             frames = model.backbone.frame_lengths(batch.lengths)  # (B,)
             num_frames = int(model.backbone.frame_lengths(
                 batch.lengths.new_tensor([batch.waveforms.shape[1]]))[0])
             time_mask, channel_mask = self.masks(frames, num_frames, generator)
+            chunk_mask = self.chunk_mask(num_frames, step, frames.device)
             self.freeze_loaded(self.backbone_frozen(step))
         out = model(batch.waveforms, batch.lengths, mask=time_mask, channel_mask=channel_mask,
-                    generator=generator)
+                    generator=generator, chunk_mask=chunk_mask)
         loss = ctc_loss(out.logits, out.frame_lengths, batch.targets, batch.target_lengths,
                         blank=self.vocab.blank)
         return out.logits, out.frame_lengths, loss
@@ -356,6 +371,11 @@ def finetune(pretrained: str | Path | None, train: str | Path, valid: str | Path
         raise ValueError(f"ctc.reinit_layers is {cfg.ctc.reinit_layers}: expected 0 when "
                          f"continuing the CTC model {pretrained} (it re-initialises layers of a "
                          f"pretrained backbone)")
+    low, high = cfg.ctc.chunk_frames
+    if cfg.ctc.chunk_train and not (1 <= low <= high and 0 <= cfg.ctc.chunk_full_prob <= 1):
+        raise ValueError(f"ctc.chunk_frames is {cfg.ctc.chunk_frames} and ctc.chunk_full_prob "
+                         f"{cfg.ctc.chunk_full_prob}: expected 1 <= low <= high frames and a "
+                         "probability in [0, 1]")
     if not cfg.optim.backbone_lr_scale >= 0:
         raise ValueError(f"optim.backbone_lr_scale is {cfg.optim.backbone_lr_scale}: expected "
                          "0 or more (a fraction of optim.lr)")
