@@ -113,9 +113,11 @@ def test_configuration_reference_is_the_generated_one():
     assert page == markdown(), "run: python -m audio_ssl.config_reference > docs/configuration.md"
 
 
+@pytest.mark.slow
 def test_python_blocks_of_the_docs_run(tmp_path, monkeypatch):
-    """The extraction and streaming pages' examples, in a folder with the checkpoints and audio
-    they name."""
+    """Every Python example of docs/ (the extraction, streaming and ONNX pages'), in a folder
+    with the checkpoints, exported files and audio they name; a page's blocks share one
+    namespace, as a reader running them in order would."""
     import soundfile as sf
 
     from audio_ssl.interop.export import save_native
@@ -132,11 +134,16 @@ def test_python_blocks_of_the_docs_run(tmp_path, monkeypatch):
                 vocab=["<blank>", "|", "a", "b", "c"])
     rng = np.random.default_rng(0)
     (tmp_path / "my_audio").mkdir()
-    for name in ("speech.flac", "my_audio/a.flac", "my_audio/b.flac"):
+    for name in ("speech.flac", "speech.wav", "my_audio/a.flac", "my_audio/b.flac"):
         sf.write(tmp_path / name, 0.1 * rng.standard_normal(24_000).astype(np.float32), 16_000)
     monkeypatch.chdir(tmp_path)
+    from audio_ssl.interop.onnx import export_onnx
+
+    export_onnx(ctc, tmp_path / "asr.onnx")  # the ONNX page's files
+    export_onnx(ckpt, tmp_path / "ssl.onnx")
     blocks = [b for lang in ("py", "python") for b in _blocks(lang)
               if not b[0].startswith("README.md")]  # the README's: tests/test_readme.py
-    assert blocks
+    assert len({where.split("#")[0] for where, _ in blocks}) >= 3
+    scopes: dict[str, dict] = {}
     for where, body in blocks:
-        exec(compile(body, where, "exec"), {})
+        exec(compile(body, where, "exec"), scopes.setdefault(where.split("#")[0], {}))
