@@ -198,7 +198,7 @@ def code_usage(checkpoint: str | os.PathLike, data: str | os.PathLike,
     """How often each code of each group is the quantizer's hard choice over the first
     ``max_files`` files of ``data`` (a folder, manifest or list): (G, V) counts."""
     from audio_ssl.data.manifest import scan
-    from audio_ssl.inference.extract import FeatureExtractor
+    from audio_ssl.extract.extractor import FeatureExtractor
     from audio_ssl.interop import CheckpointError, load_model
 
     try:

@@ -73,7 +73,7 @@ LJSPEECH = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "ljs
 def build_models(args, only: str | None = None, dtype: str | None = None):
     """(ours: FeatureExtractor, hf: transformers.Wav2Vec2Model) with the same weights; ours
     computes in ``dtype`` (default ``args.dtype``), HF is run under autocast by the caller."""
-    from audio_ssl.inference import FeatureExtractor
+    from audio_ssl.extract import FeatureExtractor
     from audio_ssl.interop.hf import to_hf
 
     cfg = config.preset(args.preset).model
@@ -120,7 +120,7 @@ def forward_steps(args, ours, hf, dtype: str | None = None):
 
 
 def e2e_ours(args, ours, files_dir: Path, out: Path):
-    from audio_ssl.inference import extract_folder
+    from audio_ssl.extract import extract_folder
 
     summary = extract_folder(ours, files_dir, out, num_workers=args.workers, progress=False,
                              dtype=args.store, fsync=not args.no_fsync, shards=args.shards)

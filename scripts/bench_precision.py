@@ -4,7 +4,7 @@
     python scripts/bench_precision.py --commands pretrain --presets tiny --rounds 3
 
 Each measurement is `audio_ssl.cli.main([...])`, in this process, on one corpus: `--data`, or
-`--minutes` of spoken digits made by `audio_ssl.demo.corpus` (eSpeak NG, 16 kHz FLAC; no shared
+`--minutes` of spoken digits made by `audio_ssl.corpora.corpus` (eSpeak NG, 16 kHz FLAC; no shared
 data needed). The runs alternate 32, auto, 32, auto (`--rounds` pairs), so drift on a shared
 machine falls on both sides alike.
 
@@ -57,7 +57,7 @@ PRETRAIN_DATA = {  # per preset: the batch shape of scripts/bench_pretrain.py's 
 
 
 def make_corpus(folder: Path, minutes: float) -> Path:
-    from audio_ssl.demo.corpus import make_corpus as speak
+    from audio_ssl.corpora.corpus import make_corpus as speak
 
     speak(folder, minutes=minutes, seed=0)
     return folder

@@ -2,7 +2,7 @@
 
 A CTC model with random weights and the network of a preset (default tiny) is fed a stream of
 ``--minutes`` of speech, ``--chunk`` seconds at a time through
-:class:`audio_ssl.inference.streaming.StreamingTranscriber`, as a microphone callback would. The
+:class:`audio_ssl.asr.streaming.StreamingTranscriber`, as a microphone callback would. The
 stream loops over the clips of ``--audio`` (default ../shared/data/tiny/audio), read once and
 indexed in memory: no 20-minute array is ever built, so the resident set shows the stream's own
 state. Random weights decode to nonsense but cost what trained ones cost.
@@ -35,7 +35,7 @@ from audio_ssl.data.audio import load_audio  # noqa: E402
 from audio_ssl.data.manifest import AUDIO_EXTENSIONS  # noqa: E402
 from audio_ssl.interop.common import LoadedModel  # noqa: E402
 from audio_ssl.models import Wav2Vec2ForCTC  # noqa: E402
-from audio_ssl.inference.streaming import StreamingTranscriber, StreamSettings  # noqa: E402
+from audio_ssl.asr.streaming import StreamingTranscriber, StreamSettings  # noqa: E402
 
 VOCAB = ["<blank>", "|", *"abcdefghijklmnopqrstuvwxyz'"]
 

@@ -6,7 +6,7 @@ scratch, with all training labels and with 10% of them, on three labelled corpor
 
 - fsdd: ../shared/data/fsdd, the official split (test = takes 0-4); 100 training clips held out
   for validation (checkpoint choice).
-- espeak: LJSpeech's sentences spoken by eSpeak NG voices (audio_ssl.demo.corpus, installed by
+- espeak: LJSpeech's sentences spoken by eSpeak NG voices (audio_ssl.corpora.corpus, installed by
   pip); the test split has voices and sentences never heard in training; 60 training utterances
   held out for validation.
 - ljspeech: ../shared/data/ljspeech has only a train split: its last 34 utterances are the test
@@ -67,7 +67,7 @@ def make_espeak(data: Path, out: Path, minutes: float) -> Path:
     """The espeak corpus (made once): LJSpeech's sentences, normalised, spoken by eSpeak NG voices
     with audio_ssl's own generator (pip, no system package); its test split has voices and
     sentences never heard in training."""
-    from audio_ssl.demo.corpus import make_corpus
+    from audio_ssl.corpora.corpus import make_corpus
 
     lines = (data / "ljspeech" / "manifest.jsonl").read_text(encoding="utf-8").splitlines()
     texts = [" ".join(re.sub(r"[^a-z' ]+", " ", json.loads(line)["text"].lower()
@@ -127,7 +127,7 @@ def splits(corpus: str, data: Path, work: Path, args) -> dict[str, Path] | str:
 
 def run_one(name: str, corpus: str, init: str, labels: float, manifests: dict[str, Path],
             args) -> dict:
-    from audio_ssl.inference.transcribe import evaluate
+    from audio_ssl.asr.transcribe import evaluate
     from audio_ssl.tasks.finetune import finetune
 
     out = args.output / "runs" / name

@@ -3,7 +3,7 @@
     python scripts/precision_learning.py                 # about 25 minutes on 2 cores
     python scripts/precision_learning.py --pretrain-steps 150 --finetune-steps 150 --seeds 1 2
 
-On the demo's corpus (`audio_ssl.demo.corpus`: spoken digits from eSpeak NG voices, the last
+On the demo's corpus (`audio_ssl.corpora.corpus`: spoken digits from eSpeak NG voices, the last
 voices heard only in the test split; no shared data needed), through the commands users run:
 
 1. `audio-ssl pretrain` of `tiny`, once per seed in fp32 (`--precision 32`) and in bf16-mixed;
@@ -113,7 +113,7 @@ def main() -> int:
     parser.add_argument("--results", type=Path, default=ROOT / "scripts" / "results")
     args = parser.parse_args()
     console.configure(console.QUIET)
-    from audio_ssl.demo.corpus import make_corpus
+    from audio_ssl.corpora.corpus import make_corpus
 
     args.output.mkdir(parents=True, exist_ok=True)
     corpus = make_corpus(args.output / "corpus", minutes=args.minutes, seed=0) / "manifest.jsonl"

@@ -79,7 +79,7 @@ def _featurizer(cfg: TargetsConfig, featurize: Callable[[torch.Tensor], torch.Te
         raise ValueError("--kind layer needs --checkpoint and --layer")
     if featurize is None:
         raise ValueError("--kind layer: make_targets needs the layer's features (featurize=, "
-                         "e.g. audio_ssl.inference.FeatureExtractor.from_checkpoint(checkpoint, "
+                         "e.g. audio_ssl.extract.FeatureExtractor.from_checkpoint(checkpoint, "
                          "layers=layer))")
     return featurize
 

@@ -20,7 +20,7 @@ import torch
 import torchaudio
 
 from audio_ssl.data import load_audio
-from audio_ssl.inference.writers import load_entry, read_index
+from audio_ssl.extract.writers import load_entry, read_index
 
 
 @dataclass(frozen=True)

@@ -126,7 +126,7 @@ class _Demo:
         return 0 if ok else 1
 
     def corpus(self, tag: str):
-        from audio_ssl.demo.corpus import make_corpus
+        from audio_ssl.corpora.corpus import make_corpus
 
         _say(f"{tag} corpus: {self.s.minutes:g} min of spoken digits from eSpeak NG voices")
         make_corpus(self.manifest.parent, minutes=self.s.minutes, seed=self.s.seed,
@@ -181,7 +181,7 @@ class _Demo:
         return "plot", "loss, accuracy, cosines, lr, grad norm", png, True
 
     def extract(self, tag: str):
-        from audio_ssl.inference.pipeline import extract_folder
+        from audio_ssl.extract.pipeline import extract_folder
 
         _say(f"{tag} extract: every context layer of every file")
         done = extract_folder(self.checkpoint, self.manifest, self.features, layers="all",
@@ -226,7 +226,7 @@ class _Demo:
             f"{100 * cer:.0f} %" for cer in history), best, True)
 
     def transcribe(self, tag: str):
-        from audio_ssl.inference.transcribe import evaluate
+        from audio_ssl.asr.transcribe import evaluate
 
         run = self.out / "finetune"
         best = run / "checkpoints" / "best.ckpt"
@@ -261,7 +261,7 @@ def finetune_overrides(steps: int, seed: int) -> dict:
 
 def _train_lm(rows: list[dict], folder: Path) -> tuple[Path, Path]:
     """A word bigram LM (ARPA) and a lexicon of the train split's transcripts, for beam search."""
-    from audio_ssl.inference.lm import build_lm_file
+    from audio_ssl.asr.lm import build_lm_file
     from audio_ssl.io import atomic_write_text
 
     text = folder / "train_text.txt"

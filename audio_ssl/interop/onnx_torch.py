@@ -7,7 +7,7 @@ The graphs take ``waveforms`` (B, S) float32 and ``lengths`` (B,) int64 (real sa
 row; B and S dynamic) and return, in this order:
 
 - features graph: ``encoder`` (B, T, C) (the feature encoder's frames after its layer norm),
-  ``layer_0`` .. ``layer_L`` (B, T, D) (as :mod:`audio_ssl.inference.features` names them),
+  ``layer_0`` .. ``layer_L`` (B, T, D) (as :mod:`audio_ssl.extract.features` names them),
   ``frame_lengths`` (B,) int64;
 - logits graph: ``logits`` (B, T, V) (CTC, blank = 0), ``frame_lengths`` (B,) int64.
 

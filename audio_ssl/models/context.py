@@ -165,7 +165,7 @@ class ContextNetwork(nn.Module):
         num_layers: run only the first N layers (None: all): c is then layer N's output, before
         any final layer norm (that belongs to the last layer), and the states stop at it.
         positional, layers: other implementations of ``pos_conv`` and of ``self.layers`` (the
-        same functions with other kernels, for inference; see :mod:`audio_ssl.inference.kernels`).
+        same functions with other kernels, for inference; see :mod:`audio_ssl.extract.kernels`).
         chunk_mask: (T, T) bool, as in :meth:`prepare` (chunk training).
         """
         layers = self.layers if layers is None else layers

@@ -142,8 +142,8 @@ def model_features(name: str, extractor, files: list[str], cache: Path, *,
                    progress: bool = False) -> FeatureSet:
     """Every context layer of ``extractor``'s model for ``files``, through the extraction
     pipeline into ``cache`` (a rerun continues or reuses it)."""
-    from audio_ssl.inference.pipeline import run_extraction
-    from audio_ssl.inference.writers import load_entry, read_index
+    from audio_ssl.extract.pipeline import run_extraction
+    from audio_ssl.extract.writers import load_entry, read_index
 
     cache.mkdir(parents=True, exist_ok=True)
     listing = cache / "files.txt"

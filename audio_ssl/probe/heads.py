@@ -232,7 +232,7 @@ def _greedy(log_probs: torch.Tensor, lengths: torch.Tensor, vocab: Vocabulary) -
 
 
 def _rates(references: list[str], hypotheses: list[str]) -> tuple[float, float]:
-    from audio_ssl.inference.metrics import cer, wer
+    from audio_ssl.asr.metrics import cer, wer
 
     return cer(references, hypotheses), wer(references, hypotheses)
 

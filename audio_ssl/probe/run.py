@@ -176,7 +176,7 @@ def _feature_sets(prepared: list[Prepared], checkpoint: str | None, loaded, cach
                   settings: ProbeSettings):
     """{set name: {task name: FeatureSet}} for the checkpoint (``loaded`` from it) and each
     baseline."""
-    from audio_ssl.inference.extract import FeatureExtractor
+    from audio_ssl.extract.extractor import FeatureExtractor
 
     corpora: dict[str, list[str]] = {}
     for prep in prepared:

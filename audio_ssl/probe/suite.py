@@ -7,7 +7,7 @@
       synthetic: {espeak: {minutes: 10, seed: 0}, kind: recognition, split_by: manifest}
 
 A task's keys are :class:`~audio_ssl.probe.data.ProbeTask`'s fields. ``espeak`` in place of
-``data`` synthesises an eSpeak NG corpus (:func:`audio_ssl.demo.corpus.make_corpus`: its
+``data`` synthesises an eSpeak NG corpus (:func:`audio_ssl.corpora.corpus.make_corpus`: its
 keyword arguments) under ``OUTPUT/corpora`` the first time; its test voices are unseen.
 """
 
@@ -25,7 +25,7 @@ _ESPEAK_KEYS = {"minutes", "seed", "num_voices", "test_voices", "sentences"}
 
 
 def _espeak_corpus(options: dict, corpora: Path, progress: bool) -> Path:
-    from audio_ssl.demo.corpus import make_corpus
+    from audio_ssl.corpora.corpus import make_corpus
 
     unknown = set(options) - _ESPEAK_KEYS
     if unknown:

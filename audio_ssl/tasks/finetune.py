@@ -31,7 +31,7 @@ from audio_ssl.data.labelled import LabelledBatch
 from audio_ssl.data.manifest import Rejected
 from audio_ssl.data.text import Vocabulary
 from audio_ssl.io import check_run_folder, make_run_folder, start_fresh_logs
-from audio_ssl.inference.decode import greedy_decode
+from audio_ssl.asr.decode import greedy_decode
 from audio_ssl.interop import CONFIG_KEY, VOCAB_KEY
 from audio_ssl.losses.ctc import ctc_loss
 from audio_ssl.models.ctc import Wav2Vec2ForCTC, top_layer_prefixes
@@ -311,7 +311,7 @@ def _initial_weights(pretrained: str | Path | None, from_scratch: bool):
     of the checkpoint, whether it expects normalised audio, description)."""
     if pretrained is None:
         return None, None, None, {}, False, "random weights (no checkpoint)"
-    from audio_ssl.inference.transcribe import run_config_of
+    from audio_ssl.asr.transcribe import run_config_of
     from audio_ssl.interop import load_model
     from audio_ssl.models import PRETRAINING_MODELS, Wav2Vec2Model
 

@@ -204,8 +204,8 @@ class FinetuneResult:
 
     def transcribe(self, inputs, **options):
         """Transcribe files/folders with the best checkpoint (see
-        :func:`audio_ssl.inference.transcribe.transcribe`)."""
-        from audio_ssl.inference.transcribe import transcribe
+        :func:`audio_ssl.asr.transcribe.transcribe`)."""
+        from audio_ssl.asr.transcribe import transcribe
 
         return transcribe(self.best_checkpoint or self.last_checkpoint, inputs, **options)
 

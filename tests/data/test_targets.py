@@ -121,7 +121,7 @@ def test_layer_targets_come_from_the_extraction_path(tmp_path, capsys):
     normalisation), one label per encoder frame; a layer the checkpoint lacks is one line."""
     import soundfile as sf
 
-    from audio_ssl.inference.extract import FeatureExtractor
+    from audio_ssl.extract.extractor import FeatureExtractor
     from audio_ssl.interop.export import save_native
     from audio_ssl.models import Wav2Vec2ForPretraining
     from tests.conftest import small_model_config

@@ -15,8 +15,8 @@ import pytest
 import torch
 
 from audio_ssl.cli import _load_config
-from audio_ssl.inference.extract import FeatureExtractor
-from audio_ssl.inference.transcribe import InferenceSettings
+from audio_ssl.extract.extractor import FeatureExtractor
+from audio_ssl.asr.transcribe import InferenceSettings
 from audio_ssl.interop import load_model
 from audio_ssl.interop.export import save_native
 from audio_ssl.models import Wav2Vec2ForPretraining

@@ -102,7 +102,7 @@ def test_padded_rows_equal_the_clips_alone(exported, name):
 def test_ctc_logits_and_greedy_transcripts_match_torch(exported, tmp_path):
     import soundfile as sf
 
-    from audio_ssl.inference.transcribe import Transcriber
+    from audio_ssl.asr.transcribe import Transcriber
 
     model, ckpt, path = exported["ctc"]
     clips = [_clip(n, seed=n + 1) for n in (ONE_S, LONG, 27_000)]

@@ -120,7 +120,7 @@ def test_every_preset_builds_a_cpc_model(name):
 def test_extracted_layers_are_z_and_the_context_outputs():
     """A CPC checkpoint's model through the extractor: ``encoder`` is z (layer-normed), layer_i
     each context layer's output, equal to the backbone's own forward."""
-    from audio_ssl.inference.extract import FeatureExtractor
+    from audio_ssl.extract.extractor import FeatureExtractor
 
     torch.manual_seed(0)
     model = CpcForPretraining(_cfg()).eval()

@@ -283,7 +283,7 @@ def test_shared_suite_names_the_shared_corpora(data_dir, tmp_path, monkeypatch):
     from audio_ssl.probe import load_suite
 
     made = []
-    monkeypatch.setattr("audio_ssl.demo.corpus.make_corpus",
+    monkeypatch.setattr("audio_ssl.corpora.corpus.make_corpus",
                         lambda out, **options: made.append(options) or out)
     path = Path(__file__).resolve().parents[2] / "configs" / "probe_shared.yaml"
     monkeypatch.chdir(tmp_path)  # an output folder given relative to where the user is

@@ -20,7 +20,7 @@ from audio_ssl.data import collate
 from audio_ssl.data.audio import AudioError
 from audio_ssl.data.labelled import LabelledBatchDataset, LabelledItem, make_labelled_loader
 from audio_ssl.data.text import Vocabulary
-from audio_ssl.inference.metrics import cer, wer
+from audio_ssl.asr.metrics import cer, wer
 from audio_ssl.tasks import finetune as finetune_module
 from audio_ssl.tasks.finetune import FinetuneData, FinetuneTask, finetune
 from audio_ssl.tasks.finetune_data import keep_rows_of_checkpoint

@@ -36,8 +36,8 @@ from audio_ssl.data.manifest import (
     too_short,
 )
 from audio_ssl.data.text import Vocabulary, normalize_text
-from audio_ssl.inference.decode import BeamSearchDecoder, greedy_decode
-from audio_ssl.inference.metrics import ZERO, EditCounts, char_errors, word_errors
+from audio_ssl.asr.decode import BeamSearchDecoder, greedy_decode
+from audio_ssl.asr.metrics import ZERO, EditCounts, char_errors, word_errors
 from audio_ssl.io import atomic_write_text
 from audio_ssl.precision import resolve as resolve_precision
 
@@ -449,10 +449,10 @@ def _score(kept: Sequence[tuple[Any, str]], hyps: dict[str, str], text_cfg: Text
 
 def stream_files(transcriber: Transcriber, paths: Sequence[str], settings: Any
                  ) -> dict[str, str]:
-    """Each file fed to a :class:`~audio_ssl.inference.streaming.StreamingTranscriber` chunk
+    """Each file fed to a :class:`~audio_ssl.asr.streaming.StreamingTranscriber` chunk
     by chunk, as if live -> {path: its final segments joined}."""
     from audio_ssl.data.audio import load_audio
-    from audio_ssl.inference.streaming import StreamingTranscriber, final_text
+    from audio_ssl.asr.streaming import StreamingTranscriber, final_text
 
     stream = StreamingTranscriber(transcriber, settings)
     return {path: final_text(stream.transcribe(load_audio(path, sample_rate=stream.sample_rate)))
@@ -466,7 +466,7 @@ def evaluate(model: str | os.PathLike | Transcriber, labelled: str | os.PathLike
     :func:`audio_ssl.data.labelled.read_labelled`). References and hypotheses are normalised
     with the model's text settings. ``report``: JSONL, one line per utterance (reference,
     hypothesis, errors), skipped ones with their reason. ``stream``: a
-    :class:`~audio_ssl.inference.streaming.StreamSettings`: the files are also decoded as
+    :class:`~audio_ssl.asr.streaming.StreamSettings`: the files are also decoded as
     streams, scored in ``EvalResult.streaming`` (and ``stream_*`` fields of the report).
 
     The input rules of fine-tuning apply: unreadable, empty or too-short audio (shorter than

@@ -1,5 +1,5 @@
 """The single `audio-ssl` command: what each command runs. Options are declared in
-:mod:`audio_ssl.cli_parser`; user errors (bad values, missing or unusable files, a refused
+:mod:`audio_ssl.cli.parser`; user errors (bad values, missing or unusable files, a refused
 checkpoint) are caught once, in :func:`main`: one line on stderr, exit status 2."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from audio_ssl.cli_parser import build_parser, parse_args
+from audio_ssl.cli.parser import build_parser, parse_args
 
 
 def _load_config(args: argparse.Namespace, init=None):
@@ -53,7 +53,7 @@ def _run_targets(args: argparse.Namespace) -> int:
                         checkpoint=checkpoint, layer=args.layer)
     featurize = None
     if args.kind == "layer" and checkpoint is not None and args.layer is not None:
-        from audio_ssl.inference.extract import FeatureExtractor
+        from audio_ssl.extract.extractor import FeatureExtractor
 
         # the one extraction path: the checkpoint's own normalisation, exact frames for long
         # files; fp32 so that labels do not depend on the CPU's bf16 units
@@ -100,7 +100,7 @@ def _run_asr(args: argparse.Namespace) -> int:
             print(result.summary())
         return 0
     if args.command == "lm":
-        from audio_ssl.inference.lm import build_lm_file
+        from audio_ssl.asr.lm import build_lm_file
 
         print(build_lm_file(args.text_file, args.output, order=args.order, unit=args.unit,
                             lexicon=args.lexicon).summary(), end="")
@@ -111,7 +111,7 @@ def _run_asr(args: argparse.Namespace) -> int:
     if args.command == "transcribe" and args.stream:
         return _run_stream(args, options)
     if args.command == "transcribe":
-        from audio_ssl.inference.transcribe import transcribe
+        from audio_ssl.asr.transcribe import transcribe
 
         from audio_ssl.data.manifest import Rejected
 
@@ -126,11 +126,11 @@ def _run_asr(args: argparse.Namespace) -> int:
         print(result.summary() + (f"; written to {args.output}" if args.output else ""),
               file=sys.stderr)
         return 0 if result.transcriptions or not result.failed else 1
-    from audio_ssl.inference.transcribe import evaluate
+    from audio_ssl.asr.transcribe import evaluate
 
     stream = None
     if args.stream:
-        from audio_ssl.inference.streaming import StreamSettings
+        from audio_ssl.asr.streaming import StreamSettings
 
         stream = StreamSettings(args.chunk, args.left, args.right)
     result = evaluate(args.model, args.labelled, split=args.split, report=args.report,
@@ -166,8 +166,8 @@ def _run_stream(args: argparse.Namespace, options: dict) -> int:
 
     from audio_ssl.data.audio import AudioError, load_audio
     from audio_ssl.data.manifest import Rejected
-    from audio_ssl.inference.streaming import StreamingTranscriber, StreamSettings
-    from audio_ssl.inference.transcribe import Transcriber, expand_inputs
+    from audio_ssl.asr.streaming import StreamingTranscriber, StreamSettings
+    from audio_ssl.asr.transcribe import Transcriber, expand_inputs
 
     if args.output is not None:
         raise ValueError("--output is for whole files; with --stream use --json (and redirect "
@@ -240,8 +240,8 @@ def _run_stream(args: argparse.Namespace, options: dict) -> int:
 def _run_extract(args: argparse.Namespace) -> int:
     """0 when every input was extracted (or already was), 1 when some failed (listed in
     failures.jsonl), 2 when nothing could start (bad input or options)."""
-    from audio_ssl.inference.extract import FeatureExtractor
-    from audio_ssl.inference.pipeline import extract_folder
+    from audio_ssl.extract.extractor import FeatureExtractor
+    from audio_ssl.extract.pipeline import extract_folder
 
     extractor = FeatureExtractor.from_checkpoint(
         args.checkpoint, layers=args.layer, device=args.device,
@@ -271,8 +271,8 @@ def _user_errors() -> tuple[type[Exception], ...]:
     (ValueError, which NoAudioError, CheckpointError and the rest derive from), missing or
     misplaced files, an extraction folder in use, eSpeak NG not starting, the [onnx] extra
     missing."""
-    from audio_ssl.demo.espeak import EspeakError
-    from audio_ssl.inference.output_folder import FolderInUseError
+    from audio_ssl.corpora.espeak import EspeakError
+    from audio_ssl.extract.output_folder import FolderInUseError
     from audio_ssl.interop.onnx import OptionalDependencyError
 
     return (ValueError, FileNotFoundError, FileExistsError, NotADirectoryError,
@@ -315,7 +315,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "demo":
             return _run_demo(args)
         if args.command == "probe":
-            from audio_ssl.probe.command import run as run_probe_command
+            from audio_ssl.cli.probe import run as run_probe_command
 
             return run_probe_command(args)
         if args.command == "plot":
@@ -331,5 +331,3 @@ def main(argv: list[str] | None = None) -> int:
     return 2
 
 
-if __name__ == "__main__":
-    sys.exit(main())

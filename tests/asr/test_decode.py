@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from audio_ssl.inference.decode import BeamSearchDecoder, collapse, greedy_decode
-from audio_ssl.inference.lm import build_ngram, tokenize, write_lexicon
+from audio_ssl.asr.decode import BeamSearchDecoder, collapse, greedy_decode
+from audio_ssl.asr.lm import build_ngram, tokenize, write_lexicon
 
 VOCAB = ["<blank>", "|", "a", "c", "p", "t"]
 

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from audio_ssl.cli import main
-from audio_ssl.inference.transcribe import Transcriber, transcribe
+from audio_ssl.asr.transcribe import Transcriber, transcribe
 from audio_ssl.interop.export import save_native
 from audio_ssl.models import Wav2Vec2ForCTC
 from tests.conftest import small_model_config

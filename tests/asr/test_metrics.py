@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from audio_ssl.inference.metrics import EditCounts, cer, char_errors, edit_counts, wer, word_errors
+from audio_ssl.asr.metrics import EditCounts, cer, char_errors, edit_counts, wer, word_errors
 
 
 def test_edit_counts_by_kind():

@@ -18,14 +18,14 @@ import torch.nn.functional as F
 from audio_ssl import config
 from audio_ssl.cli import main
 from audio_ssl.data.audio import NORMALIZE_EPS
-from audio_ssl.inference.chunking import num_frames
-from audio_ssl.inference.streaming import (
+from audio_ssl.extract.chunking import num_frames
+from audio_ssl.asr.streaming import (
     StreamingTranscriber,
     StreamSettings,
     TranscriptEvent,
     final_text,
 )
-from audio_ssl.inference.transcribe import Transcriber
+from audio_ssl.asr.transcribe import Transcriber
 from audio_ssl.interop.common import LoadedModel
 from audio_ssl.models import Wav2Vec2ForCTC, Wav2Vec2ForPretraining
 from tests.conftest import small_model_config

@@ -7,7 +7,7 @@ import random
 
 import pytest
 
-from audio_ssl.inference.lm import (
+from audio_ssl.asr.lm import (
     FALLBACK_DISCOUNTS,
     arpa_unigrams,
     build_lm_file,

@@ -1,12 +1,12 @@
 """The run of ``audio-ssl extract`` (:class:`Extraction`): decoded batches to the model, its
 outputs to the writer threads.
 
-The main process runs the model on each :class:`~audio_ssl.inference.plan.ChunkBatch` the decoding
+The main process runs the model on each :class:`~audio_ssl.extract.plan.ChunkBatch` the decoding
 workers hand over (``spawn``: forking after torch has started its OpenMP threads can hang) and
 gives the outputs to writer threads, which write every file atomically (:mod:`.writers`). While
 the device works on one batch, the previous one's outputs are copied to the host and dispatched.
 A long file's chunks are stitched into memory-mapped temporary arrays
-(:class:`~audio_ssl.inference.output_folder.LongFileArrays`), so memory stays bounded whatever its
+(:class:`~audio_ssl.extract.output_folder.LongFileArrays`), so memory stays bounded whatever its
 length.
 """
 
@@ -25,11 +25,11 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from audio_ssl.data import Rejected, scan
-from audio_ssl.inference.chunking import group_norm_stats
-from audio_ssl.inference.extract import SAMPLE_RATE, FeatureExtractor
-from audio_ssl.inference.features import CODES
-from audio_ssl.inference.output_folder import LongFileArrays, check_settings
-from audio_ssl.inference.plan import (
+from audio_ssl.extract.chunking import group_norm_stats
+from audio_ssl.extract.extractor import SAMPLE_RATE, FeatureExtractor
+from audio_ssl.extract.features import CODES
+from audio_ssl.extract.output_folder import LongFileArrays, check_settings
+from audio_ssl.extract.plan import (
     ChunkBatch,
     ChunkBatchStream,
     InputFile,
@@ -37,7 +37,7 @@ from audio_ssl.inference.plan import (
     output_names,
     plan_groups,
 )
-from audio_ssl.inference.writers import (
+from audio_ssl.extract.writers import (
     FAILURES,
     INDEX,
     SUFFIX,

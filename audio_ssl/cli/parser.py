@@ -279,7 +279,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     _add_asr_commands(sub)
 
-    from audio_ssl.probe.command import add_parser as add_probe_parser
+    from audio_ssl.cli.probe import add_parser as add_probe_parser
 
     add_probe_parser(sub)
 

@@ -21,7 +21,7 @@ Two statistics are global to a file and are computed over all of it before its c
 What remains different from the whole file is the context network's reach beyond the window: the
 positional convolution (exact when ``context`` covers half its kernel) and global attention.
 
-A stream (:mod:`audio_ssl.inference.streaming`) is the same plan with the future arriving late:
+A stream (:mod:`audio_ssl.asr.streaming`) is the same plan with the future arriving late:
 its windows come from :func:`chunk_window` with the frames received so far, and its statistics
 from a :class:`MomentAccumulator` fed as the samples arrive (the running statistics of what has
 been seen, through the window's right context).
@@ -67,7 +67,7 @@ def chunk_window(a: int, b: int, total: int, conv_layers: ConvSpec, left_frames:
     """The window that keeps frames ``[a, b)`` of ``total`` frames, computed with up to
     ``left_frames`` frames of context before and ``right_frames`` after (clipped to the file).
 
-    A stream (:mod:`audio_ssl.inference.streaming`) calls it with the frames received so far as
+    A stream (:mod:`audio_ssl.asr.streaming`) calls it with the frames received so far as
     ``total``; :func:`plan_chunks` with the whole file's and equal context on both sides.
     """
     field, hop = receptive_field(conv_layers)

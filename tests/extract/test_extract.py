@@ -20,9 +20,9 @@ from conftest import DATA, require_shared, small_model_config
 
 from audio_ssl.cli import main
 from audio_ssl.data import load_audio
-from audio_ssl.inference import FeatureExtractor, extract_folder, load_entry, parse_layers, read_index
-from audio_ssl.inference.chunking import accumulate_moments, group_norm_stats, plan_chunks
-from audio_ssl.inference.features import InferenceModel
+from audio_ssl.extract import FeatureExtractor, extract_folder, load_entry, parse_layers, read_index
+from audio_ssl.extract.chunking import accumulate_moments, group_norm_stats, plan_chunks
+from audio_ssl.extract.features import InferenceModel
 from audio_ssl.interop.export import save_native
 from audio_ssl.models import Wav2Vec2ForCTC, Wav2Vec2ForPretraining, Wav2Vec2Model, frame_lengths
 
@@ -404,7 +404,7 @@ def test_rerun_with_other_settings_is_refused(checkpoint, speech, tmp_path, caps
 def test_long_files_are_read_span_by_span(checkpoint, tmp_path, monkeypatch):
     """Memory does not grow with a file's length: a 3-minute file is read, batched and
     stitched in pieces no larger than one chunk window or one statistics span."""
-    import audio_ssl.inference.plan as plan
+    import audio_ssl.extract.plan as plan
 
     corpus = tmp_path / "corpus"
     corpus.mkdir()

@@ -114,7 +114,7 @@ class BeamSearchDecoder:
 
     @staticmethod
     def _check_token_lm(lm: Path, tokens: set[str]) -> None:
-        from audio_ssl.inference.lm import BOS, EOS, UNK, arpa_unigrams
+        from audio_ssl.asr.lm import BOS, EOS, UNK, arpa_unigrams
 
         words = [w for w in arpa_unigrams(lm) if w not in (BOS, EOS, UNK)]
         foreign = [w for w in words if w not in tokens]

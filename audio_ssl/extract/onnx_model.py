@@ -1,10 +1,10 @@
-"""An ONNX features export in place of :class:`~audio_ssl.inference.features.InferenceModel`:
+"""An ONNX features export in place of :class:`~audio_ssl.extract.features.InferenceModel`:
 the same calls (``extract`` runs it as it runs a checkpoint), onnxruntime underneath.
 
 Differences from a checkpoint: onnxruntime on the CPU in fp32 (``--device`` and ``--precision``
 do not apply); no ``codes`` (the export has no quantizer); and a group-norm encoder's file runs
 long files whole (exact, memory grows with the length) instead of in chunks, because its graph
-takes no whole-file group-norm statistics (:mod:`audio_ssl.inference.chunking`). Layer-norm
+takes no whole-file group-norm statistics (:mod:`audio_ssl.extract.chunking`). Layer-norm
 encoders need none and are chunked as usual.
 """
 
@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import torch
 
-from audio_ssl.inference.features import CODES, ENCODER, LayerSelection
+from audio_ssl.extract.features import CODES, ENCODER, LayerSelection
 from audio_ssl.interop.onnx_torch import OnnxFeatures
 from audio_ssl.models.feature_encoder import frame_lengths
 

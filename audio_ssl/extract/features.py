@@ -15,11 +15,11 @@ Layer names (the keys of every output):
 :class:`InferenceModel` computes these with the backbone's own forward steps (``encode``,
 ``prepare``, the context network run up to the deepest layer asked for; later layers are not
 run), under ``torch.inference_mode``, with the faster kernels of
-:mod:`audio_ssl.inference.kernels` swapped in for the encoder, positional convolution and layers
+:mod:`audio_ssl.extract.kernels` swapped in for the encoder, positional convolution and layers
 (the same functions; tested against the modules). One thing differs from
 ``Wav2Vec2Model.forward`` on purpose: ``encoder_stats``, with which the chunks of a
 long file are normalised by the group norm statistics of the WHOLE file (see
-:mod:`audio_ssl.inference.chunking`), so a chunk's conv features equal the whole file's.
+:mod:`audio_ssl.extract.chunking`), so a chunk's conv features equal the whole file's.
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ from einops import rearrange
 from torch import nn
 from torch.nn.utils import parametrize
 
-from audio_ssl.inference.kernels import (
+from audio_ssl.extract.kernels import (
     ChannelsLastEncoder,
     FastLayer,
     onednn_available,

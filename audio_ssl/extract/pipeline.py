@@ -26,10 +26,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from audio_ssl.data import Rejected
-from audio_ssl.inference.extract import FeatureExtractor
-from audio_ssl.inference.output_folder import FolderLock
-from audio_ssl.inference.runner import DTYPES, Extraction
-from audio_ssl.inference.writers import FAILURES, FORMATS, INDEX
+from audio_ssl.extract.extractor import FeatureExtractor
+from audio_ssl.extract.output_folder import FolderLock
+from audio_ssl.extract.runner import DTYPES, Extraction
+from audio_ssl.extract.writers import FAILURES, FORMATS, INDEX
 
 
 @dataclass

@@ -1,4 +1,5 @@
-"""Inference: features from a checkpoint (``extract``), for one input or a whole collection.
+"""Feature extraction (``audio-ssl extract``): features from any checkpoint or exported model,
+for one input or a whole collection.
 
 :class:`FeatureExtractor` turns a waveform or a file into the selected layers' features;
 :func:`extract_folder` (the ``audio-ssl extract`` command) writes features of every file of a
@@ -6,10 +7,10 @@ folder, manifest or list to disk, resumably; :func:`read_index` and :func:`load_
 back.
 """
 
-from audio_ssl.inference.extract import FeatureExtractor, Features
-from audio_ssl.inference.features import LayerSelection, parse_layers
-from audio_ssl.inference.pipeline import ExtractSummary, extract_folder, run_extraction
-from audio_ssl.inference.writers import load_entry, read_index
+from audio_ssl.extract.extractor import FeatureExtractor, Features
+from audio_ssl.extract.features import LayerSelection, parse_layers
+from audio_ssl.extract.pipeline import ExtractSummary, extract_folder, run_extraction
+from audio_ssl.extract.writers import load_entry, read_index
 
 __all__ = [
     "FeatureExtractor", "Features", "extract_folder", "LayerSelection",

@@ -1,15 +1,15 @@
 """Transcribe as audio arrives: streaming CTC (`audio-ssl transcribe --stream`).
 
-A stream is the long-file plan of :mod:`audio_ssl.inference.chunking` with the future arriving
+A stream is the long-file plan of :mod:`audio_ssl.extract.chunking` with the future arriving
 late. Frames are kept ``chunk`` at a time; the chunk ``[a, b)`` is computed on the window of
-frames ``[a - left, b + right)`` (:func:`~audio_ssl.inference.chunking.chunk_window`) as soon as
+frames ``[a - left, b + right)`` (:func:`~audio_ssl.extract.chunking.chunk_window`) as soon as
 its right context has arrived, so the algorithmic latency is ``chunk + right`` seconds. A kept
 frame is never revised.
 
 Statistics over the whole clip are what a stream cannot have. Where the model normalises the
 waveform, or normalises its first conv layer over time (group-norm encoders: BASE, tiny), a
 chunk uses the running statistics of everything received up to its window's end (its right
-context included), from a :class:`~audio_ssl.inference.chunking.MomentAccumulator`; at
+context included), from a :class:`~audio_ssl.extract.chunking.MomentAccumulator`; at
 :meth:`LogitStream.finish` the remaining chunks use all of it. So when ``left`` and ``right``
 cover a whole clip, every window is the whole clip with its whole statistics: the stream equals
 the offline forward. Layer-norm encoders without waveform normalisation need no statistics.
@@ -18,7 +18,7 @@ State is bounded: the samples of one window (``left + chunk + right``), the accu
 and the open segment's tokens (closed after ``max_segment_seconds`` at the latest).
 
 ```python
-from audio_ssl.inference.streaming import StreamingTranscriber
+from audio_ssl.asr.streaming import StreamingTranscriber
 
 stream = StreamingTranscriber("runs/demo/finetune/checkpoints/best.ckpt")
 for samples in microphone_blocks():  # float32 or int16 at the model's rate, any block size
@@ -38,7 +38,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from audio_ssl.inference.chunking import (
+from audio_ssl.extract.chunking import (
     MomentAccumulator,
     chunk_window,
     group_norm_stats,
@@ -46,7 +46,7 @@ from audio_ssl.inference.chunking import (
     read_chunk,
     statistics,
 )
-from audio_ssl.inference.features import InferenceModel, layer_name, parse_layers
+from audio_ssl.extract.features import InferenceModel, layer_name, parse_layers
 
 # -------------------------------------------------------------------------------------------
 # Settings and records
@@ -288,7 +288,7 @@ class StreamingTranscriber:
     or a web socket handler (one instance per stream).
 
     Args:
-        model: a :class:`~audio_ssl.inference.transcribe.Transcriber` (its decoder closes the
+        model: a :class:`~audio_ssl.asr.transcribe.Transcriber` (its decoder closes the
             segments: greedy, or beam search with an LM), a ``LoadedModel``, or a checkpoint path.
         settings: chunk, context and endpointing (:class:`StreamSettings`).
         device, precision: for a path or ``LoadedModel``, as :class:`Transcriber`.
@@ -299,7 +299,7 @@ class StreamingTranscriber:
 
     def __init__(self, model: Any, settings: StreamSettings = StreamSettings(), *,
                  device: str | None = None, precision: str = "auto"):
-        from audio_ssl.inference.transcribe import Transcriber
+        from audio_ssl.asr.transcribe import Transcriber
 
         if isinstance(model, (str, os.PathLike)):
             model = Transcriber.from_path(model, device=device, precision=precision)

@@ -41,7 +41,7 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
-from audio_ssl.demo.espeak import Voice, speak_fresh
+from audio_ssl.corpora.espeak import Voice, speak_fresh
 from audio_ssl.io import atomic_path, atomic_write_text
 
 CORPUS_VERSION = 2
@@ -123,7 +123,7 @@ def _finish(plan: _Plan, y: np.ndarray, espeak_rate: int, sample_rate: int,
             seed: int) -> np.ndarray:
     """Trim eSpeak's silence, resample, add our silence, faint noise and a gain: (S,)."""
     # imported here, not above: spawned eSpeak workers import this module when it is run as
-    # `python -m audio_ssl.demo.corpus`, and must not pay for torch
+    # `python -m audio_ssl.corpora.corpus`, and must not pay for torch
     import torch
     import torchaudio.functional as AF
 
@@ -256,7 +256,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     import argparse
 
     ap = argparse.ArgumentParser(
-        prog="python -m audio_ssl.demo.corpus",
+        prog="python -m audio_ssl.corpora.corpus",
         description="Write a spoken-digit corpus made with eSpeak NG (FLAC + manifest.jsonl); "
         "the last --test-voices voices speak only in the test split.")
     ap.add_argument("out_dir", type=Path)
@@ -275,7 +275,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         out = make_corpus(a.out_dir, minutes=a.minutes, seed=a.seed, num_voices=a.voices,
                           test_voices=a.test_voices, progress=not a.quiet, sentences=sentences)
     except (ValueError, OSError) as err:
-        print(f"audio_ssl.demo.corpus: error: {err}", file=sys.stderr)
+        print(f"audio_ssl.corpora.corpus: error: {err}", file=sys.stderr)
         return 2
     print(out / MANIFEST)
     return 0

@@ -2,7 +2,7 @@
 collection to disk (:func:`extract_folder`, the ``audio-ssl extract`` command).
 
 ```python
-from audio_ssl.inference import FeatureExtractor
+from audio_ssl.extract import FeatureExtractor
 
 extractor = FeatureExtractor.from_checkpoint("runs/demo/pretrain/checkpoints/last.ckpt",
                                              layers="last")
@@ -12,7 +12,7 @@ features = extractor("speech.flac")  # (T, D) float32 at 50 frames per second
 Audio is decoded as for pretraining (any format libsndfile reads, mixed down to mono, resampled
 to 16 kHz) and normalised to zero mean and unit variance when the checkpoint was trained on
 normalised audio. Files longer than ``chunk_seconds + 2 * context_seconds`` are processed in
-chunks (:mod:`audio_ssl.inference.chunking`); the result has the whole file's frame count.
+chunks (:mod:`audio_ssl.extract.chunking`); the result has the whole file's frame count.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from torch import nn
 from audio_ssl.precision import resolve as resolve_precision
 from audio_ssl.data.audio import NORMALIZE_EPS, audio_info, load_audio, resampled_length
 from audio_ssl.data.collate import pad_batch
-from audio_ssl.inference.chunking import (
+from audio_ssl.extract.chunking import (
     Chunk,
     Reader,
     group_chunks,
@@ -40,7 +40,7 @@ from audio_ssl.inference.chunking import (
     prepare_file,
     read_chunk,
 )
-from audio_ssl.inference.features import InferenceModel, parse_layers, split_model
+from audio_ssl.extract.features import InferenceModel, parse_layers, split_model
 
 SAMPLE_RATE = 16_000
 log = logging.getLogger("audio_ssl")
@@ -73,7 +73,7 @@ class FeatureExtractor:
             export's :class:`~audio_ssl.interop.onnx_torch.OnnxFeatures` (onnxruntime on the
             CPU in fp32, whatever ``device`` and ``precision``).
         layers: index, list, ``last``, ``all``, ``encoder``, ``codes`` (see
-            :func:`audio_ssl.inference.features.parse_layers`).
+            :func:`audio_ssl.extract.features.parse_layers`).
         device: default CUDA when available, else the CPU.
         precision: ``auto`` (bf16 autocast on CUDA and on CPUs with bf16 units, else fp32),
             ``32`` or ``bf16-mixed`` (see :mod:`audio_ssl.precision`).
@@ -110,7 +110,7 @@ class FeatureExtractor:
             raise ValueError(f"batch_seconds must be > 0 and max_batch_size >= 1, got "
                              f"{batch_seconds}, {max_batch_size}")
         if onnx:
-            from audio_ssl.inference.onnx_model import OnnxInferenceModel
+            from audio_ssl.extract.onnx_model import OnnxInferenceModel
 
             self.model = OnnxInferenceModel(model, parse_layers(layers, model.cfg.context.layers))
         else:

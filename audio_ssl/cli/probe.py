@@ -18,7 +18,7 @@ DESCRIPTION = (
 
 
 def add_parser(sub) -> None:
-    from audio_ssl.cli_parser import POSITIVE_INT, add_precision_option, device
+    from audio_ssl.cli.parser import POSITIVE_INT, add_precision_option, device
     from audio_ssl.probe.data import SPLITS
     from audio_ssl.probe.heads import HEADS
 

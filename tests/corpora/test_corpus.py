@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from audio_ssl.demo.corpus import DIGITS, make_corpus, make_voices
-from audio_ssl.demo.espeak import Espeak, EspeakError, Voice
+from audio_ssl.corpora.corpus import DIGITS, make_corpus, make_voices
+from audio_ssl.corpora.espeak import Espeak, EspeakError, Voice
 
 
 def _rows(folder):

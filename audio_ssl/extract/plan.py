@@ -22,14 +22,14 @@ from torch.utils.data import IterableDataset, get_worker_info
 
 from audio_ssl.data import AudioError, load_audio
 from audio_ssl.data.collate import load_batch
-from audio_ssl.inference.chunking import (
+from audio_ssl.extract.chunking import (
     Chunk,
     FileMoments,
     group_chunks,
     prepare_file,
     read_chunk,
 )
-from audio_ssl.inference.extract import SAMPLE_RATE, collate
+from audio_ssl.extract.extractor import SAMPLE_RATE, collate
 
 
 @dataclass(frozen=True)

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import numpy as np
 
-from audio_ssl.inference.chunking import Chunk
-from audio_ssl.inference.writers import SETTINGS, write_jsonl
+from audio_ssl.extract.chunking import Chunk
+from audio_ssl.extract.writers import SETTINGS, write_jsonl
 
 COMPARED_SETTINGS = ("checkpoint", "layers", "format", "dtype", "normalize", "frame_rate")
 
