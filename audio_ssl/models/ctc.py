@@ -77,8 +77,9 @@ class Wav2Vec2ForCTC(nn.Module):
         is frozen is decided by the parameters' ``requires_grad`` (fine-tuning's
         ``FinetuneTask.freeze_loaded``), not here.
         """
+        # only what was asked for: a CPC backbone (causal already) takes neither
+        extra = {k: v for k, v in (("padded", padded), ("chunk_mask", chunk_mask)) if v is not None}
         out = self.backbone(waveforms, lengths, mask=mask, generator=generator,
-                            return_layers=return_layers, channel_mask=channel_mask,
-                            padded=padded, chunk_mask=chunk_mask)
+                            return_layers=return_layers, channel_mask=channel_mask, **extra)
         logits = self.head(self.dropout(out.context))  # (B, T, V)
         return CTCOutput(logits, out.frame_lengths, out.padding_mask, out.hidden_states)
