@@ -116,6 +116,7 @@ def check_run_folder(output: Path, *, resume: bool, last: Path | None) -> None:
     ``resume``, or ``resume`` with no checkpoint."""
     if output.exists() and not output.is_dir():
         raise FileExistsError(f"--output {output} is a file: expected a folder for the run")
+    check_output_folder(output)
     if resume and last is None:
         raise FileNotFoundError(f"--resume: no checkpoint to resume in {output / 'checkpoints'}")
     if not resume and last is not None:
@@ -135,6 +136,29 @@ def keep_rows_before(path: Path, step: int) -> None:
 
 class OutputFolderError(ValueError):
     """An output folder that cannot be made or written to."""
+
+
+def check_output_folder(path: Path, option: str = "--output") -> None:
+    """Refuse, without creating anything, a folder :func:`make_output_folder` could not make:
+    ``path`` or a parent is a file, or the nearest folder that exists takes no new file. Lets a
+    command name a bad ``--output`` before it reads its data.
+
+    Raises:
+        OutputFolderError: as :func:`make_output_folder`.
+    """
+    for folder in (path, *path.parents):
+        if not folder.exists():
+            continue
+        if not folder.is_dir():
+            where = "is a file" if folder == path else f"is under {folder}, a file"
+            raise OutputFolderError(f"{option} {path} {where}: expected a folder")
+        try:
+            with tempfile.TemporaryFile(dir=folder):
+                pass
+        except OSError as e:
+            raise OutputFolderError(f"{option} {path}: cannot write there ({e.strerror or e}): "
+                                    "expected a folder you may write to") from e
+        return
 
 
 def make_output_folder(path: Path, option: str = "--output") -> None:
@@ -208,4 +232,5 @@ def iter_jsonl(path: str | os.PathLike) -> Iterator[tuple[int, dict]]:
 
 
 __all__ = ["fsync_dir", "create_temp", "commit", "atomic_path", "atomic_write_text",
-           "start_fresh_logs", "iter_jsonl", "OutputFolderError", "make_output_folder"]
+           "start_fresh_logs", "iter_jsonl", "OutputFolderError", "check_output_folder",
+           "make_output_folder"]

@@ -222,9 +222,11 @@ def _read_only_folder(tmp_path: Path) -> Path:
 @pytest.mark.parametrize("where", ["a file", "under a file", "read-only", "under read-only"])
 @pytest.mark.parametrize("command", ["demo", "pretrain"])
 def test_output_folder_that_cannot_be_written_is_one_line(command, where, files, data_dir,
-                                                          tmp_path, capsys):
+                                                          tmp_path, monkeypatch, capsys):
     """``-o`` a file, a path under a file, or a folder one may not write: one line naming the
-    path and what was expected, exit status 2, before any stage starts."""
+    path and what was expected, exit status 2, before any stage starts: before the data's
+    headers are read (an empty header cache, as on a fresh machine, would print progress)."""
+    monkeypatch.setenv("AUDIO_SSL_CACHE", str(tmp_path / "empty-cache"))
     read_only = _read_only_folder(tmp_path)
     output = {"a file": files["a_file"], "under a file": files["a_file"] / "run",
               "read-only": read_only, "under read-only": read_only / "demo" / "run"}[where]

@@ -57,8 +57,6 @@ def _run_targets(args: argparse.Namespace) -> int:
 
         # the one extraction path: the checkpoint's own normalisation, exact frames for long
         # files; fp32 so that labels do not depend on the CPU's bf16 units
-        if args.layer < 0:
-            raise ValueError(f"--layer {args.layer}: expected a context layer index >= 0")
         extractor = FeatureExtractor.from_checkpoint(checkpoint, layers=args.layer,
                                                      precision="32")
         featurize = lambda wav: extractor(wav, sample_rate=cfg.sample_rate).float()  # noqa: E731

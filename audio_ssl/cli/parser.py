@@ -229,7 +229,8 @@ def build_parser() -> argparse.ArgumentParser:
     k.add_argument("--clusters", type=at_least(2), default=100,
                    help="k-means clusters (default: 100)")
     k.add_argument("--checkpoint", default=None, help="--kind layer: any model load_model reads")
-    k.add_argument("--layer", type=int, default=None, help="--kind layer: context layer (0 = input)")
+    k.add_argument("--layer", type=COUNT, default=None,
+                   help="--kind layer: context layer (0 = input)")
     k.add_argument("--seed", type=int, default=0)
     k.add_argument("--no-progress", action="store_true", help="no progress bars")
 
