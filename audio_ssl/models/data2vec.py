@@ -226,4 +226,23 @@ class Data2VecForPretraining(nn.Module):
         )
 
 
-__all__ = ["ConvDecoder", "Data2VecForPretraining", "Data2VecOutput", "Data2VecPredictions"]
+def student_activation_bytes(cfg: ModelConfig, batch_samples: int,
+                             bytes_per_value: int = 2) -> int:
+    """A lower bound on the activations the student keeps for the backward pass of one update
+    on a batch of ``batch_samples`` samples (padded B * S): its context network runs on
+    ``clones`` copies of every frame, and each Transformer block keeps at least its input, the
+    attention's q, k, v and output, its two layer norms' inputs and the feed-forward's input and
+    hidden layer: ``8 D + 2 F`` values per frame and block (D the model dim, F the feed-forward
+    dim; attention probabilities, dropout masks, the convolutional decoder and the feature
+    encoder come on top). ``bytes_per_value``: 2 under bf16/fp16 autocast, 4 in fp32.
+
+    Used to refuse, before training, a ``clones`` x batch that cannot fit in memory at all."""
+    from audio_ssl.frames import frame_lengths
+
+    frames = int(frame_lengths(int(batch_samples), cfg.encoder.conv_layers))
+    per_frame = cfg.context.layers * (8 * cfg.context.dim + 2 * cfg.context.ffn_dim)
+    return cfg.data2vec.clones * frames * per_frame * bytes_per_value
+
+
+__all__ = ["ConvDecoder", "Data2VecForPretraining", "Data2VecOutput", "Data2VecPredictions",
+           "student_activation_bytes"]

@@ -22,8 +22,8 @@ from tests.conftest import small_model_config
 def _cfg(**data2vec) -> config.ModelConfig:
     """The small layer-norm model (padding-exact) with a small decoder and two clones."""
     small = small_model_config(norm="layer", layer_norm_first=True)
-    d2v = replace(small.data2vec, decoder_dim=32, decoder_groups=4, decoder_layers=2, clones=2,
-                  **data2vec)
+    d2v = replace(small.data2vec, **{"decoder_dim": 32, "decoder_groups": 4, "decoder_layers": 2,
+                                     "clones": 2, **data2vec})
     return replace(small, objective="data2vec", data2vec=d2v)
 
 
@@ -296,3 +296,35 @@ def test_cli_data2vec_resume_repeats_the_straight_run(tmp_path, data_dir):
     for step in range(6):
         for key in ("train/loss", "train/target_std", "train/prediction_std", "train/ema_decay"):
             assert b[step][key] == pytest.approx(a[step][key], rel=1e-5, abs=1e-6), (step, key)
+
+
+def _saved_bytes(model: torch.nn.Module, x: torch.Tensor, lengths: torch.Tensor) -> int:
+    """Bytes of the tensors autograd saves for one update's backward (each storage once)."""
+    seen: dict[int, int] = {}
+
+    def pack(t: torch.Tensor):
+        storage = t.untyped_storage()
+        seen[storage.data_ptr()] = storage.nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        model(x, lengths, generator=torch.Generator().manual_seed(0)).loss.backward()
+    return sum(seen.values())
+
+
+def test_student_activation_bound_is_below_what_autograd_keeps():
+    """The memory bound that refuses an impossible clones x batch before training is a lower
+    bound on what autograd keeps (counted by a saved-tensors hook), in total and in what each
+    further clone adds, and it tracks the latter (within 3x here)."""
+    from audio_ssl.models.data2vec import student_activation_bytes
+
+    x, lengths = _batch(padded=False)
+    kept, bound = {}, {}
+    for clones in (2, 4):
+        model = _model(clones=clones).train()
+        kept[clones] = _saved_bytes(model, x, lengths)
+        bound[clones] = student_activation_bytes(model.cfg, x.numel(), bytes_per_value=4)
+        assert bound[clones] <= kept[clones], (clones, bound, kept)
+    added, bound_added = kept[4] - kept[2], bound[4] - bound[2]
+    print(f"two more clones keep {added / bound_added:.2f}x the bound")
+    assert bound_added <= added <= 3 * bound_added, (bound_added, added)
