@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from audio_ssl import config
-from audio_ssl.cli.parser import build_parser, parse_args
+from audio_ssl.cli import build_parser, parse_args
 from audio_ssl.config_reference import markdown
 
 ROOT = Path(__file__).resolve().parents[1]

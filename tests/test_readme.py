@@ -64,7 +64,7 @@ def test_demo_runs_every_stage(tmp_path, capsys):
 
 
 def test_top_level_help_lists_each_command_once(capsys):
-    from audio_ssl.cli.parser import build_parser
+    from audio_ssl.cli import build_parser
 
     with pytest.raises(SystemExit):
         main(["--help"])

@@ -1,9 +1,13 @@
-"""The ``audio-ssl probe`` command's options and its run (registered by :mod:`audio_ssl.cli`)."""
+"""What a model learned: ``audio-ssl probe`` (SUPERB-style probes of a checkpoint's features)
+and ``plot`` (a run's curves, a checkpoint's codebook usage); each command's options beside its
+run."""
 
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
+
+from audio_ssl.cli.options import POSITIVE_INT, add_precision_option, device
 
 DESCRIPTION = (
     "What do CHECKPOINT's features know? Probe them SUPERB-style on labelled manifests: the "
@@ -17,8 +21,7 @@ DESCRIPTION = (
     "classification task. --compare DIR DIR... tabulates earlier probe runs side by side.")
 
 
-def add_parser(sub) -> None:
-    from audio_ssl.cli.parser import POSITIVE_INT, add_precision_option, device
+def add_probe(sub) -> None:
     from audio_ssl.probe.data import SPLITS
     from audio_ssl.probe.heads import HEADS
 
@@ -66,11 +69,11 @@ def _tasks(args: argparse.Namespace):
     return tasks
 
 
-def run(args: argparse.Namespace) -> int:
+def run_probe(args: argparse.Namespace) -> int:
     """The command; user errors propagate to :func:`audio_ssl.cli.main` (one line, exit 2)."""
     from audio_ssl.probe.heads import HeadConfig
     from audio_ssl.probe.report import compare, table
-    from audio_ssl.probe.run import ProbeSettings, run_probe
+    from audio_ssl.probe.run import ProbeSettings, run_probe as probe
 
     if args.output is not None and args.output.exists() and not args.output.is_dir():
         raise FileExistsError(f"output {args.output} is a file: expected a folder")
@@ -93,10 +96,35 @@ def run(args: argparse.Namespace) -> int:
                              sweep=not args.no_sweep, head=HeadConfig(head=args.head),
                              device=args.device, precision=args.precision or "auto",
                              progress=not args.no_progress)
-    results = run_probe(args.checkpoint, _tasks(args), args.output, settings)
+    results = probe(args.checkpoint, _tasks(args), args.output, settings)
     print(table(results), end="")
     print(f"results: {args.output / 'results.md'} ({results['seconds']:.0f} s)")
     return 0
 
 
-__all__ = ["add_parser", "run"]
+def add_plot(sub) -> None:
+    o = sub.add_parser(
+        "plot", help="curves of pretraining or fine-tuning runs; a checkpoint's codebook usage",
+        description="Draw the logged curves of one or more run folders (overlaid, one colour "
+        "each) to a PNG. Pretraining: loss as a fraction of a uniform guess's, loss terms, "
+        "accuracy, code and prob perplexity, cosines to positive and distractors, Gumbel "
+        "temperature, learning rate, gradient norm, throughput. Fine-tuning: loss, validation "
+        "WER and CER, learning rate. A checkpoint with --data: how often each code of each "
+        "quantizer group is chosen over that audio, as a heat map.",
+    )
+    o.add_argument("paths", nargs="+", metavar="RUN_DIR",
+                   help="run folders of one kind, or one checkpoint (with --data)")
+    o.add_argument("--output", "-o", type=Path, default=None,
+                   help="PNG to write (default: RUN_DIR/curves.png, or CHECKPOINT.codebook.png)")
+    o.add_argument("--data", default=None,
+                   help="checkpoint: audio whose codes to count (folder, manifest or list)")
+    o.add_argument("--max-files", type=POSITIVE_INT, default=200,
+                   help="checkpoint: files of --data to read at most (default: 200)")
+    o.add_argument("--title", default=None, help="figure title")
+
+
+def run_plot(args: argparse.Namespace) -> int:
+    from audio_ssl.plot import run_plot_command
+
+    return run_plot_command(args)
+

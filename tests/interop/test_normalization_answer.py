@@ -14,7 +14,7 @@ import argparse
 import pytest
 import torch
 
-from audio_ssl.cli import _load_config
+from audio_ssl.cli.pretrain import pretrain_config
 from audio_ssl.extract.extractor import FeatureExtractor
 from audio_ssl.asr.transcribe import InferenceSettings
 from audio_ssl.interop import load_model
@@ -70,7 +70,7 @@ def test_every_command_gets_the_same_answer(tmp_path, make, expected):
         "extract": FeatureExtractor.from_checkpoint(path, device="cpu").normalize,
         "transcribe/evaluate": InferenceSettings.of(loaded).normalize_audio,
         "finetune": _initial_weights(path, from_scratch=False)[4],
-        "pretrain --init": _load_config(argparse.Namespace(
+        "pretrain --init": pretrain_config(argparse.Namespace(
             preset="tiny", config=None, max_steps=None, devices=None, num_nodes=None,
             precision=None, objective=None, targets=None), loaded).data.normalize,
     }
