@@ -115,17 +115,8 @@ class NgramLM:
         os.replace(tmp, path)
 
 
-def build_ngram(sentences: Iterable[Sequence[str]], order: int = 3,
-                discounts: Sequence[tuple[float, float, float]] | None = None) -> NgramLM:
-    """Estimate an interpolated modified Kneser-Ney model of ``order`` from tokenised sentences.
-
-    ``discounts``: per order (D1, D2, D3+) to use instead of estimating them (tests, or texts too
-    small to estimate from).
-    """
-    if order < 2:
-        raise ValueError(f"order must be at least 2 (KenLM reads bigram models and up), got {order}")
-    if discounts is not None and len(discounts) != order:
-        raise ValueError(f"expected {order} (D1, D2, D3) triples, got {len(discounts)}")
+def _counts(sentences: Iterable[Sequence[str]], order: int) -> list[Counter[Ngram]]:
+    """Raw counts per order n (index n - 1) of every n-gram of ``<s> w1 .. wk </s>``."""
     counts: list[Counter[Ngram]] = [Counter() for _ in range(order)]
     sentences_seen = 0
     for sentence in sentences:
@@ -139,33 +130,51 @@ def build_ngram(sentences: Iterable[Sequence[str]], order: int = 3,
                 counts[n - 1][tuple(words[i:i + n])] += 1
     if sentences_seen == 0:
         raise ValueError("no sentences to build a language model from")
+    return counts
 
-    # adjusted counts
+
+def _adjusted_counts(counts: list[Counter[Ngram]]) -> list[dict[Ngram, int]]:
+    """Kneser-Ney adjusted counts per order: raw at the highest order and for n-grams starting
+    with ``<s>``, else the number of distinct words seen before the n-gram; ``(<s>,)`` left out
+    (never predicted)."""
+    order = len(counts)
     adjusted: list[dict[Ngram, int]] = [dict() for _ in range(order)]
     adjusted[order - 1] = dict(counts[order - 1])
     for n in range(order - 1, 0, -1):  # orders N-1 .. 1 (index n - 1)
         left = Counter(g[1:] for g in counts[n])  # distinct left extensions of each n-gram
         adjusted[n - 1] = {g: (c if g[0] == BOS else left[g]) for g, c in counts[n - 1].items()}
     del adjusted[0][(BOS,)]  # <s> is never predicted
+    return adjusted
 
-    # discounts
+
+def _discounts(adjusted: list[dict[Ngram, int]],
+               given: Sequence[tuple[float, float, float]] | None
+               ) -> tuple[list[tuple[float, float, float]], list[bool]]:
+    """(D1, D2, D3+) per order, ``given`` or estimated from the adjusted counts-of-counts, and
+    per order whether the estimate fell back to :data:`FALLBACK_DISCOUNTS`."""
     used, fell_back = [], []
-    for n in range(order):
-        if discounts is not None:
-            d = tuple(float(x) for x in discounts[n])
-            used.append(d)
+    for n in range(len(adjusted)):
+        if given is not None:
+            used.append(tuple(float(x) for x in given[n]))
             fell_back.append(False)
             continue
         coc = Counter(v for v in adjusted[n].values() if v <= 4)
         d = estimate_discounts([coc[1], coc[2], coc[3], coc[4]])
         used.append(d if d is not None else FALLBACK_DISCOUNTS)
         fell_back.append(d is None)
+    return used, fell_back
+
+
+def _interpolate(adjusted: list[dict[Ngram, int]], used: list[tuple[float, float, float]]
+                 ) -> tuple[list[dict[Ngram, float]], list[dict[Ngram, float]]]:
+    """(p(w|h) per order, gamma(h) per order): interpolated probabilities, lowest order first,
+    the unigrams with the uniform distribution over the vocabulary (``<unk>`` included)."""
+    order = len(adjusted)
 
     def discount(n: int, a: int) -> float:
         return used[n][min(a, 3) - 1]
 
-    # per-context totals and gammas
-    totals: list[dict[Ngram, float]] = []
+    totals: list[dict[Ngram, float]] = []  # per context: sum_v a(hv)
     gammas: list[dict[Ngram, float]] = []
     for n in range(order):
         total: dict[Ngram, float] = defaultdict(float)
@@ -176,23 +185,38 @@ def build_ngram(sentences: Iterable[Sequence[str]], order: int = 3,
         totals.append(dict(total))
         gammas.append({h: mass[h] / t for h, t in total.items()})
 
-    # interpolated probabilities, lowest order first
     vocab = {g[0] for g in adjusted[0]} | {UNK}
     uniform = 1.0 / len(vocab)
-    probs: list[dict[Ngram, float]] = []
     p1 = {}
     for w in vocab:
         a = adjusted[0].get((w,), 0)
         own = (a - discount(0, a)) / totals[0][()] if a > 0 else 0.0
         p1[(w,)] = own + gammas[0][()] * uniform
-    probs.append(p1)
+    probs: list[dict[Ngram, float]] = [p1]
     for n in range(1, order):
         pn = {}
         for gram, a in adjusted[n].items():
             h = gram[:-1]
             pn[gram] = (a - discount(n, a)) / totals[n][h] + gammas[n][h] * probs[n - 1][gram[1:]]
         probs.append(pn)
+    return probs, gammas
 
+
+def build_ngram(sentences: Iterable[Sequence[str]], order: int = 3,
+                discounts: Sequence[tuple[float, float, float]] | None = None) -> NgramLM:
+    """Estimate an interpolated modified Kneser-Ney model of ``order`` from tokenised sentences
+    (the steps of the module docstring: counts, adjusted counts, discounts, interpolation).
+
+    ``discounts``: per order (D1, D2, D3+) to use instead of estimating them (tests, or texts too
+    small to estimate from).
+    """
+    if order < 2:
+        raise ValueError(f"order must be at least 2 (KenLM reads bigram models and up), got {order}")
+    if discounts is not None and len(discounts) != order:
+        raise ValueError(f"expected {order} (D1, D2, D3) triples, got {len(discounts)}")
+    adjusted = _adjusted_counts(_counts(sentences, order))
+    used, fell_back = _discounts(adjusted, discounts)
+    probs, gammas = _interpolate(adjusted, used)
     log_probs = [{g: math.log10(p) for g, p in pn.items()} for pn in probs]
     log_probs[0][(BOS,)] = -99.0  # in the vocabulary as a context, never predicted
     backoffs = [{h: math.log10(g) for h, g in gammas[n + 1].items() if g > 0}

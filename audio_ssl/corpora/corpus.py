@@ -32,7 +32,7 @@ import multiprocessing
 import os
 import sys
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from itertools import count
@@ -151,6 +151,76 @@ def _is_complete(out: Path, params: dict) -> bool:
         return False
 
 
+def _corpus_params(minutes: float, seed: int, num_voices: int, test_voices: int,
+                   sample_rate: int, sentences: Sequence[str] | None
+                   ) -> tuple[dict, tuple[list[str], list[str]] | None]:
+    """(what ``corpus.json`` records, (train sentences, test sentences) or None for digits);
+    bad values raise, naming them."""
+    if minutes <= 0:
+        raise ValueError(f"minutes must be positive, got {minutes}")
+    if not 1 <= test_voices < num_voices:
+        raise ValueError(f"test_voices must be between 1 and num_voices - 1 = {num_voices - 1}, "
+                         f"got {test_voices}")
+    params = {"version": CORPUS_VERSION, "generator": "espeak-ng (espeakng-loader)",
+              "minutes": float(minutes), "seed": int(seed), "num_voices": int(num_voices),
+              "test_voices": int(test_voices), "sample_rate": int(sample_rate)}
+    if sentences is None:
+        return params, None
+    texts = [" ".join(t.split()) for t in sentences if t.strip()]
+    split_sentences = ([t for i, t in enumerate(texts) if i % 10 != 9],
+                       [t for i, t in enumerate(texts) if i % 10 == 9])
+    if not split_sentences[0] or not split_sentences[1]:
+        raise ValueError(f"sentences: need at least 10 non-empty ones, got {len(texts)}")
+    params["sentences"] = hashlib.sha256("\n".join(texts).encode()).hexdigest()[:16]
+    return params, split_sentences
+
+
+def _speak(out: Path, chunks: Iterator[list[_Plan]], seconds: float, sample_rate: int,
+           seed: int, test_ids: set[str], workers: int, progress: bool) -> list[dict]:
+    """Speak ``chunks`` of planned utterances, each chunk in a fresh worker process, ``workers``
+    chunks ahead, and write them under ``out/audio/`` until ``seconds`` of audio are written;
+    returns their manifest rows."""
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=round(seconds), unit="s", desc="corpus (audio seconds)",
+                   file=sys.stderr, leave=False)
+    rows: list[dict] = []
+    done = 0.0
+    pool = ProcessPoolExecutor(max_workers=max(1, workers), max_tasks_per_child=1,
+                               mp_context=multiprocessing.get_context("spawn"))
+    pending: deque = deque()
+    try:
+        for _ in range(max(1, workers)):
+            plans = next(chunks)
+            pending.append((plans, pool.submit(speak_fresh, _jobs(plans))))
+        while done < seconds:
+            plans, future = pending.popleft()
+            rate, spoken = future.result()
+            more = next(chunks)
+            pending.append((more, pool.submit(speak_fresh, _jobs(more))))
+            for plan, raw in zip(plans, spoken):
+                if done >= seconds:
+                    break
+                y = _finish(plan, raw, rate, sample_rate, seed)
+                name = f"audio/utt_{plan.index + 1:05d}.flac"
+                with atomic_path(out / name, fsync=False) as tmp:
+                    sf.write(tmp, y, sample_rate, format="FLAC", subtype="PCM_16")
+                duration = len(y) / sample_rate
+                rows.append({"audio": name, "duration": round(duration, 3), "sr": sample_rate,
+                             "speaker": plan.speaker, "text": plan.text,
+                             "split": "test" if plan.speaker in test_ids else "train"})
+                done += duration
+                if bar is not None:
+                    bar.update(min(round(done), bar.total) - bar.n)
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+        if bar is not None:
+            bar.close()
+    return rows
+
+
 def make_corpus(out_dir: str | os.PathLike, *, minutes: float = 10.0, seed: int = 0,
                 num_voices: int = 40, test_voices: int = 6, sample_rate: int = 16_000,
                 progress: bool = True, workers: int = 2,
@@ -177,22 +247,8 @@ def make_corpus(out_dir: str | os.PathLike, *, minutes: float = 10.0, seed: int 
         ``Path(out_dir)``.
     """
     out = Path(out_dir)
-    if minutes <= 0:
-        raise ValueError(f"minutes must be positive, got {minutes}")
-    if not 1 <= test_voices < num_voices:
-        raise ValueError(f"test_voices must be between 1 and num_voices - 1 = {num_voices - 1}, "
-                         f"got {test_voices}")
-    params = {"version": CORPUS_VERSION, "generator": "espeak-ng (espeakng-loader)",
-              "minutes": float(minutes), "seed": int(seed), "num_voices": int(num_voices),
-              "test_voices": int(test_voices), "sample_rate": int(sample_rate)}
-    split_sentences = None
-    if sentences is not None:
-        texts = [" ".join(t.split()) for t in sentences if t.strip()]
-        split_sentences = ([t for i, t in enumerate(texts) if i % 10 != 9],
-                           [t for i, t in enumerate(texts) if i % 10 == 9])
-        if not split_sentences[0] or not split_sentences[1]:
-            raise ValueError(f"sentences: need at least 10 non-empty ones, got {len(texts)}")
-        params["sentences"] = hashlib.sha256("\n".join(texts).encode()).hexdigest()[:16]
+    params, split_sentences = _corpus_params(minutes, seed, num_voices, test_voices,
+                                             sample_rate, sentences)
     if _is_complete(out, params):
         return out
     voices = make_voices(num_voices, seed)
@@ -202,47 +258,10 @@ def make_corpus(out_dir: str | os.PathLike, *, minutes: float = 10.0, seed: int 
     (out / MANIFEST).unlink(missing_ok=True)
     (out / CORPUS_JSON).unlink(missing_ok=True)
 
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=round(minutes * 60), unit="s", desc="corpus (audio seconds)",
-                   file=sys.stderr, leave=False)
-    rows: list[dict] = []
-    done = 0.0
     chunks = (  # CHUNK utterances a chunk, planned here, spoken in fresh worker processes
         [_plan(i, seed, voices, test_ids, split_sentences)
          for i in range(k * CHUNK, (k + 1) * CHUNK)] for k in count())
-    pool = ProcessPoolExecutor(max_workers=max(1, workers), max_tasks_per_child=1,
-                               mp_context=multiprocessing.get_context("spawn"))
-    pending: deque = deque()
-    try:
-        for _ in range(max(1, workers)):
-            plans = next(chunks)
-            pending.append((plans, pool.submit(speak_fresh, _jobs(plans))))
-        while done < minutes * 60:
-            plans, future = pending.popleft()
-            rate, spoken = future.result()
-            more = next(chunks)
-            pending.append((more, pool.submit(speak_fresh, _jobs(more))))
-            for plan, raw in zip(plans, spoken):
-                if done >= minutes * 60:
-                    break
-                y = _finish(plan, raw, rate, sample_rate, seed)
-                name = f"audio/utt_{plan.index + 1:05d}.flac"
-                with atomic_path(out / name, fsync=False) as tmp:
-                    sf.write(tmp, y, sample_rate, format="FLAC", subtype="PCM_16")
-                duration = len(y) / sample_rate
-                rows.append({"audio": name, "duration": round(duration, 3), "sr": sample_rate,
-                             "speaker": plan.speaker, "text": plan.text,
-                             "split": "test" if plan.speaker in test_ids else "train"})
-                done += duration
-                if bar is not None:
-                    bar.update(min(round(done), bar.total) - bar.n)
-    finally:
-        pool.shutdown(wait=True, cancel_futures=True)
-        if bar is not None:
-            bar.close()
+    rows = _speak(out, chunks, minutes * 60, sample_rate, seed, test_ids, workers, progress)
     keep = {Path(r["audio"]).name for r in rows}
     for p in audio_dir.glob("utt_*.flac"):  # left over from a larger corpus made here before
         if p.name not in keep:

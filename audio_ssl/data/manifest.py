@@ -226,7 +226,8 @@ def _load_cache(path: Path) -> dict[str, tuple[int, int, AudioItem]]:
             item = _item_from_record(obj, path.parent)
             cached[item.path] = (int(obj["size"]), int(obj["mtime"]), item)
     except (OSError, ValueError, KeyError, TypeError) as e:
-        warnings.warn(f"ignoring unreadable manifest cache {path}: {e}", stacklevel=3)
+        # stacklevel 4: scan's caller (scan -> _headers -> here)
+        warnings.warn(f"ignoring unreadable manifest cache {path}: {e}", stacklevel=4)
         return {}
     return cached
 
@@ -239,7 +240,8 @@ def _save_cache(path: Path, entries: list[tuple[AudioItem, int, int]]) -> None:
     try:
         _atomic_write_lines(path, lines)
     except OSError as e:  # a read-only home is no reason to stop
-        warnings.warn(f"could not write manifest cache {path}: {e}", stacklevel=3)
+        # stacklevel 4: scan's caller (scan -> _headers -> here)
+        warnings.warn(f"could not write manifest cache {path}: {e}", stacklevel=4)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -294,6 +296,55 @@ def too_short(item: AudioItem, min_samples: int, sample_rate: int) -> Rejected |
     )
 
 
+def _source_files(src: Path) -> tuple[list[str], list[AudioItem | None],
+                                      dict[str, tuple[int, int]], int]:
+    """(paths in source order, per path the item our manifest format already gives or None,
+    (size, mtime_ns) of each path whose header is to be read, number of non-audio files in a
+    folder)."""
+    others = 0
+    if src.is_dir():
+        stats, others = _walk(src)
+        paths = sorted(stats)
+        known: list[AudioItem | None] = [None] * len(paths)
+    elif src.suffix.lower() in (".jsonl", *LIST_SUFFIXES):
+        paths, known = _list_source(src)
+        stats = {p: _stat(p) for p, k in zip(paths, known) if k is None}
+    else:
+        raise ValueError(
+            f"audio source {src}: expected a folder, a .jsonl manifest or a "
+            f"{'/'.join(LIST_SUFFIXES)} list of files"
+        )
+    return paths, known, stats, others
+
+
+def _headers(src: Path, todo: list[str], stats: dict[str, tuple[int, int]],
+             cache_dir: Path | None, num_workers: int,
+             progress: bool) -> dict[str, AudioItem | Rejected]:
+    """The header of every path in ``todo``: from ``src``'s cache where the file's (size,
+    mtime_ns) in ``stats`` are unchanged, else read; the cache then holds the good ones."""
+    cfile = cache_path(src, cache_dir) if todo else None
+    cached = _load_cache(cfile) if cfile is not None else {}
+    fresh: dict[str, AudioItem | Rejected] = {}
+    for p in todo:
+        hit = cached.get(p)
+        if hit is not None and (hit[0], hit[1]) == stats[p] and stats[p][0] >= 0:
+            fresh[p] = hit[2]
+    to_read = sorted({p for p in todo if p not in fresh})
+    probed = _read_headers(to_read, num_workers, progress, desc=f"reading headers of {src.name}")
+    fresh.update(zip(to_read, probed))
+
+    if cfile is not None:
+        entries, written = [], set()
+        for p in todo:  # good files only; missing / corrupt / empty ones are re-read next time
+            r = fresh[p]
+            if isinstance(r, AudioItem) and p not in written and stats[p][0] >= 0:
+                entries.append((r, *stats[p]))
+                written.add(p)
+        if to_read or len(entries) != len(cached):
+            _save_cache(cfile, entries)
+    return fresh
+
+
 def scan(
     source: str | os.PathLike,
     *,
@@ -337,48 +388,14 @@ def scan(
         raise ValueError(
             f"scan: expected min_samples >= 0 and sample_rate > 0, got {min_samples}, {sample_rate}"
         )
-
-    others = 0
-    if src.is_dir():
-        stats, others = _walk(src)
-        paths = sorted(stats)
-        known: list[AudioItem | None] = [None] * len(paths)
-    elif src.suffix.lower() in (".jsonl", *LIST_SUFFIXES):
-        paths, known = _list_source(src)
-        stats = {p: _stat(p) for p, k in zip(paths, known) if k is None}
-    else:
-        raise ValueError(
-            f"audio source {src}: expected a folder, a .jsonl manifest or a "
-            f"{'/'.join(LIST_SUFFIXES)} list of files"
-        )
-
-    # Header cache: every entry we would otherwise read, keyed by (size, mtime).
+    paths, known, stats, others = _source_files(src)
     todo = [p for p, k in zip(paths, known) if k is None]
-    cfile = cache_path(src, cache_dir) if todo else None
-    cached = _load_cache(cfile) if cfile is not None else {}
-    fresh: dict[str, AudioItem | Rejected] = {}
-    for p in todo:
-        hit = cached.get(p)
-        if hit is not None and (hit[0], hit[1]) == stats[p] and stats[p][0] >= 0:
-            fresh[p] = hit[2]
-    to_read = sorted({p for p in todo if p not in fresh})
-    probed = _read_headers(to_read, num_workers, progress, desc=f"reading headers of {src.name}")
-    fresh.update(zip(to_read, probed))
-
-    if cfile is not None:
-        entries, written = [], set()
-        for p in todo:  # good files only; missing / corrupt / empty ones are re-read next time
-            r = fresh[p]
-            if isinstance(r, AudioItem) and p not in written and stats[p][0] >= 0:
-                entries.append((r, *stats[p]))
-                written.add(p)
-        if to_read or len(entries) != len(cached):
-            _save_cache(cfile, entries)
+    headers = _headers(src, todo, stats, cache_dir, num_workers, progress)
 
     items: list[AudioItem] = []
     rejected: list[Rejected] = []
     for p, k in zip(paths, known):
-        r = k if k is not None else fresh[p]
+        r = k if k is not None else headers[p]
         if isinstance(r, AudioItem):
             short = too_short(r, min_samples, sample_rate)
             if short is None:

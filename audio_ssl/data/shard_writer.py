@@ -26,6 +26,7 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import soundfile as sf
@@ -224,6 +225,29 @@ def _write_shard(shard: int, items: Sequence[AudioItem], ids: Sequence[str], aud
                             (marker, f"{PROGRESS_DIR}/{marker.name}")]
 
 
+def _staging_root(fs: Any, out_path: str) -> Path:
+    """An empty local folder to write shards in before publishing them: inside the output when
+    it is on this machine (publishing is then a rename), else a temporary folder."""
+    if storage.is_local(fs):
+        staging_root = Path(out_path) / ".staging"
+        shutil.rmtree(staging_root, ignore_errors=True)  # a killed run's partial shard
+        staging_root.mkdir(parents=True)
+        return staging_root
+    return Path(tempfile.mkdtemp(prefix="audio-ssl-shard-"))
+
+
+def _publish_bytes(output: str, fs: Any, out_path: str, files: list[tuple[str, bytes]]) -> None:
+    """Each (name, data) of ``files`` written whole as ``output/name`` (no reader sees a part)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, data in files:
+            local = Path(tmp) / name
+            local.write_bytes(data)
+            if storage.is_local(fs):  # rename within the output's file system
+                shutil.move(local, Path(out_path) / f".{name}.tmp")
+                local = Path(out_path) / f".{name}.tmp"
+            storage.publish(local, storage.join(output, name))
+
+
 def write_shards(source: str | os.PathLike, output: str, *, shard_size: int = 1000,
                  audio_format: str = "flac", num_workers: int = 4,
                  progress: bool = True) -> ShardWriteResult:
@@ -249,12 +273,7 @@ def write_shards(source: str | os.PathLike, output: str, *, shard_size: int = 10
     num_shards = -(-len(items) // shard_size)
     todo = [k for k in range(num_shards) if k not in progress_state.done]
 
-    if storage.is_local(fs):  # same file system as the output: publishing is a rename
-        staging_root = Path(out_path) / ".staging"
-        shutil.rmtree(staging_root, ignore_errors=True)  # a killed run's partial shard
-        staging_root.mkdir(parents=True)
-    else:
-        staging_root = Path(tempfile.mkdtemp(prefix="audio-ssl-shard-"))
+    staging_root = _staging_root(fs, out_path)
     if not progress_state.stored:  # before any shard: a rerun with another plan is refused
         plan_file = Path(tempfile.mkdtemp(dir=staging_root)) / PLAN_NAME
         plan_file.write_text(json.dumps(plan))
@@ -287,14 +306,8 @@ def write_shards(source: str | os.PathLike, output: str, *, shard_size: int = 10
                          all_cuts)
     lines = "".join(json.dumps({k: v for k, v in asdict(r).items() if v is not None},
                                ensure_ascii=False) + "\n" for r in rejected)
-    with tempfile.TemporaryDirectory() as tmp:
-        for name, data in ((REJECTED_NAME, lines.encode("utf-8")), (INDEX_NAME, index)):
-            local = Path(tmp) / name
-            local.write_bytes(data)
-            if storage.is_local(fs):  # rename within the output's file system
-                shutil.move(local, Path(out_path) / f".{name}.tmp")
-                local = Path(out_path) / f".{name}.tmp"
-            storage.publish(local, storage.join(output, name))
+    _publish_bytes(output, fs, out_path, [(REJECTED_NAME, lines.encode("utf-8")),
+                                          (INDEX_NAME, index)])
     return ShardWriteResult(output, num_shards, len(todo), num_shards - len(todo), len(all_cuts),
                             sum(c.duration for c in all_cuts) / 3600, len(rejected))
 

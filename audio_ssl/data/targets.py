@@ -88,6 +88,31 @@ def _config_text(cfg: TargetsConfig) -> str:
     return yaml.safe_dump(asdict(cfg), sort_keys=False)
 
 
+def _fit_centers(items: list[AudioItem], cfg: TargetsConfig,
+                 frames_of: Callable[[AudioItem], torch.Tensor | None]) -> np.ndarray:
+    """(K, D) float32 k-means centres fitted on about ``cfg.max_fit_frames`` frames drawn evenly
+    over ``items`` (``frames_of``: a file's (T, D) frames, None when it cannot be read)."""
+    from sklearn.cluster import MiniBatchKMeans
+
+    rng = np.random.default_rng(cfg.seed)
+    per_file = max(1, cfg.max_fit_frames // max(1, len(items)))
+    sample = []
+    for item in items:
+        frames = frames_of(item)
+        if frames is None or len(frames) == 0:
+            continue
+        take = rng.choice(len(frames), size=min(per_file, len(frames)), replace=False)
+        sample.append(frames[np.sort(take)].numpy())
+    if not sample:
+        raise ValueError("no frames to cluster: no file could be read")
+    data = np.concatenate(sample).astype(np.float32)  # (N, D)
+    if len(data) < cfg.clusters:
+        raise ValueError(f"--clusters {cfg.clusters}: only {len(data)} frames to cluster")
+    kmeans = MiniBatchKMeans(n_clusters=cfg.clusters, random_state=cfg.seed, n_init=3,
+                             batch_size=10_000, max_iter=100).fit(data)
+    return kmeans.cluster_centers_.astype(np.float32)
+
+
 def make_targets(items: list[AudioItem], cfg: TargetsConfig, output: str | Path,
                  featurize: Callable[[torch.Tensor], torch.Tensor] | None = None
                  ) -> tuple[int, list[Rejected]]:
@@ -98,8 +123,6 @@ def make_targets(items: list[AudioItem], cfg: TargetsConfig, output: str | Path,
     ``cfg.kind == "mfcc"``, and for ``"layer"`` the caller's (a checkpoint's layer through
     the extraction path, which knows the checkpoint's normalisation: this module reads audio and
     writes labels, and loads no models)."""
-    from sklearn.cluster import MiniBatchKMeans
-
     out = Path(output)
     written = out / "targets.yaml"
     if written.is_file() and written.read_text() != _config_text(cfg):
@@ -123,23 +146,7 @@ def make_targets(items: list[AudioItem], cfg: TargetsConfig, output: str | Path,
         centers = np.load(centers_path)
         log.info("reusing the k-means centres in %s", centers_path)
     else:
-        rng = np.random.default_rng(cfg.seed)
-        per_file = max(1, cfg.max_fit_frames // max(1, len(items)))
-        sample = []
-        for item in items:
-            frames = frames_of(item)
-            if frames is None or len(frames) == 0:
-                continue
-            take = rng.choice(len(frames), size=min(per_file, len(frames)), replace=False)
-            sample.append(frames[np.sort(take)].numpy())
-        if not sample:
-            raise ValueError("no frames to cluster: no file could be read")
-        data = np.concatenate(sample).astype(np.float32)
-        if len(data) < cfg.clusters:
-            raise ValueError(f"--clusters {cfg.clusters}: only {len(data)} frames to cluster")
-        kmeans = MiniBatchKMeans(n_clusters=cfg.clusters, random_state=cfg.seed, n_init=3,
-                                 batch_size=10_000, max_iter=100).fit(data)
-        centers = kmeans.cluster_centers_.astype(np.float32)
+        centers = _fit_centers(items, cfg, frames_of)
         with atomic_path(centers_path) as tmp, open(tmp, "wb") as f:
             np.save(f, centers)
         rejected.clear()  # the labelling pass below finds the same files again

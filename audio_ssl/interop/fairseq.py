@@ -39,6 +39,7 @@ from audio_ssl.interop.common import (
     merge_config,
     unsupported,
 )
+from audio_ssl.interop.keys import keymap_for
 from audio_ssl.interop.safe_load import safe_torch_load, to_plain
 
 log = logging.getLogger(__name__)
@@ -233,42 +234,11 @@ def _model_name(model: dict[str, Any]) -> str | None:
 
 
 def fairseq_keymap(norm: str, ctc: bool) -> KeyMap:
-    """Our state-dict names <-> fairseq's (``norm``: our encoder norm, "group" or "layer")."""
-    o, t = "backbone.", CTC_PREFIX if ctc else ""
-    fe, ctx, pos = o + "feature_encoder.layers.{i}.", o + "context.", t + "encoder.pos_conv.0."
-    conv_norm = "2.{p}" if norm == "group" else "2.1.{p}"  # GroupNorm / (Transpose, LayerNorm)
-    pairs = [
-        (fe + "conv.{p}", t + "feature_extractor.conv_layers.{i}.0.{p}"),
-        (fe + "norm.{p}", t + "feature_extractor.conv_layers.{i}." + conv_norm),
-        (o + "layer_norm.{p}", t + "layer_norm.{p}"),
-        (o + "projection.{p}", t + "post_extract_proj.{p}"),
-        (o + "mask_embedding", t + "mask_emb"),
-        (ctx + "pos_conv.conv.bias", pos + "bias"),
-        (ctx + "pos_conv.conv.parametrizations.weight.original0", pos + "weight_g"),
-        (ctx + "pos_conv.conv.parametrizations.weight.original1", pos + "weight_v"),
-        (ctx + "pos_conv.conv.parametrizations.weight.original0",
-         pos + "parametrizations.weight.original0"),
-        (ctx + "pos_conv.conv.parametrizations.weight.original1",
-         pos + "parametrizations.weight.original1"),
-        (ctx + "layer_norm.{p}", t + "encoder.layer_norm.{p}"),
-    ]
-    layer_o, layer_t = ctx + "layers.{i}.", t + "encoder.layers.{i}."
-    for ours, theirs in (("attention.q_proj", "self_attn.q_proj"),
-                         ("attention.k_proj", "self_attn.k_proj"),
-                         ("attention.v_proj", "self_attn.v_proj"),
-                         ("attention.out_proj", "self_attn.out_proj"),
-                         ("layer_norm", "self_attn_layer_norm"),
-                         ("feed_forward.intermediate_dense", "fc1"),
-                         ("feed_forward.output_dense", "fc2"),
-                         ("final_layer_norm", "final_layer_norm")):
-        pairs.append((layer_o + ours + ".{p}", layer_t + theirs + ".{p}"))
-    if ctc:
-        pairs.append(("head.{p}", "w2v_encoder.proj.{p}"))
-    else:
-        pairs += [("quantizer.codevectors", "quantizer.vars"),
-                  ("quantizer.weight_proj.{p}", "quantizer.weight_proj.{p}"),
-                  ("project_q.{p}", "project_q.{p}"), ("final_proj.{p}", "final_proj.{p}")]
-    return KeyMap(pairs)
+    """Our state-dict names <-> fairseq's (the fairseq column of :mod:`.keys`); ``norm``: our
+    encoder norm, "group" or "layer"."""
+    return keymap_for("fairseq", ("backbone.", CTC_PREFIX if ctc else ""),
+                      "ctc" if ctc else "pretraining",
+                      conv_norm="2" if norm == "group" else "2.1")
 
 
 _PRETRAINING_ONLY = ("quantizer.", "project_q.", "final_proj.", "target_glu.", "project_inp.",
@@ -312,6 +282,41 @@ def _find_dictionary(path: Path, task: dict[str, Any]) -> Path:
                             f"letter dictionary beside it (or pass dictionary=)")
 
 
+def _ctc_architecture(model_cfg: dict[str, Any], where: str) -> tuple[dict, dict]:
+    """(architecture, pretraining task) of a fine-tuned CTC checkpoint: the pretraining config
+    its run stored in ``w2v_args``, with the fine-tuning options on top (as fairseq's
+    ``Wav2VecEncoder`` applies them)."""
+    if model_cfg.get("blank_weight", 0) not in (0, 0.0, None):
+        raise unsupported(where, "blank_weight", model_cfg["blank_weight"],
+                          "a constant added to the blank logit at inference")
+    w2v = to_plain(model_cfg.get("w2v_args"))
+    if not isinstance(w2v, dict):
+        raise CheckpointError(f"{where}: cfg.model.w2v_args (the pretraining config) is "
+                              "missing: cannot tell the architecture")
+    arch = dict(w2v["model"]) if isinstance(w2v.get("model"), dict) else dict(w2v)
+    w2v_task = w2v.get("task") if isinstance(w2v.get("task"), dict) else w2v
+    for ctc_field, field in _CTC_OVERRIDES.items():
+        if model_cfg.get(ctc_field) is not None:
+            arch[field] = model_cfg[ctc_field]
+    return arch, w2v_task
+
+
+def _ctc_vocab(state: dict[str, torch.Tensor], dict_path: Path, where: str) -> list[str]:
+    """The letter dictionary at ``dict_path`` as our vocab (blank first); the CTC head's rows in
+    ``state`` (ours: ``head.weight`` (V, D), ``head.bias`` (V,)) are permuted to match."""
+    vocab_size = state["head.weight"].shape[0]
+    symbols = read_dictionary(dict_path)
+    if len(symbols) != vocab_size:
+        raise CheckpointError(f"{dict_path}: {len(symbols)} symbols (4 special + "
+                              f"{len(symbols) - 4} from the file) but the CTC head of "
+                              f"{where} has {vocab_size} outputs")
+    blank = symbols.index("<ctc_blank>") if "<ctc_blank>" in symbols else 0
+    vocab, perm = ctc_vocab_from_tokens(symbols, blank, WORD_SEPARATOR)
+    state["head.weight"] = state["head.weight"][perm]
+    state["head.bias"] = state["head.bias"][perm]
+    return vocab
+
+
 # ---------------------------------------------------------------------------------------------
 # public API
 
@@ -340,27 +345,15 @@ def from_fairseq(path: str | Path, dictionary: str | Path | None = None,
     normalize = task.get("normalize")
     final_dropout = 0.0
     if ctc:
-        if model_cfg.get("blank_weight", 0) not in (0, 0.0, None):
-            raise unsupported(where, "blank_weight", model_cfg["blank_weight"],
-                              "a constant added to the blank logit at inference")
-        w2v = to_plain(model_cfg.get("w2v_args"))
-        if not isinstance(w2v, dict):
-            raise CheckpointError(f"{where}: cfg.model.w2v_args (the pretraining config) is "
-                                  "missing: cannot tell the architecture")
-        arch = dict(w2v["model"]) if isinstance(w2v.get("model"), dict) else dict(w2v)
+        arch, w2v_task = _ctc_architecture(model_cfg, where)
         if normalize is None:
-            w2v_task = w2v.get("task") if isinstance(w2v.get("task"), dict) else w2v
             normalize = w2v_task.get("normalize")
-        for ctc_field, field in _CTC_OVERRIDES.items():
-            if model_cfg.get(ctc_field) is not None:
-                arch[field] = model_cfg[ctc_field]
         final_dropout = float(model_cfg.get("final_dropout") or 0.0)
         cfg = config_from_fairseq(arch, None, where, pretraining=False)
         raw = {k: v for k, v in raw.items()
                if not k.removeprefix(CTC_PREFIX).startswith(_PRETRAINING_ONLY)}
     else:
-        arch = model_cfg
-        cfg = config_from_fairseq(arch, criterion, where, pretraining=True)
+        cfg = config_from_fairseq(model_cfg, criterion, where, pretraining=True)
 
     keymap = fairseq_keymap(cfg.encoder.norm, ctc)
     state = keymap.import_state(raw, where)
@@ -369,22 +362,13 @@ def from_fairseq(path: str | Path, dictionary: str | Path | None = None,
         # fairseq has no post_extract_proj when the conv output already has the model's width
         state["backbone.projection.weight"] = torch.eye(dim)
         state["backbone.projection.bias"] = torch.zeros(dim)
-    vocab, vocab_size = None, None
+    vocab = None
     if ctc:
         if "head.weight" not in state:
             raise CheckpointError(f"{where}: missing keys w2v_encoder.proj.weight")
-        vocab_size = state["head.weight"].shape[0]
         dict_path = Path(dictionary) if dictionary is not None else _find_dictionary(path, task)
-        symbols = read_dictionary(dict_path)
-        if len(symbols) != vocab_size:
-            raise CheckpointError(f"{dict_path}: {len(symbols)} symbols (4 special + "
-                                  f"{len(symbols) - 4} from the file) but the CTC head of "
-                                  f"{where} has {vocab_size} outputs")
-        blank = symbols.index("<ctc_blank>") if "<ctc_blank>" in symbols else 0
-        vocab, perm = ctc_vocab_from_tokens(symbols, blank, WORD_SEPARATOR)
-        state["head.weight"] = state["head.weight"][perm]
-        state["head.bias"] = state["head.bias"][perm]
-    model = build_model(cfg, vocab_size, not ctc, final_dropout)
+        vocab = _ctc_vocab(state, dict_path, where)
+    model = build_model(cfg, len(vocab) if ctc else None, not ctc, final_dropout)
     load_exact(model, state, where, keymap)
     return LoadedModel(model, cfg, vocab, "fairseq", path, input_run_config(normalize))
 

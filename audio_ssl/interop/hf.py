@@ -5,22 +5,10 @@ optional dependency) is imported only by :func:`to_hf` and :func:`hf_config`. Th
 are mapped in :mod:`.hf_fields`, the weights' names in :mod:`.hf_weights`; this module reads and
 writes folders (with their vocabulary and processor files).
 
-Module correspondence (ours -> HF), checked parameter by parameter in tests/interop:
-
-================================================  =============================================
-``feature_encoder.layers.i.conv``                 ``feature_extractor.conv_layers.i.conv``
-``feature_encoder.layers.i.norm`` (group/layer)   ``feature_extractor.conv_layers.i.layer_norm``
-``layer_norm``, ``projection``                    ``feature_projection.layer_norm/.projection``
-``mask_embedding``                                ``masked_spec_embed`` (HF omits it when
-                                                  mask_time_prob = mask_feature_prob = 0)
-``context.pos_conv.conv`` (weight norm, dim 2)    ``encoder.pos_conv_embed.conv``
-                                                  (``parametrizations.weight.original0/1``, or
-                                                  ``weight_g/weight_v`` in older files)
-``context.layer_norm``, ``context.layers.i.*``    ``encoder.layer_norm``, ``encoder.layers.i.*``
-``quantizer.weight_proj``, ``.codevectors``       same names, same (1, G*V, dim/G) layout
-``project_q``, ``final_proj``                     ``project_q``, ``project_hid``
-``head`` (CTC)                                    ``lm_head``
-================================================  =============================================
+Which of our tensors is which of HF's (and fairseq's, torchaudio's) is the table in
+:mod:`.keys`, checked parameter by parameter in tests/interop. HF omits ``masked_spec_embed``
+when mask_time_prob = mask_feature_prob = 0; older HF files name the positional convolution's
+weight norm ``weight_g``/``weight_v``.
 """
 
 from __future__ import annotations

@@ -1,5 +1,6 @@
-"""HF wav2vec 2.0 weights: our state-dict names <-> HF's (:func:`hf_keymap`), reading a folder's
-weight files, and telling its architecture from its config and weights.
+"""HF wav2vec 2.0 weights: our state-dict names <-> HF's (:func:`hf_keymap`, from the table in
+:mod:`.keys`), reading a folder's weight files, and telling its architecture from its config and
+weights.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from torch import nn
 
 from audio_ssl.interop.common import CheckpointError, KeyMap
 from audio_ssl.interop.hf_fields import ARCHITECTURES, architecture_of
+from audio_ssl.interop.keys import keymap_for
 
 # heads HF builds on the same backbone that have no counterpart here
 _OTHER_HEADS = {
@@ -23,43 +25,13 @@ _OTHER_HEADS = {
 }
 
 
-def _backbone_pairs(ours: str, theirs: str) -> list[tuple[str, str]]:
-    fe, ctx = ours + "feature_encoder.", ours + "context."
-    pos_ours = ctx + "pos_conv.conv."
-    pos = theirs + "encoder.pos_conv_embed.conv."
-    layer_ours, layer = ctx + "layers.{i}.", theirs + "encoder.layers.{i}."
-    pairs = [
-        (fe + "layers.{i}.conv.{p}", theirs + "feature_extractor.conv_layers.{i}.conv.{p}"),
-        (fe + "layers.{i}.norm.{p}", theirs + "feature_extractor.conv_layers.{i}.layer_norm.{p}"),
-        (ours + "layer_norm.{p}", theirs + "feature_projection.layer_norm.{p}"),
-        (ours + "projection.{p}", theirs + "feature_projection.projection.{p}"),
-        (ours + "mask_embedding", theirs + "masked_spec_embed"),
-        (pos_ours + "bias", pos + "bias"),
-        (pos_ours + "parametrizations.weight.original0", pos + "parametrizations.weight.original0"),
-        (pos_ours + "parametrizations.weight.original1", pos + "parametrizations.weight.original1"),
-        (pos_ours + "parametrizations.weight.original0", pos + "weight_g"),
-        (pos_ours + "parametrizations.weight.original1", pos + "weight_v"),
-        (ctx + "layer_norm.{p}", theirs + "encoder.layer_norm.{p}"),
-    ]
-    for sub in ("attention.q_proj", "attention.k_proj", "attention.v_proj", "attention.out_proj",
-                "layer_norm", "feed_forward.intermediate_dense", "feed_forward.output_dense",
-                "final_layer_norm"):
-        pairs.append((layer_ours + sub + ".{p}", layer + sub + ".{p}"))
-    return pairs
-
-
 def hf_keymap(architecture: str) -> KeyMap:
-    """Our state-dict names <-> HF's, for one of :data:`ARCHITECTURES`."""
+    """Our state-dict names <-> HF's, for one of :data:`ARCHITECTURES` (the HF column of
+    :mod:`.keys`)."""
     if architecture == "Wav2Vec2Model":
-        return KeyMap(_backbone_pairs("", ""))
-    pairs = _backbone_pairs("backbone.", "wav2vec2.")
-    if architecture == "Wav2Vec2ForPreTraining":
-        pairs += [("quantizer.weight_proj.{p}", "quantizer.weight_proj.{p}"),
-                  ("quantizer.codevectors", "quantizer.codevectors"),
-                  ("project_q.{p}", "project_q.{p}"), ("final_proj.{p}", "project_hid.{p}")]
-    elif architecture == "Wav2Vec2ForCTC":
-        pairs += [("head.{p}", "lm_head.{p}")]
-    return KeyMap(pairs)
+        return keymap_for("hf")
+    head = {"Wav2Vec2ForPreTraining": "pretraining", "Wav2Vec2ForCTC": "ctc"}.get(architecture)
+    return keymap_for("hf", ("backbone.", "wav2vec2."), head)
 
 
 def hf_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:

@@ -30,6 +30,7 @@ from audio_ssl.interop.common import (
     fresh_mask_embedding,
     load_exact,
 )
+from audio_ssl.interop.keys import keymap_for
 
 PAPER_KERNELS = (10, 3, 3, 3, 3, 2, 2)
 PAPER_STRIDES = (5, 2, 2, 2, 2, 2, 2)
@@ -57,37 +58,12 @@ FE = "feature_extractor.conv_layers."
 TR = "encoder.transformer."
 
 
-def torchaudio_keymap() -> KeyMap:
-    pos = TR + "pos_conv_embed.conv."
-    pairs = [
-        ("feature_encoder.layers.{i}.conv.{p}", FE + "{i}.conv.{p}"),
-        ("feature_encoder.layers.{i}.norm.{p}", FE + "{i}.layer_norm.{p}"),
-        ("layer_norm.{p}", "encoder.feature_projection.layer_norm.{p}"),
-        ("projection.{p}", "encoder.feature_projection.projection.{p}"),
-        ("context.pos_conv.conv.bias", pos + "bias"),
-        ("context.pos_conv.conv.parametrizations.weight.original0",
-         pos + "parametrizations.weight.original0"),
-        ("context.pos_conv.conv.parametrizations.weight.original1",
-         pos + "parametrizations.weight.original1"),
-        ("context.pos_conv.conv.parametrizations.weight.original0", pos + "weight_g"),
-        ("context.pos_conv.conv.parametrizations.weight.original1", pos + "weight_v"),
-        ("context.layer_norm.{p}", TR + "layer_norm.{p}"),
-    ]
-    for sub in ("attention.q_proj", "attention.k_proj", "attention.v_proj", "attention.out_proj",
-                "layer_norm", "feed_forward.intermediate_dense", "feed_forward.output_dense",
-                "final_layer_norm"):
-        pairs.append(("context.layers.{i}." + sub + ".{p}", TR + "layers.{i}." + sub + ".{p}"))
-    return KeyMap(pairs)
-
-
-def _backbone_keymap(ctc: bool) -> KeyMap:
-    """torchaudio keys <-> ours for the whole model (backbone prefixed when there is a head)."""
-    base = torchaudio_keymap()
-    prefix = "backbone." if ctc else ""
-    pairs = [(prefix + ours, theirs) for ours, theirs, _, _ in base.pairs]
+def torchaudio_keymap(ctc: bool = False) -> KeyMap:
+    """Our state-dict names <-> torchaudio's (the torchaudio column of :mod:`.keys`): a bare
+    backbone, or with ``ctc`` our Wav2Vec2ForCTC (backbone under ``backbone.``, head ``aux``)."""
     if ctc:
-        pairs.append(("head.{p}", "aux.{p}"))
-    return KeyMap(pairs)
+        return keymap_for("torchaudio", ("backbone.", ""), "ctc")
+    return keymap_for("torchaudio")
 
 
 def _pos_conv_weight(state: dict[str, torch.Tensor]) -> torch.Tensor | None:
@@ -98,23 +74,16 @@ def _pos_conv_weight(state: dict[str, torch.Tensor]) -> torch.Tensor | None:
     return None
 
 
-def infer_config(state: dict[str, torch.Tensor], config: dict[str, Any] | None = None,
-                 where: str = "torchaudio state dict") -> dict[str, Any]:
-    """``wav2vec2_model`` keyword arguments of ``state``: shapes, then ``config``, then the
-    torchaudio factories' conventions (see the module docstring). Raises naming what is
-    inconsistent or cannot be told."""
-    config = dict(config or {})
-    unknown = set(config) - set(CONFIG_FIELDS)
-    if unknown:
-        raise CheckpointError(f"{where}: unknown config fields {sorted(unknown)}; expected "
-                              f"wav2vec2_model's arguments {list(CONFIG_FIELDS)}")
+def _from_shapes(state: dict[str, torch.Tensor],
+                 where: str) -> tuple[dict[str, Any], list[torch.Size]]:
+    """(the ``wav2vec2_model`` arguments ``state``'s shapes determine, the conv weights' shapes
+    (out channels, in channels, kernel) per layer)."""
     convs = []
     while f"{FE}{len(convs)}.conv.weight" in state:
         convs.append(state[f"{FE}{len(convs)}.conv.weight"].shape)  # (out, in, kernel)
     if not convs or "encoder.feature_projection.projection.weight" not in state:
         raise CheckpointError(f"{where}: no {FE}0.conv.weight or feature projection: not a "
                               "torchaudio wav2vec2_model state dict")
-    kernels = tuple(int(s[2]) for s in convs)
     inferred: dict[str, Any] = {}
     if f"{FE}1.layer_norm.weight" in state:
         inferred["extractor_mode"] = "layer_norm"
@@ -126,7 +95,7 @@ def infer_config(state: dict[str, torch.Tensor], config: dict[str, Any] | None =
     inferred["extractor_conv_bias"] = f"{FE}0.conv.bias" in state
     dim = int(state["encoder.feature_projection.projection.weight"].shape[0])
     inferred["encoder_embed_dim"] = dim
-    pos = _pos_conv_weight(state)
+    pos = _pos_conv_weight(state)  # (D, D / groups, kernel)
     if pos is None:
         raise CheckpointError(f"{where}: missing keys {TR}pos_conv_embed.conv."
                               "parametrizations.weight.original1")
@@ -142,37 +111,57 @@ def infer_config(state: dict[str, torch.Tensor], config: dict[str, Any] | None =
         raise CheckpointError(f"{where}: no transformer layers ({TR}layers.0.attention.q_proj."
                               "weight missing): not a torchaudio wav2vec2_model state dict")
     inferred["encoder_num_layers"] = layers
-    if layers:
-        inferred["encoder_ff_interm_features"] = int(
-            state[f"{TR}layers.0.feed_forward.intermediate_dense.weight"].shape[0])
+    inferred["encoder_ff_interm_features"] = int(
+        state[f"{TR}layers.0.feed_forward.intermediate_dense.weight"].shape[0])
     inferred["aux_num_out"] = int(state["aux.weight"].shape[0]) if "aux.weight" in state else None
+    return inferred, convs
 
-    for field, value in inferred.items():
-        if field in config and config[field] != value:
-            raise CheckpointError(f"{where}: config says {field}={config[field]!r} but the "
-                                  f"weights have {value!r}")
-    out = {**DEFAULTS, **inferred, **config}
+
+def _conv_layer_config(convs: list[torch.Size], config: dict[str, Any],
+                       where: str) -> list[tuple[int, int, int]]:
+    """(channels, kernel, stride) per conv layer: ``config``'s, checked against the weights'
+    shapes (out, in, kernel), else the paper's strides for the paper's kernels."""
+    kernels = tuple(int(s[2]) for s in convs)
     if "extractor_conv_layer_config" in config:
         spec = [tuple(int(v) for v in c) for c in config["extractor_conv_layer_config"]]
         shapes = [(int(s[0]), int(s[2])) for s in convs]
         if [(c, k) for c, k, _ in spec] != shapes:
             raise CheckpointError(f"{where}: extractor_conv_layer_config={spec} does not match "
                                   f"the conv weights' (channels, kernel) {shapes}")
-    elif kernels == PAPER_KERNELS:
-        out["extractor_conv_layer_config"] = [(int(s[0]), k, st) for s, k, st in
-                                              zip(convs, kernels, PAPER_STRIDES)]
-    else:
-        raise CheckpointError(f"{where}: conv kernels {kernels} are not the paper's "
-                              f"{PAPER_KERNELS}, so the strides cannot be inferred; pass "
-                              "config={'extractor_conv_layer_config': [(dim, kernel, stride), "
-                              "...]}")
+        return config["extractor_conv_layer_config"]
+    if kernels == PAPER_KERNELS:
+        return [(int(s[0]), k, st) for s, k, st in zip(convs, kernels, PAPER_STRIDES)]
+    raise CheckpointError(f"{where}: conv kernels {kernels} are not the paper's "
+                          f"{PAPER_KERNELS}, so the strides cannot be inferred; pass "
+                          "config={'extractor_conv_layer_config': [(dim, kernel, stride), "
+                          "...]}")
+
+
+def infer_config(state: dict[str, torch.Tensor], config: dict[str, Any] | None = None,
+                 where: str = "torchaudio state dict") -> dict[str, Any]:
+    """``wav2vec2_model`` keyword arguments of ``state``: shapes, then ``config``, then the
+    torchaudio factories' conventions (see the module docstring). Raises naming what is
+    inconsistent or cannot be told."""
+    config = dict(config or {})
+    unknown = set(config) - set(CONFIG_FIELDS)
+    if unknown:
+        raise CheckpointError(f"{where}: unknown config fields {sorted(unknown)}; expected "
+                              f"wav2vec2_model's arguments {list(CONFIG_FIELDS)}")
+    inferred, convs = _from_shapes(state, where)
+    for field, value in inferred.items():
+        if field in config and config[field] != value:
+            raise CheckpointError(f"{where}: config says {field}={config[field]!r} but the "
+                                  f"weights have {value!r}")
+    out = {**DEFAULTS, **inferred, **config}
+    out["extractor_conv_layer_config"] = _conv_layer_config(convs, config, where)
     if "encoder_num_heads" not in config:
-        shape = (dim, layers, out["encoder_ff_interm_features"])
+        shape = (inferred["encoder_embed_dim"], inferred["encoder_num_layers"],
+                 out["encoder_ff_interm_features"])
         if shape not in FACTORY_HEADS:
-            raise CheckpointError(f"{where}: width {dim}, {layers} layers and feed-forward "
-                                  f"{shape[2]} match none of torchaudio's factory models, and "
-                                  "a state dict does not hold the number of attention heads; "
-                                  "pass config={'encoder_num_heads': ...}")
+            raise CheckpointError(f"{where}: width {shape[0]}, {shape[1]} layers and "
+                                  f"feed-forward {shape[2]} match none of torchaudio's factory "
+                                  "models, and a state dict does not hold the number of "
+                                  "attention heads; pass config={'encoder_num_heads': ...}")
         out["encoder_num_heads"] = FACTORY_HEADS[shape]
     if "encoder_layer_norm_first" not in config:
         out["encoder_layer_norm_first"] = out["extractor_mode"] == "layer_norm"
@@ -240,7 +229,7 @@ def from_torchaudio_object(obj: Any, config: dict[str, Any] | None = None,
     ta = infer_config(raw, {**(file_config or {}), **(config or {})}, where)
     cfg = model_config(ta)
     ctc = ta["aux_num_out"] is not None
-    keymap = _backbone_keymap(ctc)
+    keymap = torchaudio_keymap(ctc)
     state = keymap.import_state(raw, where)
     prefix = "backbone." if ctc else ""
     state.setdefault(prefix + "mask_embedding", fresh_mask_embedding(cfg.context.dim))
