@@ -92,6 +92,10 @@ class ShardIndex:
         """The recording tar of ``shard``."""
         return storage.join(self.url, recording_name(shard))
 
+    def shard_format(self, shard: int) -> str:
+        """The audio encoding of ``shard``'s members (one for the whole folder)."""
+        return self.audio_format
+
     @property
     def hours(self) -> float:
         return sum(c.duration for c in self.cuts) / 3600
