@@ -34,6 +34,7 @@ from collections import OrderedDict, deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
+from operator import attrgetter
 
 import numpy as np
 import torch
@@ -90,11 +91,16 @@ class ShardPlan:
         mix = index if isinstance(index, ShardMix) else ShardMix((index,), (1.0,))
         self.sources, self.offsets = mix.sources, mix.offsets  # (I + 1,) offsets
         num_shards = mix.num_shards
-        self.lengths = np.array([c.samples_at(cfg.sample_rate) for s in self.sources
-                                 for c in s.cuts], dtype=np.int64)  # (N,)
-        shard_of = np.concatenate(
-            [np.array([c.shard for c in s.cuts], dtype=np.int64) + self.offsets[i]
-             for i, s in enumerate(self.sources)])  # (N,) global shard of each cut
+        cuts = [c for s in self.sources for c in s.cuts]
+
+        def column(name: str) -> np.ndarray:  # (N,) one field of every cut
+            return np.fromiter(map(attrgetter(name), cuts), dtype=np.int64, count=len(cuts))
+
+        frames, rates, sr = column("frames"), column("sample_rate"), cfg.sample_rate
+        # (N,) samples at the target rate, as ShardCut.samples_at (resampled_length)
+        self.lengths = np.where(rates == sr, frames, -(-frames * sr // rates))
+        shard_of = column("shard") + np.repeat(self.offsets[:-1], [len(s.cuts)
+                                                                 for s in self.sources])  # (N,)
         order = np.argsort(shard_of, kind="stable")
         bounds = np.searchsorted(shard_of[order], np.arange(num_shards + 1))
         self.by_shard = [order[bounds[k]:bounds[k + 1]] for k in range(num_shards)]
@@ -208,26 +214,31 @@ class ShardPlan:
                 for g in range(total))
         return self._per_stream[epoch]
 
-    def _epoch_batches(self, stream: int, epoch: int) -> list[tuple[int, tuple]]:
-        """(shard, (global cut indices, starts, num_samples, lengths)) of a global stream."""
-        own = self.visits_of(stream, epoch)
+    def _epoch_batches(self, stream: int, epoch: int,
+                       first: int = 0) -> Iterator[tuple[int, tuple]]:
+        """(shard, (global cut indices, starts, num_samples, lengths)) of a global stream's
+        batches in ``epoch``, from its ``first`` on: its visits' batches in turn, repeated from
+        the start up to :meth:`per_stream`. A visit is planned only when its batches are
+        reached (a resumed stream plans one shard, not the epoch's)."""
         visits = self.visits(epoch)
-        fallback = visits[stream % len(visits):] + visits[:stream % len(visits)]
-        out: list[tuple[int, tuple]] = []
-        for group in (own, fallback):  # a stream whose shards hold nothing borrows one
-            for s, p in group:
-                sampler = self._sampler(s)
-                if sampler is None:
-                    continue
-                cuts = self.by_shard[s]
-                for indices, starts, num, lens in sampler.plan_epoch(p):
-                    out.append((s, (tuple(cuts[list(indices)].tolist()), starts, num, lens)))
-                if out and group is fallback:
-                    break
-            if out:
-                break
+        own = [v for v in self.visits_of(stream, epoch) if self.shard_batches(*v)]
+        if not own:  # a stream whose shards hold nothing borrows the first that does
+            k = stream % len(visits)
+            own = [next(v for v in visits[k:] + visits[:k] if self.shard_batches(*v))]
+        ends = np.cumsum([self.shard_batches(*v) for v in own])  # (visits,) batch ends
         want = self.per_stream(epoch)
-        return [out[i % len(out)] for i in range(want)]
+        i = first
+        while i < want:
+            j = i % int(ends[-1])  # the stream's batch j, its padding repeating the first ones
+            v = int(np.searchsorted(ends, j, side="right"))
+            shard, p = own[v]
+            cuts = self.by_shard[shard]
+            batches = self._sampler(shard).plan_epoch(p)
+            for indices, starts, num, lens in batches[j - (int(ends[v - 1]) if v else 0):]:
+                yield shard, (tuple(cuts[list(indices)].tolist()), starts, num, lens)
+                i += 1
+                if i == want:
+                    return
 
     def stream(self, j: int, start: int = 0) -> Iterator[ShardRequest]:
         """Endless requests of this rank's stream ``j``, from its ``start``-th batch on."""
@@ -240,7 +251,7 @@ class ShardPlan:
             epoch += 1
         local = int(start)
         while True:
-            for shard, (indices, starts, num, lens) in self._epoch_batches(g, epoch)[k:]:
+            for shard, (indices, starts, num, lens) in self._epoch_batches(g, epoch, k):
                 position = local * self.streams + j
                 yield ShardRequest(shard, BatchRequest(indices, starts, num, lens, epoch,
                                                        position))
