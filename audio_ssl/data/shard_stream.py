@@ -425,6 +425,7 @@ class ShardStreamDataset(IterableDataset):
         return Batch(
             waveforms=decoded.waveforms, lengths=decoded.lengths,
             paths=[ids[asked[j]] for j in decoded.kept],
+            starts=[r.starts[asked[j]] for j in decoded.kept],
             failures=[Rejected(f"{url}#{ids[k]}", reasons[k]) for k in sorted(reasons)],
             position=r.position,
         )

@@ -179,6 +179,7 @@ def test_loader_workers_resume_in_order(tiny_shards):
         assert torch.equal(a.waveforms, b.waveforms)
     expected = _sequence(plan.requests(0), index, 12)
     assert [tuple(b.paths) for b in straight] == [ids for _, ids, _ in expected]
+    assert [tuple(b.starts) for b in straight] == [starts for _, _, starts in expected]
 
 
 # -- storage faults -----------------------------------------------------------------------------
