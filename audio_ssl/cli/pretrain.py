@@ -27,8 +27,10 @@ def add_pretrain(sub) -> None:
         "listed in OUTPUT/rejected.jsonl. Checkpoints, the resolved config, metrics and logs go "
         "to --output.",
     )
-    p.add_argument("data", help="folder of audio, JSONL manifest, list of files, or a shard "
-                   "folder of `audio-ssl shard` (a path or an s3:// URL: streamed)")
+    p.add_argument("data", nargs="+", help="folder of audio, JSONL manifest, list of files, or a "
+                   "shard folder of `audio-ssl shard` (a path or an s3:// URL: streamed); or "
+                   "several shard folders as SOURCE=WEIGHT (the fraction of each epoch's hours "
+                   "drawn from each) or a YAML list of {source, weight} (docs/shards.md)")
     p.add_argument("--output", "-o", type=Path, default=Path("runs/pretrain"),
                    help="run folder (default: runs/pretrain)")
     p.add_argument("--preset", choices=["tiny", "base", "large"], default="tiny",

@@ -30,6 +30,7 @@ class Batch:
         waveforms: (B, S) float32; rows shorter than S are zero padded at the end.
         lengths: (B,) int64 real samples per row.
         paths: B file paths, row order.
+        starts: B crop offsets (target-rate samples into each file), row order.
         failures: files of the request that could not be loaded (left out of the rows).
         position: the sampler position of this batch (resume at ``position + 1``).
         labels: (B, T) int64 frame labels of each crop (HuBERT targets), -1 where there is
@@ -47,6 +48,7 @@ class Batch:
     position: int = 0
     labels: torch.Tensor | None = None
     shard_failures: list[Rejected] = field(default_factory=list)
+    starts: list[int] = field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -105,15 +107,15 @@ class AudioBatchDataset(Dataset):
         reasons.update((asked[j], reason) for j, reason in decoded.failures)
         self.failed.update(every[asked[j]] for j, _ in decoded.failures)
         rows = [asked[j] for j in decoded.kept]  # request position of each row
-        paths = [every[k] for k in rows]
+        paths, starts = [every[k] for k in rows], [request.starts[k] for k in rows]
         return Batch(
             waveforms=decoded.waveforms,
             lengths=decoded.lengths,
             paths=paths,
             failures=[Rejected(every[k], reasons[k]) for k in sorted(reasons)],
             position=request.position,
-            labels=self._labels(paths, [request.starts[k] for k in rows], decoded.lengths,
-                                request.num_samples),
+            labels=self._labels(paths, starts, decoded.lengths, request.num_samples),
+            starts=starts,
         )
 
     def _labels(self, paths: list[str], starts: list[int], lengths: torch.Tensor,

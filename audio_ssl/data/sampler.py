@@ -140,19 +140,20 @@ class BucketBatchSampler(Sampler[BatchRequest]):
         if lens.min() >= cap:  # every crop is the cap: fixed batch size, same as the greedy loop
             n = max(1, budget // cap)
             return np.append(np.arange(n, size, n), size)
-        shortest = self.crop_to_shortest
+        # the greedy loop, item by item (a batch's crop depends on the items before): plain
+        # comparisons, no min()/max() calls, about twice as fast as with them
+        lst, shortest = lens.tolist(), self.crop_to_shortest
         ends: list[int] = []
-        n, crop = 0, 0
-        for i, length in enumerate(lens.tolist()):
-            if n:
-                c = min(crop, length) if shortest else max(crop, length)
-                if (n + 1) * min(c, cap) > budget:
-                    ends.append(i)
-                    n, crop = 1, length
-                else:
-                    n, crop = n + 1, c
-            else:
+        n, crop = 1, lst[0]
+        for i in range(1, size):
+            length = lst[i]
+            c = (length if length < crop else crop) if shortest else \
+                (length if length > crop else crop)
+            if (n + 1) * (c if c < cap else cap) > budget:
+                ends.append(i)
                 n, crop = 1, length
+            else:
+                n, crop = n + 1, c
         ends.append(size)
         return np.asarray(ends, dtype=np.int64)
 

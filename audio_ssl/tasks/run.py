@@ -14,6 +14,7 @@ import torch
 
 from audio_ssl.config import PretrainConfig, dump
 from audio_ssl.data import Rejected, make_dataloader, scan, write_rejected
+from audio_ssl.data.shard_mix import ShardMix, is_weighted, read_mix
 from audio_ssl.data.shard_stream import make_shard_dataloader, missing_shards
 from audio_ssl.data.shards import ShardIndex, is_shard_folder, read_index
 from audio_ssl.data.targets import LabelStore, check_targets
@@ -30,7 +31,7 @@ class PretrainData(L.LightningDataModule):
     """Holds the scanned items (or a shard folder's index); builds this rank's loader at the
     task's data position."""
 
-    def __init__(self, items: list | ShardIndex, cfg: PretrainConfig,
+    def __init__(self, items: list | ShardIndex | ShardMix, cfg: PretrainConfig,
                  labels: LabelStore | None = None):
         super().__init__()
         self.items, self.cfg, self.labels = items, cfg, labels
@@ -38,7 +39,7 @@ class PretrainData(L.LightningDataModule):
     def train_dataloader(self):
         trainer = self.trainer
         position = trainer.lightning_module.batches_seen  # restored before loaders are built
-        if isinstance(self.items, ShardIndex):
+        if isinstance(self.items, (ShardIndex, ShardMix)):
             loader, _ = make_shard_dataloader(self.items, self.cfg.data, seed=self.cfg.train.seed,
                                               rank=trainer.global_rank,
                                               world_size=trainer.world_size, position=position)
@@ -121,18 +122,22 @@ def load_init(init: str | Path) -> LoadedModel:
     return loaded
 
 
-def _read_source(data: str | Path, cfg: PretrainConfig, labels: LabelStore | None,
-                 progress: bool) -> tuple[list | ShardIndex, list[Rejected]]:
+def _read_source(data: str | Path | list, cfg: PretrainConfig, labels: LabelStore | None,
+                 progress: bool) -> tuple[list | ShardIndex | ShardMix, list[Rejected]]:
     """The audio of ``data`` (a folder, a manifest, a list, or a shard folder at a path or a
-    URL: found by its index), and what is left out (files, or cuts shorter than
-    ``data.min_samples``)."""
-    if not is_shard_folder(str(data)):
-        return scan(data, progress=progress, min_samples=cfg.data.min_samples,
+    URL: found by its index; or several shard folders with weights, :func:`read_mix`), and
+    what is left out (files, or cuts shorter than ``data.min_samples``)."""
+    data = list(data) if isinstance(data, (list, tuple)) else [data]
+    specs = [str(d) for d in data]
+    weighted = is_weighted(specs)
+    if not weighted and not is_shard_folder(specs[0]):
+        return scan(data[0], progress=progress, min_samples=cfg.data.min_samples,
                     sample_rate=cfg.data.sample_rate)
     if labels is not None:
-        raise ValueError(f"--targets with the shard folder {data}: HuBERT labels are read by "
-                         "file path; pretrain on the folder or manifest the shards were made of")
-    index = read_index(str(data))
+        raise ValueError(f"--targets with the shard folder {' '.join(specs)}: HuBERT labels are "
+                         "read by file path; pretrain on the folder or manifest the shards were "
+                         "made of")
+    index = read_mix(specs) if weighted else read_index(specs[0])
     sr = cfg.data.sample_rate
     short = [Rejected(c.path, f"too short: {c.samples_at(sr)} < {cfg.data.min_samples} samples "
                               f"at {sr} Hz (cut {c.id})")
@@ -140,11 +145,11 @@ def _read_source(data: str | Path, cfg: PretrainConfig, labels: LabelStore | Non
     gone = missing_shards(index)
     if gone:
         log.warning("%d of %d shards of %s are missing; their batches will be skipped (first: %s)",
-                    len(gone), index.num_shards, data, gone[0])
+                    len(gone), index.num_shards, " ".join(specs), gone[0])
     return index, short
 
 
-def pretrain(data: str | Path, cfg: PretrainConfig, output_dir: str | Path, *,
+def pretrain(data: str | Path | list[str], cfg: PretrainConfig, output_dir: str | Path, *,
              resume: bool = False, progress: bool = True, accelerator: str = "auto",
              init: str | Path | LoadedModel | None = None) -> PretrainResult:
     """Pretrain on ``data`` into ``output_dir``.
@@ -182,7 +187,7 @@ def pretrain(data: str | Path, cfg: PretrainConfig, output_dir: str | Path, *,
     if not resume:  # a run killed before its first checkpoint left these: they start anew
         start_fresh_logs(output, ("metrics.jsonl", "decode_failures.jsonl"))
     write_rejected(rejected, output / "rejected.jsonl")
-    if labels is not None and not isinstance(items, ShardIndex):
+    if labels is not None and not isinstance(items, (ShardIndex, ShardMix)):
         missing = labels.missing([item.path for item in items])
         if len(missing) == len(items):
             raise FileNotFoundError(f"--targets {cfg.data.targets} holds no labels for any file "
@@ -192,7 +197,7 @@ def pretrain(data: str | Path, cfg: PretrainConfig, output_dir: str | Path, *,
                         len(missing), len(items), cfg.data.targets, missing[0])
     dump(cfg, output / "config.yaml")
     usable = items
-    if isinstance(items, ShardIndex):  # the cuts the plan samples from
+    if isinstance(items, (ShardIndex, ShardMix)):  # the cuts the plan samples from
         usable = [c for c in items.cuts if c.samples_at(cfg.data.sample_rate)
                   >= cfg.data.min_samples]
     hours, files = sum(item.duration for item in usable) / 3600, len(usable)

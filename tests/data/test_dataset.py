@@ -50,7 +50,7 @@ def test_crops_match_load_audio(items):
     batch = ds[_request([0, 1, 2], [100, 3000, 0], 12000)]
     assert batch.waveforms.shape == (3, 12000) and batch.waveforms.dtype == torch.float32
     assert batch.lengths.tolist() == [12000] * 3 and batch.lengths.dtype == torch.int64
-    assert batch.paths == [items[i].path for i in (0, 1, 2)]
+    assert batch.paths == [items[i].path for i in (0, 1, 2)] and batch.starts == [100, 3000, 0]
     assert batch.failures == [] and batch.position == 7
     for row, (i, s) in zip(batch.waveforms, [(0, 100), (1, 3000), (2, 0)]):
         assert torch.equal(row, load_audio(items[i].path, start=s, num_samples=12000))
@@ -68,9 +68,9 @@ def test_padding_when_not_cropped_to_shortest(items):
 
 def test_bad_file_is_dropped_and_reported(items):
     ds = AudioBatchDataset(items, sample_rate=16000, normalize=False)
-    batch = ds[_request([3, 0, 1], [0, 0, 0], 8000)]
+    batch = ds[_request([3, 0, 1], [5, 6, 7], 8000)]
     assert batch.waveforms.shape == (2, 8000)
-    assert batch.paths == [items[0].path, items[1].path]
+    assert batch.paths == [items[0].path, items[1].path] and batch.starts == [6, 7]
     assert len(batch.failures) == 1 and isinstance(batch.failures[0], Rejected)
     assert batch.failures[0].path == items[3].path
     assert batch.failures[0].reason.startswith("cannot decode")

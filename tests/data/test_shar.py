@@ -179,6 +179,7 @@ def test_loader_workers_resume_in_order(tiny_shards):
         assert torch.equal(a.waveforms, b.waveforms)
     expected = _sequence(plan.requests(0), index, 12)
     assert [tuple(b.paths) for b in straight] == [ids for _, ids, _ in expected]
+    assert [tuple(b.starts) for b in straight] == [starts for _, _, starts in expected]
 
 
 # -- storage faults -----------------------------------------------------------------------------
@@ -331,3 +332,17 @@ def test_pretraining_from_shards_resumes_exactly_and_counts_a_missing_shard(
     assert [(f["path"], f["kind"]) for f in failures] == [(str(holed / recording_name(2)),
                                                            "shard")]
     assert json.loads((run / "summary.json").read_text())["failed_shards"] == 1
+
+
+def test_a_malformed_index_is_named(tmp_path):
+    from audio_ssl.data.shards import ShardCut, encode_index, index_header
+
+    cut = ShardCut("a", 0, 16000, 16000, 1, "/a.flac")
+    (tmp_path / INDEX_NAME).write_bytes(encode_index(index_header(1, 1, "flac", 1), [cut]))
+    assert read_index(str(tmp_path)).cuts == (cut,)
+    text = gzip.decompress((tmp_path / INDEX_NAME).read_bytes()).decode()
+    for bad in (text.replace('"channels": 1, ', ""), text.replace('"path"', '"paht"'),
+                text + "[1, 2]\n", text[:-3] + "\n"):
+        (tmp_path / INDEX_NAME).write_bytes(gzip.compress(bad.encode()))
+        with pytest.raises(ValueError, match=f"{INDEX_NAME}: malformed index"):
+            read_index(str(tmp_path))
