@@ -1,8 +1,8 @@
 """Latency and throughput of a model exported to ONNX, against the torch model it came from.
 
 For the tiny and BASE presets (random weights, features graph: encoder + every context layer),
-in one process: torch eager fp32 (the module's own forward, ``inference_mode``), onnxruntime
-fp32 and onnxruntime int8 (dynamic quantisation of the matrix products), batch 1 at 1 s, 3.7 s
+in one process, the engines taking turns call by call: torch eager fp32 (the module's own
+forward, ``inference_mode``), onnxruntime fp32 and onnxruntime int8 (dynamic quantisation of the matrix products), batch 1 at 1 s, 3.7 s
 and 17 s, and a ragged batch (17, 8, 3.7, 1 s padded to 17 s, with lengths). One JSON line per
 (model, case, engine): median latency, audio seconds per second, the speed-up over torch
 (``speedup_vs_torch`` = torch latency / this latency), and how far the last layer is from torch
@@ -40,15 +40,20 @@ def batch_of(lengths: list[int], seed: int = 0) -> tuple[torch.Tensor, torch.Ten
     return wav, torch.tensor(lengths)
 
 
-def timed(fn, repeats: int) -> float:
-    """Median wall seconds of ``repeats`` calls after one warm-up call."""
-    fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
+def timed(fns: dict, repeats: int) -> dict[str, float]:
+    """Median wall seconds of ``repeats`` calls of each function after one warm-up call each,
+    the functions taking turns (a call of each per round, the order rotated every round) so that
+    load from other processes falls on every engine alike."""
+    for fn in fns.values():
         fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    names = list(fns)
+    times: dict[str, list[float]] = {name: [] for name in names}
+    for r in range(repeats):
+        for name in names[r % len(names):] + names[: r % len(names)]:
+            start = time.perf_counter()
+            fns[name]()
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(t) for name, t in times.items()}
 
 
 def main() -> None:
@@ -85,16 +90,18 @@ def main() -> None:
                     with torch.inference_mode():
                         model(wav, lens, return_layers=True)
 
-                results = {"torch": (timed(run_torch, repeats), 0.0, 0.0)}
+                x, n = wav.numpy(), lens.numpy()
+                calls = {"torch": run_torch, **{engine: (lambda r=runner: r.run(x, n))
+                                                for engine, runner in engines.items()}}
+                seconds = timed(calls, repeats)
+                results = {"torch": (seconds["torch"], 0.0, 0.0)}
                 for engine, runner in engines.items():
-                    x, n = wav.numpy(), lens.numpy()
-                    seconds = timed(lambda: runner.run(x, n), repeats)
                     got = torch.from_numpy(runner.run(x, n, [last])[last])
                     diff = max(float((got[b, :f] - ref_last[b, :f]).abs().max())
                                for b, f in enumerate(frames))
                     rel = max(float((got[b, :f] - ref_last[b, :f]).norm()
                                     / ref_last[b, :f].norm()) for b, f in enumerate(frames))
-                    results[engine] = (seconds, diff, rel)
+                    results[engine] = (seconds[engine], diff, rel)
                 audio = sum(lengths) / 16_000
                 for engine, (seconds, diff, rel) in results.items():
                     print(json.dumps({
