@@ -50,7 +50,23 @@ def _start(source: Path, output: Path, log: Path, *, resume: bool = False,
         ranks.append(subprocess.Popen(args, env=dict(env, RANK=str(rank), LOCAL_RANK=str(rank)),
                                       stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                                       text=True, process_group=ranks[0].pid if ranks else 0))
+    _STARTED.append(ranks[0].pid)
     return ranks
+
+
+_STARTED: list[int] = []  # process groups this module started
+
+
+@pytest.fixture(autouse=True)
+def _no_rank_outlives_its_test():
+    """Whatever ends the test (a failed assertion, an interrupt), no rank or loader worker it
+    started is left running, waiting for a peer."""
+    yield
+    while _STARTED:
+        try:
+            os.killpg(_STARTED.pop(), signal.SIGKILL)
+        except ProcessLookupError:
+            pass
 
 
 def _wait(ranks: list[subprocess.Popen]) -> tuple[list[int], str]:
