@@ -124,16 +124,6 @@ def check_run_folder(output: Path, *, resume: bool, last: Path | None) -> None:
                               "continue it or choose another --output")
 
 
-def keep_rows_before(path: Path, step: int) -> None:
-    """Rewrite the JSONL log ``path`` (atomically) without its rows of ``step`` or later."""
-    if not path.is_file():
-        return
-    lines = path.read_text().splitlines()
-    kept = [line for line in lines if line.strip() and json.loads(line).get("step", 0) < step]
-    if len(kept) != len(lines):
-        atomic_write_text(path, "".join(line + "\n" for line in kept), fsync=False)
-
-
 class OutputFolderError(ValueError):
     """An output folder that cannot be made or written to."""
 
@@ -197,23 +187,6 @@ def make_run_folder(output: Path) -> None:
         log.info("removed %d temporary file(s) of a checkpoint write that was killed", len(stale))
 
 
-def start_fresh_logs(output: Path, names: tuple[str, ...]) -> None:
-    """Remove the logs that a run killed before its first checkpoint left in ``output``: the
-    JSONL logs ``names``, ``logs/csv/metrics.csv`` and TensorBoard's event files in
-    ``logs/tensorboard``. A run started without ``--resume`` writes them anew rather than
-    appending to the records of a run it cannot continue (only a folder without a checkpoint
-    takes such a run: :func:`check_run_folder`)."""
-    logs = output / "logs"
-    paths = [output / name for name in names] + [logs / "csv" / "metrics.csv"]
-    paths += sorted((logs / "tensorboard").glob("events.out.tfevents.*"))
-    removed = [path for path in paths if path.is_file()]
-    for path in removed:
-        path.unlink()
-    if removed:
-        log.info("removed %d log file(s) of an earlier run that left no checkpoint in %s",
-                 len(removed), output)
-
-
 def iter_jsonl(path: str | os.PathLike) -> Iterator[tuple[int, dict]]:
     """(line number, object) for each non-blank line of a JSONL file; a line that is not a JSON
     object is an error naming the file and line."""
@@ -232,5 +205,5 @@ def iter_jsonl(path: str | os.PathLike) -> Iterator[tuple[int, dict]]:
 
 
 __all__ = ["fsync_dir", "create_temp", "commit", "atomic_path", "atomic_write_text",
-           "start_fresh_logs", "iter_jsonl", "OutputFolderError", "check_output_folder",
+           "iter_jsonl", "OutputFolderError", "check_output_folder",
            "make_output_folder"]

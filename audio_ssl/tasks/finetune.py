@@ -7,9 +7,11 @@ the learning rate follows the tri-stage schedule. Lightning's validation loop ru
 ``train.val_every`` updates (and at the end): greedy decoding, torchmetrics' WER and CER (summed
 over ranks); its ``ModelCheckpoint`` keeps the lowest WER (the lowest CER among equal WERs; CER
 first with ``train.best_by: cer``) in ``checkpoints/best.ckpt`` and the latest state in
-``last.ckpt``, written atomically. The data side (:func:`prepare`, :class:`FinetuneData`) and the
-run's records (rejected.jsonl, :class:`FinetuneResult`) are in
-:mod:`audio_ssl.tasks.finetune_data`.
+``last.ckpt``, written atomically. The data side (:func:`prepare`, :class:`FinetuneData`), the
+utterances refused before training (rejected.jsonl) and :class:`FinetuneResult` are in
+:mod:`audio_ssl.tasks.finetune_data`; what training writes to the run folder (metrics.jsonl,
+rejected.jsonl's rows with a step, summary.json) goes through the run log that pretraining
+uses too (:class:`~audio_ssl.tasks.run_log.RunLog`).
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from typing import Any
 
 import lightning as L
 import torch
-from lightning.pytorch.utilities import rank_zero_only
+from lightning.pytorch.callbacks import Callback
 from torchmetrics import MeanMetric
 from torchmetrics.text import CharErrorRate, WordErrorRate
 
@@ -30,7 +32,7 @@ from audio_ssl.config import FinetuneConfig, dump, load_finetune, merge, to_dict
 from audio_ssl.data.labelled import LabelledBatch
 from audio_ssl.data.manifest import Rejected
 from audio_ssl.data.text import Vocabulary
-from audio_ssl.io import check_run_folder, make_run_folder, start_fresh_logs
+from audio_ssl.io import check_run_folder, make_run_folder
 from audio_ssl.asr.decode import greedy_decode
 from audio_ssl.interop import CONFIG_KEY, VOCAB_KEY
 from audio_ssl.losses.ctc import ctc_loss
@@ -41,15 +43,15 @@ from audio_ssl.tasks.finetune_data import (
     FinetuneData,
     FinetuneResult,
     Prepared,
-    keep_rows_of_checkpoint,
     prepare,
     read_sets,
     rejected_row,
     selection_score,
     start_rejected_log,
 )
-from audio_ssl.tasks.pretrain import RunClock, step_seed
+from audio_ssl.tasks.pretrain import step_seed
 from audio_ssl.tasks.run import find_last_checkpoint
+from audio_ssl.tasks.run_log import RunLog
 from audio_ssl.tasks.schedules import skips_weight_decay, tri_stage
 from audio_ssl.tasks.trainer import RunCheckpoint, build_trainer, is_distributed
 
@@ -63,11 +65,12 @@ class FinetuneTask(L.LightningModule):
         cfg: the resolved fine-tuning config.
         vocab: output tokens (blank first).
         valid_texts: normalised reference of each validation item.
-        output_dir: run folder (metrics.jsonl, rejected.jsonl), or None.
+        run_log: where the run's records go (metrics.jsonl, rejected.jsonl, the validations
+            and the summary's losses); None: a run log that writes nothing.
     """
 
     def __init__(self, cfg: FinetuneConfig, vocab: Vocabulary,
-                 valid_texts: list[str] | None = None, output_dir: str | Path | None = None):
+                 valid_texts: list[str] | None = None, run_log: RunLog | None = None):
         super().__init__()
         self.cfg = cfg
         self.vocab = vocab
@@ -78,17 +81,15 @@ class FinetuneTask(L.LightningModule):
         self._freezable = [p for name, p in self.model.named_parameters()
                            if p.requires_grad and self.is_pretrained(name)]
         self.valid_texts = valid_texts or []
-        self.output_dir = Path(output_dir) if output_dir else None
+        self.run_log = run_log or finetune_log(None)
         # corpus rates: errors and reference lengths are summed over batches and ranks
         self.valid_wer, self.valid_cer = WordErrorRate(), CharErrorRate()
         self.valid_loss = MeanMetric()  # CTC loss per utterance
         self.batches_seen = 0
-        self.history: list[dict[str, float]] = []  # validation rows
-        self.first_loss: float | None = None
-        self.last_metrics: dict[str, float] = {}
-        self.skipped_in_training = 0
-        self.clock = RunClock()  # training time over every segment a resume joined
-        self._reported: dict[str, set[int]] = {}  # split -> items listed in rejected.jsonl
+        self.skipped_in_training = 0  # utterances CTC could not align
+
+    def configure_callbacks(self) -> list[Callback]:
+        return [self.run_log]
 
     # -- helpers ---------------------------------------------------------------------------------
     def backbone_frozen(self, step: int) -> bool:
@@ -182,15 +183,8 @@ class FinetuneTask(L.LightningModule):
         }
         for name, value in metrics.items():
             self.log(name, value, prog_bar=name == "train/loss", batch_size=len(batch))
-        if self.first_loss is None:
-            self.first_loss = metrics["train/loss"]
-        self.last_metrics.update(metrics)
-        if self.output_dir is not None and step % self.cfg.train.log_every == 0:
-            self._append_jsonl("metrics.jsonl", {"step": step, **metrics})
+        self.run_log.train(step, metrics, write=step % self.cfg.train.log_every == 0)
         return loss.loss
-
-    def on_train_start(self) -> None:
-        self.clock.start()
 
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
         if self.global_step >= self.trainer.max_steps:
@@ -246,9 +240,7 @@ class FinetuneTask(L.LightningModule):
         # compute() sums over ranks and caches the value Lightning logs after this hook
         row = {name: float(metric.compute()) for name, metric in self._valid_metrics()}
         step = self.global_step
-        self.history.append({"step": step, **row})
-        if self.output_dir is not None:
-            self._append_jsonl("metrics.jsonl", {"step": step, **row})
+        self.run_log.valid(step, row)
         log.info("step %d: valid WER %.2f%%, CER %.2f%%, loss %.3f", step, 100 * row["valid/wer"],
                  100 * row["valid/cer"], row["valid/loss"])
         if row["valid/wer"] != row["valid/wer"]:  # NaN: no reference word on any rank
@@ -266,44 +258,24 @@ class FinetuneTask(L.LightningModule):
         rejected.jsonl, once each (a loader that fetched ahead may bring one again); returns how
         many were new."""
         self.trainer.datamodule.dataset(split).exclude(indices)
-        reported = self._reported.setdefault(split, set())
-        new = 0
-        for index, reason in zip(indices, reasons):
-            if index not in reported:
-                reported.add(index)
-                new += 1
-                if self.output_dir is not None:
-                    self._append_jsonl("rejected.jsonl",
+        return sum(self.run_log.report(f"rejected_{split}", index,
                                        rejected_row(split, reason, self.global_step))
-        return new
+                   for index, reason in zip(indices, reasons))
 
-    @rank_zero_only
-    def _append_jsonl(self, name: str, record: dict[str, Any]) -> None:
-        with open(self.output_dir / name, "a", encoding="utf-8") as f:
-            f.write(json.dumps(record, ensure_ascii=False) + "\n")
-
+    # -- checkpoints (the run log saves and restores its own records) ----------------------------
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint[CONFIG_KEY] = to_dict(self.cfg)
         checkpoint[VOCAB_KEY] = list(self.vocab.tokens)
         checkpoint["batches_seen"] = self.batches_seen
-        checkpoint["valid_history"] = self.history
-        checkpoint["first_loss"] = self.first_loss
-        checkpoint["elapsed_seconds"] = self.clock.seconds
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self.batches_seen = int(checkpoint.get("batches_seen", 0))
-        self.history = list(checkpoint.get("valid_history", []))
-        self.first_loss = checkpoint.get("first_loss", self.first_loss)
-        self.clock.before = float(checkpoint.get("elapsed_seconds", 0.0))
-        self._forget_after(int(checkpoint.get("global_step", 0)))
 
-    @rank_zero_only
-    def _forget_after(self, step: int) -> None:
-        """Drop the log rows a killed run wrote past its last checkpoint: the resumed run
-        writes them again."""
-        if self.output_dir is not None:
-            for name in ("metrics.jsonl", "rejected.jsonl"):
-                keep_rows_of_checkpoint(self.output_dir / name, step)
+
+def finetune_log(output: str | Path | None) -> RunLog:
+    """The run log of fine-tuning in ``output`` (None: writes nothing): an utterance that fails
+    to decode or cannot be aligned goes to rejected.jsonl, once per split and item."""
+    return RunLog(output, failures="rejected.jsonl", kinds=("rejected_train", "rejected_valid"))
 
 
 def _initial_weights(pretrained: str | Path | None, from_scratch: bool):
@@ -353,7 +325,7 @@ def finetune(pretrained: str | Path | None, train: str | Path, valid: str | Path
         resume: continue from ``checkpoints/last.ckpt`` (also in a folder renamed or copied
             since); the summary's time covers every segment. Without it, the logs a run killed
             before its first checkpoint left are removed and start anew
-            (:func:`~audio_ssl.io.start_fresh_logs`).
+            (:meth:`~audio_ssl.tasks.run_log.RunLog.start`).
     """
     start = time.perf_counter()
     output = Path(output_dir)
@@ -362,12 +334,61 @@ def finetune(pretrained: str | Path | None, train: str | Path, valid: str | Path
     if pretrained is None and not from_scratch:
         raise ValueError("fine-tuning needs a pretrained checkpoint (or --from-scratch)")
 
+    cfg, state, ctc_vocab, init = _settings(pretrained, from_scratch, preset, config_yaml,
+                                            overrides)
+    vocab, train_set, valid_set = read_sets(
+        train, valid, cfg, ctc_vocab, train_split=train_split, valid_split=valid_split,
+        rejected_log=output / "rejected.jsonl")
+    run_log, hours = _start_run_folder(output, cfg, vocab, train_set, valid_set, resume)
+
+    torch.manual_seed(cfg.train.seed)  # the same head (and scratch network) for the same seed
+    data = FinetuneData(train_set.dataset(cfg), valid_set.dataset(cfg), cfg)
+    task = FinetuneTask(cfg, vocab, valid_set.texts, run_log)
+    if state is not None:
+        if ctc_vocab is not None:
+            task.model.load_state_dict(state)
+        else:
+            task.model.load_backbone(state, keep_random_layers=cfg.ctc.reinit_layers)
+    trainer = _trainer(cfg, output, accelerator, progress)
+    trainer.fit(task, datamodule=data, ckpt_path=last if resume else None)
+    result = _result(trainer, task, data, refused=len(train_set.rejected) + len(valid_set.rejected),
+                     hours=hours, start=start, from_scratch=from_scratch, init=init)
+    run_log.write_summary(result, ("output_dir", "best_checkpoint", "last_checkpoint"),
+                          best=result.best)
+    return result
+
+
+def _settings(pretrained: str | Path | None, from_scratch: bool, preset: str,
+              config_yaml: str | Path | None,
+              overrides: dict[str, Any] | None) -> tuple[FinetuneConfig, dict | None,
+                                                         list[str] | None, str]:
+    """The run's config and what it starts from: (config, state dict or None, a CTC model's
+    vocabulary or None, a description of the weights). The config is the preset, YAML and
+    overrides over the checkpoint's network, with audio normalised as that network heard it
+    and, continuing a CTC model, its own text settings unless others are given."""
     model_cfg, state, ctc_vocab, run, normalize, init = _initial_weights(pretrained, from_scratch)
     cfg = load_finetune(preset, config_yaml, overrides, model=model_cfg)
+    _check_settings(cfg, pretrained, continues_ctc=ctc_vocab is not None)
+    if pretrained is None:  # the preset's network: its pretraining preset's audio rule
+        from audio_ssl.config import preset as pretrain_preset
+
+        normalize = pretrain_preset(preset).data.normalize
+    if cfg.data.normalize is None:  # audio as the pretrained model heard it
+        cfg = merge(cfg, {"data": {"normalize": normalize}})
+    if ctc_vocab is not None and isinstance(run.get("text"), dict) and \
+            not (overrides or {}).get("text") and config_yaml is None:
+        cfg = merge(cfg, {"text": run["text"]})  # continue with the model's own text settings
+    return cfg, state, ctc_vocab, init
+
+
+def _check_settings(cfg: FinetuneConfig, pretrained: str | Path | None, *,
+                    continues_ctc: bool) -> None:
+    """Refuse CTC settings that cannot work with this network (``continues_ctc``: training
+    goes on from the CTC model ``pretrained``)."""
     if not 0 <= cfg.ctc.reinit_layers <= cfg.model.context.layers:
         raise ValueError(f"ctc.reinit_layers must be between 0 and the network's "
                          f"{cfg.model.context.layers} context layers, got {cfg.ctc.reinit_layers}")
-    if ctc_vocab is not None and cfg.ctc.reinit_layers:
+    if continues_ctc and cfg.ctc.reinit_layers:
         raise ValueError(f"ctc.reinit_layers is {cfg.ctc.reinit_layers}: expected 0 when "
                          f"continuing the CTC model {pretrained} (it re-initialises layers of a "
                          f"pretrained backbone)")
@@ -379,21 +400,15 @@ def finetune(pretrained: str | Path | None, train: str | Path, valid: str | Path
     if not cfg.optim.backbone_lr_scale >= 0:
         raise ValueError(f"optim.backbone_lr_scale is {cfg.optim.backbone_lr_scale}: expected "
                          "0 or more (a fraction of optim.lr)")
-    if pretrained is None:  # the preset's network: its pretraining preset's audio rule
-        from audio_ssl.config import preset as pretrain_preset
 
-        normalize = pretrain_preset(preset).data.normalize
-    if cfg.data.normalize is None:  # audio as the pretrained model heard it
-        cfg = merge(cfg, {"data": {"normalize": normalize}})
-    if ctc_vocab is not None and isinstance(run.get("text"), dict) and \
-            not (overrides or {}).get("text") and config_yaml is None:
-        cfg = merge(cfg, {"text": run["text"]})  # continue with the model's own text settings
-    vocab, train_set, valid_set = read_sets(
-        train, valid, cfg, ctc_vocab, train_split=train_split, valid_split=valid_split,
-        rejected_log=output / "rejected.jsonl")
+
+def _start_run_folder(output: Path, cfg: FinetuneConfig, vocab: Vocabulary, train_set: Prepared,
+                      valid_set: Prepared, resume: bool) -> tuple[RunLog, float]:
+    """Make the run folder, once the run is accepted, with its run log, rejected.jsonl, config
+    and vocabulary; returns the run log and the hours of training audio."""
     make_run_folder(output)  # only now: a refused run writes nothing
-    if not resume:  # a run killed before its first checkpoint left these: they start anew
-        start_fresh_logs(output, ("metrics.jsonl",))
+    run_log = finetune_log(output)
+    run_log.start(resume)  # a run killed before its first checkpoint left logs: they start anew
     start_rejected_log(output / "rejected.jsonl",
                        {"train": train_set.rejected, "valid": valid_set.rejected}, resume)
     dump(cfg, output / "config.yaml")
@@ -402,54 +417,51 @@ def finetune(pretrained: str | Path | None, train: str | Path, valid: str | Path
     log.info("%d training utterances (%.2f h), %d validation; %d skipped (listed in %s)",
              len(train_set.items), hours, len(valid_set.items),
              len(train_set.rejected) + len(valid_set.rejected), output / "rejected.jsonl")
+    return run_log, hours
 
-    torch.manual_seed(cfg.train.seed)  # the same head (and scratch network) for the same seed
-    train_data, valid_data = train_set.dataset(cfg), valid_set.dataset(cfg)
-    task = FinetuneTask(cfg, vocab, valid_set.texts, output)
-    if state is not None:
-        if ctc_vocab is not None:
-            task.model.load_state_dict(state)
-        else:
-            task.model.load_backbone(state, keep_random_layers=cfg.ctc.reinit_layers)
+
+def _trainer(cfg: FinetuneConfig, output: Path, accelerator: str, progress: bool) -> L.Trainer:
+    """The trainer of a fine-tuning run: validation every ``train.val_every`` updates, then
+    best.ckpt if its (WER, CER) (or (CER, WER)) is the lowest yet (the first of equal ones
+    stays), then last.ckpt (save_last would write it only with a new best)."""
     # a frozen context network has no gradients for its first updates
     strategy = ("ddp_find_unused_parameters_true"
                 if is_distributed(cfg.train) and cfg.ctc.freeze_updates > 0 else None)
-    # after each validation: best.ckpt if its (WER, CER) (or (CER, WER)) is the lowest yet (the
-    # first of equal ones stays), then last.ckpt (save_last would write it only with a new best)
     best_key = SELECTION_KEYS[cfg.train.best_by]
     checkpoints = [RunCheckpoint(dirpath=output / "checkpoints", filename=name, save_top_k=1,
                                  **monitor)
                    for name, monitor in (("best", {"monitor": best_key, "mode": "min"}),
                                          ("last", {}))]
-    trainer = build_trainer(cfg.train, output, grad_clip=cfg.optim.grad_clip,
-                            accelerator=accelerator, progress=progress, strategy=strategy, callbacks=checkpoints,
-                            val_every=cfg.train.val_every)
-    trainer.fit(task, datamodule=FinetuneData(train_data, valid_data, cfg),
-                ckpt_path=last if resume else None)
+    return build_trainer(cfg.train, output, grad_clip=cfg.optim.grad_clip,
+                         accelerator=accelerator, progress=progress, strategy=strategy,
+                         callbacks=checkpoints, val_every=cfg.train.val_every)
+
+
+def _result(trainer: L.Trainer, task: FinetuneTask, data: FinetuneData, *, refused: int,
+            hours: float, start: float, from_scratch: bool, init: str) -> FinetuneResult:
+    """What the run did: its checkpoints, the utterances used (``refused``: those left out
+    before training; the data module's, while training), the run log's records; ``start``:
+    when the run began (its time covers every segment)."""
+    run_log = task.run_log
+    output = run_log.output
     best = output / "checkpoints" / "best.ckpt"
     warnings = []
     if task.skipped_in_training:
         warnings.append(f"{task.skipped_in_training} training utterance(s) could not be aligned "
                         "and were skipped (rejected.jsonl)")
-    left_out = len(train_data.excluded) + len(valid_data.excluded)  # while training
-    result = FinetuneResult(
+    train, valid = data.train, data.valid
+    return FinetuneResult(
         output_dir=output, best_checkpoint=best if best.is_file() else None,
         last_checkpoint=find_last_checkpoint(output), steps=trainer.global_step,
-        train_utterances=len(train_set.items) - len(train_data.excluded), train_hours=hours,
-        valid_utterances=len(valid_set.items) - len(valid_data.excluded),
-        rejected=len(train_set.rejected) + len(valid_set.rejected) + left_out,
-        vocab=list(vocab.tokens), history=task.history, first_loss=task.first_loss,
-        last_loss=task.last_metrics.get("train/loss"),
-        seconds=task.clock.before + time.perf_counter() - start,  # every segment of the run
-        from_scratch=from_scratch, init=init, warnings=warnings, best_by=cfg.train.best_by,
+        train_utterances=len(train.items) - len(train.excluded), train_hours=hours,
+        valid_utterances=len(valid.items) - len(valid.excluded),
+        rejected=refused + len(train.excluded) + len(valid.excluded),
+        vocab=list(task.vocab.tokens), history=run_log.history,
+        first_loss=(run_log.first or {}).get("train/loss"),
+        last_loss=run_log.last.get("train/loss"),
+        seconds=run_log.clock.before + time.perf_counter() - start,  # every segment of the run
+        from_scratch=from_scratch, init=init, warnings=warnings, best_by=task.cfg.train.best_by,
     )
-    if trainer.global_rank == 0:
-        summary = {k: v for k, v in vars(result).items()
-                   if k not in ("output_dir", "best_checkpoint", "last_checkpoint")}
-        summary.update(output_dir=str(output), best_checkpoint=str(result.best_checkpoint),
-                       last_checkpoint=str(result.last_checkpoint), best=result.best)
-        (output / "summary.json").write_text(json.dumps(summary, indent=2))
-    return result
 
 
 __all__ = ["FinetuneTask", "FinetuneData", "Prepared", "prepare", "FinetuneResult", "finetune"]

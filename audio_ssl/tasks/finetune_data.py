@@ -232,30 +232,5 @@ def start_rejected_log(path: Path, before_training: dict[str, list[Rejected]],
     atomic_write_text(path, "".join(row + "\n" for row in rows), fsync=False)
 
 
-def written_after(row: dict[str, Any]) -> bool:
-    """Whether a log row is written after its step's update (validation: its ``step`` counts
-    the updates done) rather than during it (training: ``step`` is the update's index)."""
-    return "valid/wer" in row or row.get("split") == "valid"
-
-
-def keep_rows_of_checkpoint(path: Path, step: int) -> None:
-    """Rewrite the JSONL log ``path`` (atomically) with only the rows the checkpoint of
-    ``step`` updates had seen: a run resumed from it writes the others again. Like
-    :func:`audio_ssl.io.keep_rows_before`, except that the validation of update ``step`` ran
-    before the checkpoint was written (it is what wrote it) and is kept."""
-    if not path.is_file():
-        return
-    lines = path.read_text(encoding="utf-8").splitlines()
-    kept = []
-    for line in lines:
-        if not line.strip():
-            continue
-        row = json.loads(line)
-        if row.get("step", 0) < step + written_after(row):
-            kept.append(line)
-    if len(kept) != len(lines):
-        atomic_write_text(path, "".join(line + "\n" for line in kept), fsync=False)
-
-
 __all__ = ["Prepared", "prepare", "read_sets", "FinetuneData", "FinetuneResult", "rejected_row",
-           "start_rejected_log", "keep_rows_of_checkpoint"]
+           "start_rejected_log"]

@@ -2,51 +2,31 @@
 
 from __future__ import annotations
 
-import json
 import math
 import time
-import warnings
 from pathlib import Path
 from typing import Any
 
 import lightning as L
 import torch
 from lightning.fabric.plugins.io import TorchCheckpointIO
-from lightning.pytorch.utilities import rank_zero_only
+from lightning.pytorch.callbacks import Callback
 
 from audio_ssl.config import PretrainConfig, to_dict
 from audio_ssl.interop import CONFIG_KEY
-from audio_ssl.io import atomic_path, keep_rows_before
+from audio_ssl.io import atomic_path
 from audio_ssl.losses.reconstruction import chance_loss
 from audio_ssl.models.data2vec import Data2VecForPretraining
 from audio_ssl.models.pretraining import PRETRAINING_MODELS, Wav2Vec2ForPretraining, pretraining_model
 from audio_ssl.tasks.monitor import CollapseWatch, SpreadWatch
+from audio_ssl.tasks.run_log import RunLog
 from audio_ssl.tasks.schedules import skips_weight_decay, warmup_linear
-
 
 
 def step_seed(seed: int, step: int, rank: int) -> int:
     """A seed that is a pure function of (run seed, update, rank): exact resume needs no RNG
     state in the checkpoint."""
     return (seed * 1_000_003 + step * 9_176 + rank * 7_919) % (2**63 - 1)
-
-
-class RunClock:
-    """Training time of a run over the segments that ``--resume`` joined: the seconds stored in
-    the checkpoint a segment started from (:attr:`before`, 0 for a run that was not resumed)
-    plus this segment's since :meth:`start`. A task saves :attr:`seconds` in each checkpoint
-    and sets :attr:`before` from the one it resumes."""
-
-    def __init__(self):
-        self.before = 0.0
-        self._start = time.perf_counter()
-
-    def start(self) -> None:
-        self._start = time.perf_counter()
-
-    @property
-    def seconds(self) -> float:
-        return self.before + time.perf_counter() - self._start
 
 
 def _part(name: str) -> str:
@@ -58,24 +38,69 @@ def _part(name: str) -> str:
     return "heads"  # layer norm, projection, mask embedding, final projection
 
 
+class Throughput:
+    """Audio seconds trained on per second between two records. The samples of every update
+    are added on the device: an update that writes no record reads nothing back to the host."""
+
+    def __init__(self):
+        self._samples: torch.Tensor | None = None  # audio samples trained on since the record
+        self._last_time: float | None = None  # when the last record was taken
+
+    def add(self, lengths: torch.Tensor) -> None:
+        samples = lengths.sum()
+        self._samples = samples if self._samples is None else self._samples + samples
+
+    def take(self, now: float, sample_rate: int, world_size: int) -> float | None:
+        """Audio seconds per second since the last record (of every rank's batches), None at
+        the first; ``now`` is this record's time."""
+        seconds = float(self._samples) / sample_rate * world_size
+        self._samples = None
+        rate = None
+        if self._last_time is not None:
+            rate = seconds / max(now - self._last_time, 1e-9)
+        self._last_time = now
+        return rate
+
+
+class CodeChurn:
+    """Share of target codes (noiseless argmax) on a fixed probe batch (two items of the first
+    batch it sees) that changed since the last logged step."""
+
+    def __init__(self):
+        self._probe: tuple[torch.Tensor, torch.Tensor] | None = None  # (waveforms, lengths)
+        self._codes: torch.Tensor | None = None  # (B', T, G) at the last logged step
+
+    @torch.no_grad()
+    def measure(self, model: torch.nn.Module, batch: Any) -> float | None:
+        """None for a model with fixed targets (nothing churns) and at the first call."""
+        if not isinstance(model, Wav2Vec2ForPretraining):
+            return None
+        if self._probe is None:
+            self._probe = (batch.waveforms[:2].detach().clone(), batch.lengths[:2].clone())
+        codes = model.target_codes(*self._probe)  # (B', T, G)
+        previous, self._codes = self._codes, codes
+        if previous is None or codes.numel() == 0:
+            return None
+        return float((codes != previous).float().mean())
+
+
 class PretrainTask(L.LightningModule):
-    def __init__(self, cfg: PretrainConfig, output_dir: str | Path | None = None):
+    """Any pretraining objective (``cfg.model.objective``): forward, loss, log.
+
+    Args:
+        cfg: the resolved pretraining config.
+        run_log: where the run's records go (metrics.jsonl, decode_failures.jsonl, the
+            summary's first and last metrics); None: a run log that writes nothing.
+    """
+
+    def __init__(self, cfg: PretrainConfig, run_log: RunLog | None = None):
         super().__init__()
         self.cfg = cfg
         self.model = pretraining_model(cfg.model)
-        self.output_dir = Path(output_dir) if output_dir else None
+        self.run_log = run_log or pretrain_log(None)
         self.batches_seen = 0  # data position: batches consumed by training_step on this rank
-        self.failed_files: set[str] = set()  # failed to decode: logged once, counted out
-        self.failed_shards: set[str] = set()  # shards missing or unreadable: named once
-        self.first_metrics: dict[str, float] | None = None
-        self.last_metrics: dict[str, float] = {}
-        self.warnings: list[str] = []
-        self._last_time: float | None = None  # when the last record was taken
-        self._samples: torch.Tensor | None = None  # audio samples trained on since then
-        self.clock = RunClock()  # training time over every segment a resume joined
-        self._pending: tuple[int, dict[str, float]] | None = None  # this step's record, for the log
-        self._probe: tuple[torch.Tensor, torch.Tensor] | None = None  # fixed audio for code churn
-        self._probe_codes: torch.Tensor | None = None
+        self.throughput = Throughput()
+        self.churn = CodeChurn()
         q = cfg.model.quantizer
         groups = q.groups if cfg.model.quantize_targets else 0  # 0: no codebook to collapse
         negatives = cfg.model.loss.num_negatives
@@ -84,6 +109,9 @@ class PretrainTask(L.LightningModule):
         self.watch = CollapseWatch(negatives, groups, q.codes,
                                    patience=cfg.train.collapse_patience)
         self.spread_watch = SpreadWatch(patience=cfg.train.collapse_patience)  # data2vec
+
+    def configure_callbacks(self) -> list[Callback]:
+        return [self.run_log]
 
     # -- training ------------------------------------------------------------------------------
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor | None:
@@ -106,12 +134,20 @@ class PretrainTask(L.LightningModule):
         # config, so the model need not read the lengths back from the device to find out
         out = self.model(batch.waveforms, batch.lengths, step=step, generator=generator,
                          padded=not self.cfg.data.crop_to_shortest, **extra)
-        # audio of this rank's batches since the last record, added on the device: a step that
-        # writes no record reads nothing back to the host
-        samples = batch.lengths.sum()
-        self._samples = samples if self._samples is None else self._samples + samples
+        self.throughput.add(batch.lengths)  # audio of this rank's batches since the last record
         if step % self.cfg.train.log_every:
             return out.loss
+        metrics = self._metrics(step, out, batch, ema_decay)
+        shown = {"train/loss", "train/accuracy", "train/code_perplexity"}
+        for name, value in metrics.items():
+            self.log(name, value, prog_bar=name in shown, batch_size=batch.waveforms.shape[0])
+        metrics = {k: float(v) for k, v in metrics.items()}
+        self._watch(step, metrics)
+        self.run_log.train(step, metrics)  # written with the gradient norms, after the update
+        return out.loss
+
+    def _metrics(self, step: int, out: Any, batch: Any, ema_decay: float | None) -> dict[str, Any]:
+        """The record of a logged step: the objective's metrics and the schedules' values."""
         now = time.perf_counter()
         metrics = {
             **out.metrics(),
@@ -123,36 +159,31 @@ class PretrainTask(L.LightningModule):
             del metrics["train/gumbel_temperature"]  # no Gumbel quantizer
         if ema_decay is not None:
             metrics["train/ema_decay"] = ema_decay
-        churn = self._code_churn(batch)
+        churn = self.churn.measure(self.model, batch)
         if churn is not None:
             metrics["train/code_churn"] = churn
-        seconds = float(self._samples) / self.cfg.data.sample_rate * self.trainer.world_size
-        self._samples = None
-        if self._last_time is not None:  # the audio of every update since the last record
-            metrics["train/audio_seconds_per_second"] = seconds / max(now - self._last_time, 1e-9)
-        self._last_time = now
-        shown = {"train/loss", "train/accuracy", "train/code_perplexity"}
-        for name, value in metrics.items():
-            self.log(name, value, prog_bar=name in shown, batch_size=batch.waveforms.shape[0])
-        self._after_step(step, {k: float(v) for k, v in metrics.items()})
-        return out.loss
+        rate = self.throughput.take(now, self.cfg.data.sample_rate, self.trainer.world_size)
+        if rate is not None:  # the audio of every update since the last record
+            metrics["train/audio_seconds_per_second"] = rate
+        return metrics
 
-    @torch.no_grad()
-    def _code_churn(self, batch: Any) -> float | None:
-        """Share of target codes (noiseless argmax) on a fixed probe batch (two items of the
-        first batch) that changed since the last logged step; None at the first."""
-        if not isinstance(self.model, Wav2Vec2ForPretraining):  # fixed targets: nothing churns
-            return None
-        if self._probe is None:
-            self._probe = (batch.waveforms[:2].detach().clone(), batch.lengths[:2].clone())
-        codes = self.model.target_codes(*self._probe)  # (B', T, G)
-        previous, self._probe_codes = self._probe_codes, codes
-        if previous is None or codes.numel() == 0:
-            return None
-        return float((codes != previous).float().mean())
+    def _watch(self, step: int, metrics: dict[str, float]) -> None:
+        """Feed the plateau and collapse watches; their warnings go to the run log."""
+        if "train/contrastive" in metrics:  # the plateau and collapse of wav2vec 2.0
+            perplexity = metrics.get("train/code_perplexity", float("nan"))  # nan: no codebook
+            for message in self.watch.update(step, metrics["train/contrastive"], perplexity):
+                self.run_log.warn(message)
+        if "train/target_std" in metrics:  # data2vec: the teacher's collapse
+            for message in self.spread_watch.update(step, metrics["train/target_std"]):
+                self.run_log.warn(message)
+
+    def _record_failure(self, failure: Any, shard: bool = False) -> None:
+        row = {"step": self.global_step, "path": failure.path, "reason": failure.reason,
+               **({"kind": "shard"} if shard else {})}
+        self.run_log.report("failed_shards" if shard else "failed_files", failure.path, row)
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
-        if self._pending is None:  # gradient norms go with a step's record only
+        if not self.run_log.pending:  # gradient norms go with a step's row only
             return
         parts: dict[str, list[torch.Tensor]] = {}
         for name, p in self.model.named_parameters():
@@ -165,10 +196,7 @@ class PretrainTask(L.LightningModule):
                  for part, v in norms.items()}
         for name, value in grads.items():
             self.log(name, value)
-        self.last_metrics.update(grads)
-        step, record = self._pending
-        self._pending = None
-        self._append_jsonl("metrics.jsonl", {"step": step, **record, **grads})
+        self.run_log.add(grads)
 
     def configure_optimizers(self):
         o = self.cfg.optim
@@ -211,53 +239,12 @@ class PretrainTask(L.LightningModule):
     def _schedule_steps(self) -> int:
         return self.cfg.optim.schedule_steps or self.cfg.train.max_steps
 
-    # -- bookkeeping ---------------------------------------------------------------------------
-    def _after_step(self, step: int, metrics: dict[str, float]) -> None:
-        if self.first_metrics is None:
-            self.first_metrics = dict(metrics)
-        self.last_metrics.update(metrics)
-        watched = "train/contrastive" in metrics  # the plateau and collapse of wav2vec 2.0
-        perplexity = metrics.get("train/code_perplexity", float("nan"))  # nan: no codebook
-        for message in (self.watch.update(step, metrics["train/contrastive"], perplexity)
-                        if watched else []):
-            self.warnings.append(message)
-            if self.global_rank == 0:
-                warnings.warn(message, stacklevel=1)
-        if "train/target_std" in metrics:  # data2vec: the teacher's collapse
-            for message in self.spread_watch.update(step, metrics["train/target_std"]):
-                self.warnings.append(message)
-                if self.global_rank == 0:
-                    warnings.warn(message, stacklevel=1)
-        # written with the gradient norms, before the update
-        self._pending = (step, metrics) if self.output_dir is not None else None
-
-    @rank_zero_only
-    def _append_jsonl(self, name: str, record: dict[str, Any]) -> None:
-        with open(self.output_dir / name, "a") as f:
-            f.write(json.dumps(record) + "\n")
-
-    def _record_failure(self, failure: Any, shard: bool = False) -> None:
-        seen = self.failed_shards if shard else self.failed_files
-        if failure.path in seen:  # another loader worker tried it too
-            return
-        seen.add(failure.path)
-        if self.output_dir is not None:
-            self._append_jsonl("decode_failures.jsonl",
-                               {"step": self.global_step, "path": failure.path,
-                                "reason": failure.reason, **({"kind": "shard"} if shard else {})})
-
-    def on_train_start(self) -> None:
-        self.clock.start()
-
+    # -- checkpoints (the run log saves and restores its own records) --------------------------
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint[CONFIG_KEY] = to_dict(self.cfg)
         checkpoint["batches_seen"] = self.batches_seen
         checkpoint["collapse_watch"] = self.watch.state_dict()
         checkpoint["spread_watch"] = self.spread_watch.state_dict()
-        checkpoint["first_metrics"] = self.first_metrics
-        checkpoint["elapsed_seconds"] = self.clock.seconds
-        checkpoint["failed_files"] = sorted(self.failed_files)
-        checkpoint["failed_shards"] = sorted(self.failed_shards)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self.batches_seen = int(checkpoint.get("batches_seen", 0))
@@ -266,20 +253,13 @@ class PretrainTask(L.LightningModule):
             self.watch.load_state_dict(state)
         if checkpoint.get("spread_watch"):
             self.spread_watch.load_state_dict(checkpoint["spread_watch"])
-        self.first_metrics = checkpoint.get("first_metrics") or self.first_metrics
-        self.clock.before = float(checkpoint.get("elapsed_seconds", 0.0))
-        self.failed_files = set(checkpoint.get("failed_files", ()))
-        self.failed_shards = set(checkpoint.get("failed_shards", ()))
-        self._forget_after(int(checkpoint.get("global_step", 0)))
 
-    @rank_zero_only
-    def _forget_after(self, step: int) -> None:
-        """Drop the records of steps from ``step`` on: a killed run may have logged updates
-        past its last checkpoint, and the resumed run logs them again."""
-        if self.output_dir is None:
-            return
-        for name in ("metrics.jsonl", "decode_failures.jsonl"):
-            keep_rows_before(self.output_dir / name, step)
+
+def pretrain_log(output: str | Path | None) -> RunLog:
+    """The run log of pretraining in ``output`` (None: writes nothing): files that fail to
+    decode, and shards missing or unreadable, go to decode_failures.jsonl, each once."""
+    return RunLog(output, failures="decode_failures.jsonl",
+                  kinds=("failed_files", "failed_shards"))
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):

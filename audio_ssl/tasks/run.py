@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import time
@@ -20,8 +19,8 @@ from audio_ssl.data.shards import ShardIndex, is_shard_folder, read_index
 from audio_ssl.data.targets import LabelStore, check_targets
 from audio_ssl.interop import CheckpointError, LoadedModel, load_model
 from audio_ssl.interop.common import load_exact
-from audio_ssl.io import check_run_folder, make_run_folder, start_fresh_logs
-from audio_ssl.tasks.pretrain import PretrainTask
+from audio_ssl.io import check_run_folder, make_run_folder
+from audio_ssl.tasks.pretrain import PretrainTask, pretrain_log
 from audio_ssl.tasks.trainer import RunCheckpoint, build_trainer
 
 log = logging.getLogger("audio_ssl")
@@ -50,7 +49,7 @@ class PretrainData(L.LightningDataModule):
             conv_layers=self.cfg.model.encoder.conv_layers,
         )
         # files that failed before a resume are not tried again
-        loader.dataset.failed.update(trainer.lightning_module.failed_files)
+        loader.dataset.failed.update(trainer.lightning_module.run_log.reported["failed_files"])
         return loader
 
 
@@ -164,7 +163,7 @@ def pretrain(data: str | Path | list[str], cfg: PretrainConfig, output_dir: str 
     since; the logs keep their rows up to the checkpoint. Without it, a folder that a run killed
     before its first checkpoint left is taken, and that run's logs (metrics.jsonl,
     decode_failures.jsonl, the CSV log and TensorBoard's events) are removed: the new run
-    starts them anew (:func:`~audio_ssl.io.start_fresh_logs`).
+    starts them anew (:meth:`~audio_ssl.tasks.run_log.RunLog.start`).
     """
     start = time.perf_counter()
     cfg, labels = check_targets(cfg)
@@ -172,40 +171,21 @@ def pretrain(data: str | Path | list[str], cfg: PretrainConfig, output_dir: str 
     last = find_last_checkpoint(output)
     check_run_folder(output, resume=resume, last=last)
     ckpt_path = last if resume else None
-
-    init_state = None
-    loaded = init if isinstance(init, LoadedModel) else None
-    if loaded is not None:
-        init = loaded.path
-    if init is not None and ckpt_path is not None:
-        log.info("resuming from %s: --init %s is not used", ckpt_path, init)
-    elif init is not None:
-        init_state = (loaded or load_init(init)).model.state_dict()
+    init, init_state = _init_weights(init, ckpt_path)
 
     items, rejected = _read_source(data, cfg, labels, progress)
     make_run_folder(output)  # only now: a refused run writes nothing
-    if not resume:  # a run killed before its first checkpoint left these: they start anew
-        start_fresh_logs(output, ("metrics.jsonl", "decode_failures.jsonl"))
+    run_log = pretrain_log(output)
+    run_log.start(resume)  # a run killed before its first checkpoint left logs: they start anew
     write_rejected(rejected, output / "rejected.jsonl")
-    if labels is not None and not isinstance(items, (ShardIndex, ShardMix)):
-        missing = labels.missing([item.path for item in items])
-        if len(missing) == len(items):
-            raise FileNotFoundError(f"--targets {cfg.data.targets} holds no labels for any file "
-                                    f"of {data}: make them with `audio-ssl targets {data}`")
-        if missing:
-            log.warning("%d of %d files have no labels in %s and will be skipped (first: %s)",
-                        len(missing), len(items), cfg.data.targets, missing[0])
+    _check_labels(labels, items, data, cfg)
     dump(cfg, output / "config.yaml")
-    usable = items
-    if isinstance(items, (ShardIndex, ShardMix)):  # the cuts the plan samples from
-        usable = [c for c in items.cuts if c.samples_at(cfg.data.sample_rate)
-                  >= cfg.data.min_samples]
-    hours, files = sum(item.duration for item in usable) / 3600, len(usable)
+    hours, files = _usable_audio(items, cfg)
     log.info("%d usable files (%.2f h), %d skipped (listed in %s)", files, hours,
              len(rejected), output / "rejected.jsonl")
 
     torch.manual_seed(cfg.train.seed)  # the same initial weights for the same seed
-    task = PretrainTask(cfg, output)
+    task = PretrainTask(cfg, run_log)
     if init_state is not None:  # every key and shape must match cfg.model's network
         load_exact(task.model, init_state, f"--init {init}")
         log.info("weights initialised from %s", init)
@@ -216,20 +196,57 @@ def pretrain(data: str | Path | list[str], cfg: PretrainConfig, output_dir: str 
                       save_top_k=-1, save_last=True),
     ], log_every_n_steps=1)  # the task logs only every train.log_every steps itself
     trainer.fit(task, datamodule=PretrainData(items, cfg, labels), ckpt_path=ckpt_path)
+    # a file that failed to decode while training is counted out of the usable ones
+    failed = len(run_log.reported["failed_files"])
     result = PretrainResult(
         output_dir=output, last_checkpoint=find_last_checkpoint(output), steps=trainer.global_step,
-        # a file that failed to decode during training is counted out of the usable ones
-        files=files - len(task.failed_files), hours=hours,
-        rejected=len(rejected) + len(task.failed_files), first=task.first_metrics or {},
-        last=task.last_metrics, warnings=task.warnings,
-        seconds=task.clock.before + time.perf_counter() - start,  # the whole run
-        uniform_loss=task.uniform_loss, failed_shards=len(task.failed_shards),
+        files=files - failed, hours=hours, rejected=len(rejected) + failed,
+        first=run_log.first or {}, last=run_log.last, warnings=run_log.warnings,
+        seconds=run_log.clock.before + time.perf_counter() - start,  # the whole run
+        uniform_loss=task.uniform_loss, failed_shards=len(run_log.reported["failed_shards"]),
     )
-    if trainer.global_rank == 0:
-        summary = {k: v for k, v in vars(result).items() if k not in ("output_dir", "last_checkpoint")}
-        if not math.isfinite(result.uniform_loss):
-            summary["uniform_loss"] = None  # strict JSON has no NaN
-        summary.update(output_dir=str(output), last_checkpoint=str(result.last_checkpoint),
-                       init=None if init is None else str(init))
-        (output / "summary.json").write_text(json.dumps(summary, indent=2))
+    strict = {} if math.isfinite(result.uniform_loss) else {"uniform_loss": None}  # no NaN
+    run_log.write_summary(result, ("output_dir", "last_checkpoint"), **strict,
+                          init=None if init is None else str(init))
     return result
+
+
+def _init_weights(init: str | Path | LoadedModel | None,
+                  ckpt_path: Path | None) -> tuple[str | Path | None, dict | None]:
+    """(where ``--init`` points, the state dict to start from): None when there is no
+    ``init``, or when the run resumes (its checkpoint holds the weights)."""
+    loaded = init if isinstance(init, LoadedModel) else None
+    if loaded is not None:
+        init = loaded.path
+    if init is not None and ckpt_path is not None:
+        log.info("resuming from %s: --init %s is not used", ckpt_path, init)
+        return init, None
+    if init is not None:
+        return init, (loaded or load_init(init)).model.state_dict()
+    return init, None
+
+
+def _check_labels(labels: LabelStore | None, items: list | ShardIndex | ShardMix, data,
+                  cfg: PretrainConfig) -> None:
+    """HuBERT's labels (``--targets``) for the files of ``data``: none at all is an error, the
+    files without any are named (they are skipped)."""
+    if labels is None or isinstance(items, (ShardIndex, ShardMix)):
+        return
+    data = " ".join(map(str, data)) if isinstance(data, (list, tuple)) else data
+    missing = labels.missing([item.path for item in items])
+    if len(missing) == len(items):
+        raise FileNotFoundError(f"--targets {cfg.data.targets} holds no labels for any file "
+                                f"of {data}: make them with `audio-ssl targets {data}`")
+    if missing:
+        log.warning("%d of %d files have no labels in %s and will be skipped (first: %s)",
+                    len(missing), len(items), cfg.data.targets, missing[0])
+
+
+def _usable_audio(items: list | ShardIndex | ShardMix,
+                  cfg: PretrainConfig) -> tuple[float, int]:
+    """(hours, files) of the audio the run samples from (shard folders' long enough cuts)."""
+    usable = items
+    if isinstance(items, (ShardIndex, ShardMix)):  # the cuts the plan samples from
+        usable = [c for c in items.cuts if c.samples_at(cfg.data.sample_rate)
+                  >= cfg.data.min_samples]
+    return sum(item.duration for item in usable) / 3600, len(usable)

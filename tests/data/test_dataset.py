@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import json
 from dataclasses import replace
 
 import numpy as np
@@ -93,20 +94,25 @@ def test_a_failed_file_is_not_decoded_again(items, monkeypatch):
 
 
 def test_pretraining_logs_a_failure_once_and_keeps_it_across_a_resume(tmp_path):
-    from audio_ssl import config
-    from audio_ssl.tasks.pretrain import PretrainTask
+    from types import SimpleNamespace
 
-    task = PretrainTask(config.preset("tiny"), tmp_path)
+    from audio_ssl import config
+    from audio_ssl.tasks.pretrain import PretrainTask, pretrain_log
+
+    task = PretrainTask(config.preset("tiny"), pretrain_log(tmp_path))
+    task._trainer = SimpleNamespace(global_step=3)
     for _ in range(3):  # the same file failing in three loader workers
         task._record_failure(Rejected("/x/bad.flac", "cannot decode: corrupt"))
     task._record_failure(Rejected("/x/other.flac", "cannot decode: corrupt"))
     rows = (tmp_path / "decode_failures.jsonl").read_text().splitlines()
-    assert len(rows) == 2
-    checkpoint: dict = {}
-    task.on_save_checkpoint(checkpoint)
-    resumed = PretrainTask(config.preset("tiny"), None)
-    resumed.on_load_checkpoint(checkpoint)
-    assert resumed.failed_files == {"/x/bad.flac", "/x/other.flac"}
+    assert [json.loads(row) for row in rows] == [
+        {"step": 3, "path": path, "reason": "cannot decode: corrupt"}
+        for path in ("/x/bad.flac", "/x/other.flac")]
+    checkpoint: dict = {"global_step": 4}
+    task.run_log.on_save_checkpoint(None, task, checkpoint)
+    resumed = PretrainTask(config.preset("tiny"))
+    resumed.run_log.on_load_checkpoint(None, resumed, checkpoint)
+    assert resumed.run_log.reported["failed_files"] == {"/x/bad.flac", "/x/other.flac"}
 
 
 def test_file_shorter_than_scanned_is_reported(items):

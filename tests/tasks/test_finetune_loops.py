@@ -23,7 +23,7 @@ from audio_ssl.data.text import Vocabulary
 from audio_ssl.asr.metrics import cer, wer
 from audio_ssl.tasks import finetune as finetune_module
 from audio_ssl.tasks.finetune import FinetuneData, FinetuneTask, finetune
-from audio_ssl.tasks.finetune_data import keep_rows_of_checkpoint
+from audio_ssl.tasks.run_log import keep_rows_of_checkpoint
 from tests.conftest import small_model_config
 from tests.tasks.test_finetune import FAST, _manifest_with_bad_rows, _pretrained
 
@@ -58,7 +58,7 @@ def test_validation_wer_and_cer_are_torchmetrics_and_match_a_hand_count(tmp_path
     trainer = L.Trainer(accelerator="cpu", logger=False, enable_checkpointing=False,
                         enable_progress_bar=False, enable_model_summary=False)
     logged = trainer.validate(task, datamodule=FinetuneData(data, data, cfg), verbose=False)[0]
-    row = task.history[-1]
+    row = task.run_log.history[-1]
     assert row["valid/wer"] == pytest.approx(2 / 5) == pytest.approx(wer(refs, hyps))
     assert row["valid/cer"] == pytest.approx(4 / 13) == pytest.approx(cer(refs, hyps))
     assert logged["valid/wer"] == pytest.approx(2 / 5)  # what ModelCheckpoint monitors
