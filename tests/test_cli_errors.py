@@ -238,3 +238,28 @@ def test_output_folder_that_cannot_be_written_is_one_line(command, where, files,
     assert lines[0].startswith("audio-ssl: error: ") and str(output) in lines[0], lines
     assert "expected a folder" in lines[0], lines
     assert files["a_file"].read_text() == "I am a file\n"
+
+
+def test_data2vec_that_cannot_fit_is_one_line_before_anything_is_written(data_dir, tmp_path,
+                                                                         capsys):
+    """data2vec's student runs on ``clones`` copies of the batch: a clones x batch whose
+    activations alone exceed the machine's memory is refused in one line naming both settings
+    (the bound: tests/models/test_data2vec.py), before the data is read or the folder made."""
+    from audio_ssl import config
+    from audio_ssl.models.data2vec import student_activation_bytes
+    from audio_ssl.tasks.run import device_memory
+
+    have, _ = device_memory("cpu")
+    tiny = config.load("tiny", None, overrides={"model": {"objective": "data2vec",
+                                                          "data2vec": {"clones": 1}}})
+    per_clone = student_activation_bytes(tiny.model, tiny.data.max_batch_samples)
+    clones = 2 * (1 + have // per_clone)  # twice what would fill the memory
+    (tmp_path / "d2v.yaml").write_text(f"model:\n  data2vec:\n    clones: {clones}\n")
+    out = tmp_path / "run"
+    code, lines = _one_line_exit_2(["pretrain", str(data_dir / "tiny"), "--objective", "data2vec",
+                                    "--config", str(tmp_path / "d2v.yaml"), "-o", str(out),
+                                    "--max-steps", "1", "--accelerator", "cpu"], capsys)
+    assert code == 2 and len(lines) == 1, (code, lines)
+    assert f"model.data2vec.clones {clones}" in lines[0] and "max_batch_samples" in lines[0]
+    assert "expected fewer clones" in lines[0]
+    assert not out.exists()

@@ -167,6 +167,7 @@ def pretrain(data: str | Path | list[str], cfg: PretrainConfig, output_dir: str 
     """
     start = time.perf_counter()
     cfg, labels = check_targets(cfg)
+    check_memory(cfg, accelerator)
     output = Path(output_dir)
     last = find_last_checkpoint(output)
     check_run_folder(output, resume=resume, last=last)
@@ -209,6 +210,38 @@ def pretrain(data: str | Path | list[str], cfg: PretrainConfig, output_dir: str 
     run_log.write_summary(result, ("output_dir", "last_checkpoint"), **strict,
                           init=None if init is None else str(init))
     return result
+
+
+def device_memory(accelerator: str) -> tuple[int, str]:
+    """(bytes, what) of the memory one training process has: the first GPU's when training
+    will run on one, else the host's physical memory."""
+    import os
+
+    if accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available():
+        props = torch.cuda.get_device_properties(0)
+        return int(props.total_memory), f"the GPU's {props.total_memory / 2**30:.1f} GiB"
+    total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    return int(total), f"this machine's {total / 2**30:.1f} GiB"
+
+
+def check_memory(cfg: PretrainConfig, accelerator: str = "auto") -> None:
+    """Refuse, before anything is read or written, a data2vec run whose student cannot fit:
+    its ``clones`` copies of a full batch need more activation memory than the device has
+    (:func:`~audio_ssl.models.data2vec.student_activation_bytes`, a lower bound: bf16 values
+    unless ``train.precision`` is 32)."""
+    if cfg.model.objective != "data2vec":
+        return
+    from audio_ssl.models.data2vec import student_activation_bytes
+
+    width = 4 if cfg.train.precision == "32" else 2
+    need = student_activation_bytes(cfg.model, cfg.data.max_batch_samples, width)
+    have, what = device_memory(accelerator)
+    if need > have:
+        raise ValueError(
+            f"model.data2vec.clones {cfg.model.data2vec.clones} with data.max_batch_samples "
+            f"{cfg.data.max_batch_samples}: the student's activations alone need at least "
+            f"{need / 2**30:.1f} GiB per update, more than {what}: expected fewer clones or a "
+            "smaller data.max_batch_samples")
 
 
 def _init_weights(init: str | Path | LoadedModel | None,
