@@ -70,7 +70,7 @@ def joined(rows: list[dict], folder: Path, per_file: int = 6, gap: float = 0.3) 
         path = folder / f"joined_{k // per_file:03d}.flac"
         if not path.is_file():
             sf.write(path, np.concatenate(parts[:-1]), sr)
-        out.append({"audio": str(path), "text": " ".join(r["text"] for r in group)})
+        out.append({"audio": str(path.resolve()), "text": " ".join(r["text"] for r in group)})
     return _write(out, folder / "manifest.jsonl")
 
 
