@@ -273,3 +273,67 @@ def test_base_random_weights(tmp_path):
         n = int(got["frame_lengths"][b])
         for key, r in ref.items():
             report(f"onnx base row {b} {key}", torch.from_numpy(got[key][b, :n]), r, 1e-4)
+
+
+def _source(kind: str, norm: str, stable: bool, folder: Path) -> Path:
+    """A checkpoint as the interop tests build them: an HF folder or a fairseq .pt of a small
+    model with BASE's (group norm) or LV-60 / XLS-R's (layer norm, stable layer norm) layout."""
+    from tests.interop import fairseq_oracle as oracle
+    from tests.interop.interop_helpers import hf_model
+
+    hf = hf_model("Wav2Vec2ForPreTraining", norm=norm, stable=stable)
+    if kind == "hf":
+        hf.save_pretrained(folder / "hf")
+        return folder / "hf"
+    path = folder / "checkpoint_best.pt"
+    torch.save(oracle.checkpoint(oracle.fairseq_state(hf), cfg=oracle.pretraining_cfg(hf.config)),
+               path)
+    return path
+
+
+@pytest.mark.parametrize("kind", ["hf", "fairseq"])
+@pytest.mark.parametrize("norm, stable", [("group", False), ("layer", True), ("layer", False)])
+def test_interop_configurations_export_without_a_code_change(kind, norm, stable, tmp_path):
+    """Every wav2vec 2.0 layout the interop tests read (HF folders and fairseq checkpoints:
+    BASE's group norm; LARGE, LV-60 and XLS-R's layer norm with the stable pre-norm blocks;
+    layer norm with post-norm blocks) converts to ONNX from the command line, and every output
+    equals the torch model that load_model gives (<= 1e-4), a padded row included."""
+    pytest.importorskip("transformers")
+    from audio_ssl.interop import load_model
+
+    src = _source(kind, norm, stable, tmp_path)
+    out = tmp_path / "model.onnx"
+    assert main(["convert", str(src), str(out)]) == 0
+    loaded = load_model(src)
+    backbone = getattr(loaded.model, "backbone", loaded.model).eval()
+    runner = OnnxModel(out)
+    clips = [_clip(LONG, seed=7), _clip(ONE_S, seed=8)]
+    batch, lengths = runner.prepare([c.numpy() for c in clips])
+    got = runner.run(batch, lengths)
+    for b, clip in enumerate(clips):
+        ref = _torch_features(backbone, torch.from_numpy(batch[b, : len(clip)]))
+        n = int(got["frame_lengths"][b])
+        for key, r in ref.items():
+            report(f"onnx {kind} {norm}/{stable} row {b} {key}", torch.from_numpy(got[key][b, :n]),
+                   r, 1e-4)
+
+
+@pytest.mark.parametrize("model_type", ["hubert", "wavlm"])
+def test_architectures_without_an_importer_are_refused_in_one_line(model_type, tmp_path, capsys):
+    """HF HuBERT and WavLM folders (another model_type): convert refuses them in one line naming
+    what it found and what is supported, exit 2, and writes nothing."""
+    transformers = pytest.importorskip("transformers")
+    small = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+                 intermediate_size=128, conv_dim=[32] * 7, num_conv_pos_embeddings=16,
+                 num_conv_pos_embedding_groups=4)
+    if model_type == "hubert":
+        model = transformers.HubertModel(transformers.HubertConfig(**small))
+    else:
+        model = transformers.WavLMModel(transformers.WavLMConfig(**small))
+    model.save_pretrained(tmp_path / model_type)
+    capsys.readouterr()  # transformers' own progress lines while saving
+    out = tmp_path / "model.onnx"
+    assert main(["convert", str(tmp_path / model_type), str(out)]) == 2
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert len(lines) == 1 and model_type in lines[0] and "wav2vec" in lines[0], lines
+    assert not out.exists()
