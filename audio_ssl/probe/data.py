@@ -21,8 +21,9 @@ file, a second row on the same audio file) are returned as
 
 Nothing depends on the manifest's row order: the usable rows come back sorted by their audio
 path, one row per file, and every choice among them (``max_per_label``, ``max_utterances``, the
-held-out fifths, the dev tenth) is made by a hash of a path or a speaker's name. The same rows in
-any order give the same examples, folds and figures.
+held-out fifths, the dev tenth) is made by a hash of a path or a speaker's name; the path as the
+manifest names it (relative to its folder), so a corpus copied elsewhere is split the same way.
+The same rows in any order, in any folder, give the same examples, folds and figures.
 """
 
 from __future__ import annotations
@@ -118,6 +119,13 @@ class Example:
     speaker: str
     split: str  # the manifest's split field
     line: str  # "manifest:number"
+    key: str = ""  # what choices hash: the path relative to the manifest's folder (posix)
+
+    @property
+    def choice_key(self) -> str:
+        """The name every choice among rows hashes: where the corpus lives on this machine
+        (an absolute path) never changes which rows a task keeps or how it splits them."""
+        return self.key or self.path
 
 
 def read_examples(task: ProbeTask) -> tuple[list[Example], list[Rejected]]:
@@ -161,8 +169,8 @@ def read_examples(task: ProbeTask) -> tuple[list[Example], list[Rejected]]:
             if not label:
                 rejected.append(Rejected(path, "empty transcript after normalisation", line))
                 continue
-        examples.append(Example(path, label, speaker,
-                                str(row.get("split") or "train"), line))
+        examples.append(Example(path, label, speaker, str(row.get("split") or "train"), line,
+                                _relative_key(path, src.parent)))
     examples, duplicates = _one_row_per_file(examples)
     rejected += duplicates
     if task.max_utterances:
@@ -178,10 +186,16 @@ def read_examples(task: ProbeTask) -> tuple[list[Example], list[Rejected]]:
     return examples, rejected
 
 
+def _relative_key(path: str, root: Path) -> str:
+    """``path`` relative to ``root`` in posix form, or ``path`` itself when outside it."""
+    rel = os.path.relpath(path, root)
+    return path if rel.startswith("..") else Path(rel).as_posix()
+
+
 def _by_hash(examples: list[Example]) -> list[Example]:
     """``examples`` in an order fixed by their paths alone (a hash, so that a prefix of it is a
     sample of the corpus, not its first folder)."""
-    return sorted(examples, key=lambda e: (_stable_fraction("pick:" + e.path), e.path))
+    return sorted(examples, key=lambda e: (_stable_fraction("pick:" + e.choice_key), e.path))
 
 
 def _one_row_per_file(examples: list[Example]) -> tuple[list[Example], list[Rejected]]:
@@ -260,7 +274,7 @@ def make_folds(task: ProbeTask, examples: list[Example]) -> list[Fold]:
     """
     n = len(examples)
     speakers = [e.speaker for e in examples]
-    paths = [e.path for e in examples]
+    paths = [e.choice_key for e in examples]
     if task.split_by == "manifest":
         splits = [e.split.lower() for e in examples]
         test = [i for i in range(n) if splits[i] == "test"]
@@ -273,7 +287,7 @@ def make_folds(task: ProbeTask, examples: list[Example]) -> list[Fold]:
         chosen: set[int] = set()
         for name in sorted(set(speakers)):  # a fifth of each speaker, at least one of two or more
             own = sorted((i for i in range(n) if speakers[i] == name),
-                         key=lambda i: _stable_fraction("test:" + examples[i].path))
+                         key=lambda i: _stable_fraction("test:" + examples[i].choice_key))
             if len(own) >= 2:
                 chosen.update(own[:max(1, round(TEST_FRACTION * len(own)))])
         test = sorted(chosen)

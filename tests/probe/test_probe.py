@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import json
 from dataclasses import replace
 from pathlib import Path
@@ -371,6 +373,27 @@ def test_examples_and_folds_do_not_depend_on_row_order(tmp_path):
                            [examples[i].path for i in f.test]) for f in folds]))
         assert seen[0] == seen[1], split_by
         assert len(seen[0][0]) == 21  # 25 by hash, then at most 7 of each of the 3 tones
+
+
+def test_a_corpus_in_another_folder_is_chosen_and_split_the_same_way(tmp_path):
+    """Choices hash the audio path relative to the manifest's folder: the same corpus at two
+    absolute locations keeps the same rows and makes the same folds (it did not when the hash
+    took absolute paths: a test's count of kept rows changed with pytest's temporary folder)."""
+    import shutil
+
+    rows = _tone_corpus(tmp_path / "here", per_class=10)
+    shutil.copytree(tmp_path / "here", tmp_path / "elsewhere" / "deeper")
+    for split_by in ("manifest", "speaker", "within-speaker"):
+        task = dict(field="tone", split_by=split_by, max_per_label=7, max_utterances=25)
+        seen = []
+        for root in (tmp_path / "here", tmp_path / "elsewhere" / "deeper"):
+            t = ProbeTask("t", _write_rows(root / "m.jsonl", rows), **task)
+            examples, _ = read_examples(t)
+            rel = [os.path.relpath(e.path, root) for e in examples]
+            folds = [(f.name, [rel[i] for i in f.train], [rel[i] for i in f.dev],
+                      [rel[i] for i in f.test]) for f in make_folds(t, examples)]
+            seen.append((rel, folds))
+        assert seen[0] == seen[1], split_by
 
 
 def test_duplicated_audio_rows_are_named_and_used_once(tmp_path):
