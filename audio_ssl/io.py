@@ -128,6 +128,33 @@ class OutputFolderError(ValueError):
     """An output folder that cannot be made or written to."""
 
 
+def _nearest_folder(path: Path, option: str) -> Path | None:
+    """The nearest of ``path`` and its parents that exists (None: none does); a file there is
+    an :class:`OutputFolderError` naming ``option``."""
+    for folder in (path, *path.parents):
+        if folder.exists():
+            if not folder.is_dir():
+                where = "is a file" if folder == path else f"is under {folder}, a file"
+                raise OutputFolderError(f"{option} {path} {where}: expected a folder")
+            return folder
+    return None
+
+
+def _unwritable(path: Path, option: str, e: OSError) -> OutputFolderError:
+    return OutputFolderError(f"{option} {path}: cannot write there ({e.strerror or e}): "
+                             "expected a folder you may write to")
+
+
+def _check_writable(folder: Path, path: Path, option: str) -> None:
+    """Create and remove a file in ``folder``; an :class:`OutputFolderError` naming ``option``
+    and ``path`` when that fails."""
+    try:
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as e:
+        raise _unwritable(path, option, e) from e
+
+
 def check_output_folder(path: Path, option: str = "--output") -> None:
     """Refuse, without creating anything, a folder :func:`make_output_folder` could not make:
     ``path`` or a parent is a file, or the nearest folder that exists takes no new file. Lets a
@@ -136,19 +163,9 @@ def check_output_folder(path: Path, option: str = "--output") -> None:
     Raises:
         OutputFolderError: as :func:`make_output_folder`.
     """
-    for folder in (path, *path.parents):
-        if not folder.exists():
-            continue
-        if not folder.is_dir():
-            where = "is a file" if folder == path else f"is under {folder}, a file"
-            raise OutputFolderError(f"{option} {path} {where}: expected a folder")
-        try:
-            with tempfile.TemporaryFile(dir=folder):
-                pass
-        except OSError as e:
-            raise OutputFolderError(f"{option} {path}: cannot write there ({e.strerror or e}): "
-                                    "expected a folder you may write to") from e
-        return
+    folder = _nearest_folder(path, option)
+    if folder is not None:
+        _check_writable(folder, path, option)
 
 
 def make_output_folder(path: Path, option: str = "--output") -> None:
@@ -159,19 +176,12 @@ def make_output_folder(path: Path, option: str = "--output") -> None:
         OutputFolderError: ``path`` or one of its parents is a file, or the folder cannot be
             made or written to; the message names ``option``, the path and why.
     """
-    for folder in (path, *path.parents):
-        if folder.exists():
-            if not folder.is_dir():
-                where = "is a file" if folder == path else f"is under {folder}, a file"
-                raise OutputFolderError(f"{option} {path} {where}: expected a folder")
-            break
+    _nearest_folder(path, option)
     try:
         path.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=path):
-            pass
     except OSError as e:
-        raise OutputFolderError(f"{option} {path}: cannot write there ({e.strerror or e}): "
-                                "expected a folder you may write to") from e
+        raise _unwritable(path, option, e) from e
+    _check_writable(path, path, option)
 
 
 def make_run_folder(output: Path) -> None:
