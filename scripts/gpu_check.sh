@@ -13,8 +13,9 @@
 # 1. bench_pretrain: base, 8 x 11 s, bf16, ours against HF (the bar: 3x HF's 883 audio-s/s);
 # 2. bench_extract end to end on 4,000 synthetic 11 s files, with --shards, then one .npy per
 #    file with --no-fsync (the bar: 2x HF's model-only 5,615 audio-s/s);
-# 3. `audio-ssl pretrain --preset base` on synthetic audio for 3 minutes: every loss finite;
-# 4. one step in bf16 against fp32 (loss and gradient agreement), and the host syncs of a step.
+# 3. one step in bf16 against fp32 (loss and gradient agreement), and the host syncs of a step;
+# 4. `audio-ssl pretrain --preset base` on synthetic audio for 3 minutes (GPU_CHECK_MINUTES):
+#    every loss finite. Last, so that a lease that runs out cuts only this run short.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 if [ -d .whl ]; then
@@ -37,6 +38,7 @@ if [ "$SMALL" = 1 ]; then  # sizes for a dry run on a CPU
 else
     PRESET=base; BATCH=8; SECONDS_=11; FILES=4000; MINUTES=3; BATCH_S=160
 fi
+MINUTES=${GPU_CHECK_MINUTES:-$MINUTES}  # the pretraining run, last: a shorter one fits a lease
 
 step() {  # step NAME COMMAND...: run it, keep its JSON lines, log everything
     echo "== $1 ($(date +%T))" | tee -a "$LOG"
@@ -62,6 +64,12 @@ step "bench_extract $FILES files, .npy --no-fsync" \
     python3 scripts/bench_extract.py --preset "$PRESET" --device "$DEVICE" --dtype bf16 \
     --batch 16 --seconds "$SECONDS_" --synthetic "$FILES" --no-fsync --no-forward \
     --e2e-repeats 1 --no-memory
+if [ "$DEVICE" != cpu ]; then
+    step "bf16 against fp32, one step" python3 scripts/gpu_check.py parity --preset "$PRESET" \
+        --batch "$BATCH" --seconds "$SECONDS_"
+    step "host syncs in a step" python3 scripts/gpu_check.py syncs --preset "$PRESET" \
+        --batch "$BATCH" --seconds "$SECONDS_"
+fi
 step "noise for pretraining" python3 scripts/gpu_check.py noise "$WORK/noise" --files 200 \
     --seconds "$SECONDS_"
 ACCEL=gpu; [ "$DEVICE" = cpu ] && ACCEL=cpu
@@ -72,10 +80,4 @@ timeout -s INT "$(python3 -c "print(int($MINUTES * 60))")" \
     --accelerator "$ACCEL" --config "$WORK/run.yaml" --max-steps 100000 --no-progress \
     >>"$LOG" 2>&1
 step "finite losses" python3 scripts/gpu_check.py finite "$WORK/run"
-if [ "$DEVICE" != cpu ]; then
-    step "bf16 against fp32, one step" python3 scripts/gpu_check.py parity --preset "$PRESET" \
-        --batch "$BATCH" --seconds "$SECONDS_"
-    step "host syncs in a step" python3 scripts/gpu_check.py syncs --preset "$PRESET" \
-        --batch "$BATCH" --seconds "$SECONDS_"
-fi
 echo "results: $RESULTS ($(wc -l <"$RESULTS") lines); log: $LOG"
