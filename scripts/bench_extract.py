@@ -125,6 +125,7 @@ def e2e_ours(args, ours, files_dir: Path, out: Path):
     summary = extract_folder(ours, files_dir, out, num_workers=args.workers, progress=False,
                              dtype=args.store, fsync=not args.no_fsync, shards=args.shards)
     assert summary.ok and summary.extracted > 0, summary.summary()
+    return summary.timings
 
 
 def e2e_hf(args, hf, files_dir: Path, out: Path):
@@ -341,7 +342,9 @@ def main() -> None:
             print(json.dumps({**row, **common}), flush=True)
 
         if not args.no_e2e:
-            runs = {"audio_ssl": lambda out: e2e_ours(args, ours, files_dir, out),
+            timings = {}  # of our last run: where its main thread waited
+
+            runs = {"audio_ssl": lambda out: timings.update(e2e_ours(args, ours, files_dir, out)),
                     "hf": lambda out: e2e_hf(args, hf, files_dir, out)}
             out = work / "out"
             e2e = {name: (lambda fn=fn: fn(out)) for name, fn in runs.items()}
@@ -358,6 +361,8 @@ def main() -> None:
                        "files": len(list(files_dir.iterdir())),
                        "audio_s": round(audio_total, 1), "wall_s": round(median, 3),
                        "audio_s_per_s": round(audio_total / median, 2)}
+                if name == "audio_ssl":
+                    row["timings_s"] = dict(timings)
                 if not args.no_memory:
                     row["peak_mib"] = round(peak_memory(args, name, "e2e", files_dir, e2e[name]), 1)
                     cleanup()

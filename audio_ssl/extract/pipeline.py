@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from audio_ssl.data import Rejected
@@ -44,6 +44,11 @@ class ExtractSummary:
         failures: inputs that failed (unreadable, too short, decode or write errors), with why.
         audio_seconds: audio extracted by this run.
         seconds: wall time of the run.
+        timings: where the main thread's time went, in seconds (``setup``: the scan and what
+            earlier runs finished; ``wait_data``: waiting for decoded batches; ``model``: the
+            forward (on CUDA: launching it); ``wait_device``: waiting for its outputs on the
+            host; ``dispatch`` and ``wait_writers``: handing outputs to the writers and waiting
+            for them; ``index``: index rewrites). Their sum is close to ``seconds``.
     """
 
     output: Path
@@ -53,6 +58,7 @@ class ExtractSummary:
     failures: list[Rejected]
     audio_seconds: float
     seconds: float
+    timings: dict[str, float] = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
@@ -131,12 +137,15 @@ def run_extraction(extractor: FeatureExtractor, source: str | os.PathLike,
     try:
         run = Extraction(extractor, Path(source), root, fmt=fmt, dtype=dtype, shard_mb=shard_mb,
                          fsync=fsync, index_every=index_every, progress=progress)
+        setup = time.perf_counter() - start_time
         run.run(num_workers, write_threads, progress)
     finally:
         lock.release()
+    timings = {"setup": setup, **run.timings}
     return ExtractSummary(root, len(run.files) + len(run.rejected), run.extracted,
                           len(run.done), run.failures, run.audio_seconds,
-                          time.perf_counter() - start_time)
+                          time.perf_counter() - start_time,
+                          {name: round(t, 3) for name, t in timings.items()})
 
 
 def extract_folder(checkpoint: str | os.PathLike | FeatureExtractor, source: str | os.PathLike,

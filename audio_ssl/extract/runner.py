@@ -169,6 +169,11 @@ class Extraction:
         self.pending: dict[Future, _PendingWrite] = {}
         self.written_dirs: set[Path] = set()  # folders whose renames are not fsynced yet
         self.extracted, self.audio_seconds = 0, 0.0
+        # where the main thread's time went, in seconds: waiting for decoded batches, calling
+        # the model (on CUDA: launching its kernels), waiting for its outputs on the host,
+        # handing them to the writers, waiting for writers to finish, index rewrites
+        self.timings = dict.fromkeys(
+            ("wait_data", "model", "wait_device", "dispatch", "wait_writers", "index"), 0.0)
 
     def entry(self, file: InputFile) -> dict:
         """The index row of ``file``'s output."""
@@ -239,27 +244,41 @@ class Extraction:
         outputs go to the writers."""
         last_flush = time.monotonic()
         copying: _CopyingBatch | None = None
-        for batch in loader:
+        clock = self.timings
+        batches = iter(loader)
+        while True:
+            t0 = time.perf_counter()
+            batch = next(batches, None)
+            t1 = time.perf_counter()
+            clock["wait_data"] += t1 - t0
+            if batch is None:
+                break
             for i, reason in batch.failures:
                 self._fail(i, f"cannot decode: {reason}")
                 self._advance(self.files[i].num_samples / SAMPLE_RATE)
             if not batch.rows:
                 continue
+            t1 = time.perf_counter()
             out, frames = self.model(batch.waveforms, batch.lengths, self._encoder_stats(batch))
             this = _CopyingBatch(batch, _to_host(out, self.store), frames.tolist())
+            clock["model"] += time.perf_counter() - t1
             if copying is not None:
                 self._dispatch(copying)
             copying = this
+            t2 = time.perf_counter()
             while len(self.pending) > max_pending:
                 self._collect(block=True)
             self._collect(block=False)
+            clock["wait_writers"] += time.perf_counter() - t2
             if time.monotonic() - last_flush > self.index_every:
                 self._flush_index()
                 last_flush = time.monotonic()
         if copying is not None:
             self._dispatch(copying)
+        t2 = time.perf_counter()
         while self.pending:
             self._collect(block=True)
+        clock["wait_writers"] += time.perf_counter() - t2
         if self.shard_writer is not None:
             self.shard_writer.close()
 
@@ -323,7 +342,10 @@ class Extraction:
 
     def _dispatch(self, copying: _CopyingBatch) -> None:
         """One batch's outputs (once on the host) to the writers, or into long files' arrays."""
+        t0 = time.perf_counter()
         host = copying.copy.wait()  # {name: (B, T, ...)}
+        t1 = time.perf_counter()
+        self.timings["wait_device"] += t1 - t0
         for r, (i, c) in enumerate(copying.batch.rows):
             if i in self.failed:
                 continue
@@ -346,9 +368,11 @@ class Extraction:
                 for a in stitched.arrays.values():
                     a.flush()
                 self._submit(i, dict(stitched.arrays), stitched)
+        self.timings["dispatch"] += time.perf_counter() - t1
 
     def _flush_index(self) -> None:
         """Make this run's renames durable, then rewrite the index."""
+        t0 = time.perf_counter()
         if self.fsync:
             for folder in list(self.written_dirs):
                 fsync_dir(folder)
@@ -358,6 +382,7 @@ class Extraction:
         else:
             rows = sorted(self.entries.values(), key=lambda r: r["output"])
         write_jsonl(self.root / INDEX, rows, self.tmp_dir)
+        self.timings["index"] += time.perf_counter() - t0
 
     def _close(self) -> None:
         """Whatever happened: stop the writers, drop partial outputs, write the index and the

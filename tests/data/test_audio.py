@@ -135,3 +135,23 @@ def test_missing_files_and_dangling_links_say_no_such_file(tmp_path):
     reasons = {Path(r.path).name: r.reason for r in rejected}
     assert reasons["missing.flac"] == "unreadable: no such file"
     assert "no such file: a symbolic link to" in reasons["dangling.flac"]
+
+
+@pytest.mark.parametrize("values, bad", [
+    ([np.inf, -np.inf], 2),  # their sum is NaN
+    ([np.inf], 1), ([-np.inf, -np.inf], 2), ([np.nan, np.inf], 2),
+    ([3e38] * 1000, 0),  # finite, but a float32 sum would overflow to inf
+    ([-3.4e38, 3.4e38] * 500, 0),
+])
+def test_non_finite_samples_are_found_exactly(tmp_path, values, bad):
+    """The check sums in float64; it must agree with an element-wise check on every case."""
+    x = _noise(4000, 1)  # (4000, 1)
+    x[100: 100 + len(values), 0] = values
+    assert int((~np.isfinite(x)).sum()) == bad  # the second way: numpy, element by element
+    path = tmp_path / "x.wav"
+    sf.write(path, x, 16000, subtype="FLOAT")
+    if bad:
+        with pytest.raises(AudioError, match=rf"non-finite samples: {bad} of 4000"):
+            load_audio(path)
+    else:
+        assert load_audio(path).shape == (4000,)

@@ -305,6 +305,12 @@ def test_decoding_in_worker_processes_gives_the_same_features(checkpoint, speech
     spawned = extract_folder(checkpoint, root, tmp_path / "spawned", num_workers=1,
                              batch_seconds=10, **common)
     assert inline.extracted == spawned.extracted == 7 and spawned.ok
+    for run in (inline, spawned):  # where the time went: every phase, summing to the wall time
+        assert set(run.timings) == {"setup", "wait_data", "model", "wait_device", "dispatch",
+                                    "wait_writers", "index"}
+        assert all(t >= 0 for t in run.timings.values())
+        assert 0.5 * run.seconds <= sum(run.timings.values()) <= run.seconds + 0.01
+    assert spawned.timings["model"] > 0 and inline.timings["wait_data"] > 0
     a, b = _read_all(tmp_path / "inline"), _read_all(tmp_path / "spawned")
     assert a.keys() == b.keys()
     for path in a:
