@@ -90,3 +90,26 @@ def _shared_data_present(request):
     ``AUDIO_SSL_REQUIRE_SHARED=1`` (CI, which always has it beside the clone)."""
     if request.node.get_closest_marker("shared_data") is not None:
         require_shared(DATA)
+
+
+@pytest.fixture
+def s3(monkeypatch):
+    """An S3 server (moto) on loopback with a bucket `corpus`; its endpoint and test
+    credentials in the environment, where s3fs and boto3 (and child processes) read them."""
+    pytest.importorskip("s3fs")
+    server_mod = pytest.importorskip("moto.server")
+    import boto3
+    import s3fs
+
+    server = server_mod.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    endpoint = f"http://{host}:{port}"
+    for key, value in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+                       "AWS_DEFAULT_REGION": "us-east-1", "AWS_ENDPOINT_URL": endpoint}.items():
+        monkeypatch.setenv(key, value)
+    s3fs.S3FileSystem.clear_instance_cache()
+    boto3.client("s3", endpoint_url=endpoint).create_bucket(Bucket="corpus")
+    yield endpoint
+    s3fs.S3FileSystem.clear_instance_cache()
+    server.stop()

@@ -234,27 +234,6 @@ def test_corrupt_and_missing_shards_are_named_once_and_skipped(tiny_shards, tmp_
 # -- object storage (moto's S3 server on loopback) and pretraining --------------------------------
 
 
-@pytest.fixture
-def s3(monkeypatch):
-    pytest.importorskip("s3fs")
-    server_mod = pytest.importorskip("moto.server")
-    import boto3
-    import s3fs
-
-    server = server_mod.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    endpoint = f"http://{host}:{port}"
-    for key, value in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
-                       "AWS_DEFAULT_REGION": "us-east-1", "AWS_ENDPOINT_URL": endpoint}.items():
-        monkeypatch.setenv(key, value)
-    s3fs.S3FileSystem.clear_instance_cache()
-    boto3.client("s3", endpoint_url=endpoint).create_bucket(Bucket="corpus")
-    yield endpoint
-    s3fs.S3FileSystem.clear_instance_cache()
-    server.stop()
-
-
 FAST = """
 train: {log_every: 1, checkpoint_every: 3}
 data: {num_workers: 0, max_batch_samples: 64000, max_crop_samples: 16000}

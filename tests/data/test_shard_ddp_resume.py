@@ -1,7 +1,8 @@
-"""Exact resume under DDP from shards: 2 gloo processes x 2 loader workers, the whole run killed
-(SIGKILL to every rank and worker) as an update starts and halfway through writing a checkpoint,
-resumed each time; every rank trains on the uninterrupted run's batches (cut ids, crop offsets,
-samples) and ends with the same weights, bit for bit."""
+"""Exact resume under DDP from a folder, local shards and shards on S3 (moto on loopback): 2 gloo
+processes x 2 loader workers, the whole run killed (SIGKILL to every rank and worker) as an
+update starts and halfway through writing a checkpoint, resumed each time; every rank trains on
+the uninterrupted run's batches (cut ids, crop offsets, samples) and ends with the same weights,
+bit for bit."""
 
 from __future__ import annotations
 
@@ -32,7 +33,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _start(source: Path, output: Path, log: Path, *, resume: bool = False,
+def _start(source: str | Path, output: Path, log: Path, *, resume: bool = False,
            **kill: int) -> list[subprocess.Popen]:
     """Both ranks at once, as torchrun starts them (Lightning's own launcher starts rank 1 only
     once rank 0 has imported everything and read the data), in one new process group that
@@ -94,11 +95,24 @@ def _weights(run: Path) -> dict[str, torch.Tensor]:
     return checkpoint["state_dict"]
 
 
+@pytest.fixture(params=["folder", "shards", "s3"])
+def source(request, tmp_path, data_dir) -> str:
+    """The corpus each run reads: tiny/'s folder, its shards on disk, its shards on S3."""
+    manifest = data_dir / "tiny" / "manifest.jsonl"
+    if request.param == "folder":
+        return str(manifest.parent)
+    if request.param == "shards":
+        target = str(tmp_path / "shards")
+    else:
+        request.getfixturevalue("s3")  # the server, its endpoint in the ranks' environment
+        target = "s3://corpus/tiny"
+    write_shards(manifest, target, shard_size=5, progress=False)
+    return target
+
+
 @pytest.mark.slow
-def test_ddp_run_killed_twice_resumes_on_the_same_batches_and_weights(tmp_path, data_dir):
-    shards = tmp_path / "shards"
-    write_shards(data_dir / "tiny" / "manifest.jsonl", str(shards), shard_size=5,
-                 progress=False)
+def test_ddp_run_killed_twice_resumes_on_the_same_batches_and_weights(tmp_path, source):
+    shards = source
     (tmp_path / "ddp.yaml").write_text(CONFIG)
     straight, killed = tmp_path / "straight", tmp_path / "killed"
 
