@@ -248,7 +248,11 @@ class DataConfig:
     normalize: bool = False  # zero mean, unit variance per utterance
     max_batch_samples: int = 1_400_000  # per device
     max_crop_samples: int = 250_000
-    min_samples: int = 32_000  # shorter files are skipped (2 s at 16 kHz)
+    min_samples: int = 32_000  # shorter files are skipped (2 s at 16 kHz), unless:
+    # files of pad_min_samples up to min_samples are kept whole, in batches of their own padded
+    # to their longest (the padding masked, as for --no-crop); keyword and command corpora are
+    # made of such clips. 0: skipped, as fairseq
+    pad_min_samples: int = 0
     num_buckets: int = 20
     num_workers: int = 2
     crop_to_shortest: bool = True  # crop each batch to its shortest item: no padding (fairseq)
@@ -259,6 +263,11 @@ class DataConfig:
     crop_multiple: int = 0
     batch_multiple: int = 1
     targets: str = ""  # HuBERT: the folder `audio-ssl targets` wrote (labels of every file)
+
+    @property
+    def shortest(self) -> int:
+        """Samples of the shortest file a run uses: pad_min_samples where it keeps short ones."""
+        return self.pad_min_samples if self.pad_min_samples > 0 else self.min_samples
 
 
 @dataclass(frozen=True)

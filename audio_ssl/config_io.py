@@ -88,6 +88,7 @@ def overlay(cfg: Any, yaml_path: str | Path | None, overrides: dict[str, Any] | 
     if overrides:
         cfg = merge(cfg, overrides)
     check_counts(cfg)
+    check_short_clips(cfg)
     return cfg
 
 
@@ -114,9 +115,20 @@ def check_counts(cfg: Any) -> None:
                                  "at least 1")
 
 
+def check_short_clips(cfg: Any) -> None:
+    """Raise where ``data.pad_min_samples`` would keep nothing more than ``data.min_samples``."""
+    data = getattr(cfg, "data", None)
+    pad, floor = getattr(data, "pad_min_samples", 0), getattr(data, "min_samples", 0)
+    if pad < 0 or (pad > 0 and pad >= floor):
+        raise ValueError(f"data.pad_min_samples is {pad}: expected 0 (skip files shorter than "
+                         f"data.min_samples = {floor}) or 1 to {floor - 1} (keep them whole, "
+                         "padded)")
+
+
 def dump(cfg: Any, path: str | Path) -> None:
     """Write ``cfg`` as YAML (the form :func:`overlay` reads back)."""
     Path(path).write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
 
 
-__all__ = ["to_dict", "merge", "overlay", "check_counts", "dump", "AT_LEAST_ONE"]
+__all__ = ["to_dict", "merge", "overlay", "check_counts", "check_short_clips", "dump",
+           "AT_LEAST_ONE"]

@@ -27,6 +27,7 @@ def files(tmp_path_factory) -> dict[str, Path]:
     (root / "truncated.ckpt").write_bytes(good.read_bytes()[: good.stat().st_size // 2])
     (root / "bad.yaml").write_text("train: {max_steps: 3\n  log_every: [\n")
     (root / "log0.yaml").write_text("train: {log_every: 0}\n")
+    (root / "padmin.yaml").write_text("data: {min_samples: 8000, pad_min_samples: 8000}\n")
     (root / "ckpt0.yaml").write_text("train: {checkpoint_every: 0}\n")
     (root / "val0.yaml").write_text("train: {val_every: 0}\n")
     (root / "reinit9.yaml").write_text("ctc: {reinit_layers: 9}\n")
@@ -51,6 +52,10 @@ def _cases(f: dict[str, Path], data: Path) -> list[tuple[str, list[str], str]]:
          "train.max_steps (--max-steps) is -1"),
         ("log_every 0", ["pretrain", str(data), "-o", str(out), "--config", str(f["log0"])],
          "train.log_every is 0"),
+        ("pad_min_samples not under min_samples",
+         ["pretrain", str(data), "-o", str(out), "--config", str(f["padmin"])],
+         "data.pad_min_samples is 8000: expected 0 (skip files shorter than data.min_samples = "
+         "8000) or 1 to 7999"),
         ("checkpoint_every 0",
          ["pretrain", str(data), "-o", str(out), "--config", str(f["ckpt0"])],
          "train.checkpoint_every is 0"),

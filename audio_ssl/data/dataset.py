@@ -37,6 +37,8 @@ class Batch:
             none (padding), or None when the dataset has no label store.
         shard_failures: shards (of a shard folder) found missing or unreadable at this batch,
             each named once; their batches come back empty.
+        padded: some row is shorter than S (known on the host, so the model need not read the
+            lengths back from the device to find out).
 
     B may be 0 when every file of the request failed: the trainer should skip such a batch.
     """
@@ -49,6 +51,7 @@ class Batch:
     labels: torch.Tensor | None = None
     shard_failures: list[Rejected] = field(default_factory=list)
     starts: list[int] = field(default_factory=list)
+    padded: bool = False
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -116,6 +119,7 @@ class AudioBatchDataset(Dataset):
             position=request.position,
             labels=self._labels(paths, starts, decoded.lengths, request.num_samples),
             starts=starts,
+            padded=bool((decoded.lengths < decoded.waveforms.shape[1]).any()),
         )
 
     def _labels(self, paths: list[str], starts: list[int], lengths: torch.Tensor,
@@ -162,6 +166,7 @@ def make_dataloader(
         max_batch_samples=cfg.max_batch_samples,
         max_crop_samples=cfg.max_crop_samples,
         min_samples=cfg.min_samples,
+        pad_min_samples=cfg.pad_min_samples,
         num_buckets=cfg.num_buckets,
         seed=seed,
         rank=rank,

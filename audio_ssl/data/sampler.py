@@ -39,6 +39,8 @@ class BatchRequest:
     position: int
 
 
+CROP, PAD, SHORT = 0, 1, 2  # how a bucket's batches are cut (BucketBatchSampler._kinds)
+
 _Plan = tuple[tuple[int, ...], tuple[int, ...], int, tuple[int, ...]]  # one BatchRequest's data
 
 
@@ -57,7 +59,9 @@ class BucketBatchSampler(Sampler[BatchRequest]):
     never used):
 
     1. Items with ``min_samples`` or more samples are split into ``num_buckets`` length quantiles
-       (fixed for the run).
+       (fixed for the run). With ``pad_min_samples``, items of ``pad_min_samples`` up to
+       ``min_samples`` are split into quantiles of their own, whose batches are always padded
+       (whatever ``crop_to_shortest``) and never cropped.
     2. Each bucket is shuffled and cut greedily into batches: an item joins the current batch
        while ``(n + 1) * min(crop, max_crop_samples) <= max_batch_samples``, where ``crop`` is the
        batch's shortest item (``crop_to_shortest``) or its longest (padding); a batch holds at
@@ -75,7 +79,9 @@ class BucketBatchSampler(Sampler[BatchRequest]):
         lengths: samples of each item at the target rate.
         max_batch_samples: budget of samples per batch (B * S).
         max_crop_samples: longest crop S.
-        min_samples: shorter items are never sampled.
+        min_samples: shorter items are never sampled, unless ``pad_min_samples`` keeps them.
+        pad_min_samples: items from this many samples up to ``min_samples`` are batched whole,
+            padded to the batch's longest (rounded up to ``crop_multiple``); 0: none.
         num_buckets: length quantiles; batches never mix buckets.
         seed: the plan depends on ``seed`` and the epoch only (not on the rank).
         rank, world_size: this process's shard.
@@ -95,6 +101,7 @@ class BucketBatchSampler(Sampler[BatchRequest]):
         max_crop_samples: int,
         min_samples: int,
         num_buckets: int,
+        pad_min_samples: int = 0,
         seed: int,
         rank: int = 0,
         world_size: int = 1,
@@ -105,6 +112,7 @@ class BucketBatchSampler(Sampler[BatchRequest]):
         self.max_batch_samples = _check_int("max_batch_samples", max_batch_samples, 1)
         self.max_crop_samples = _check_int("max_crop_samples", max_crop_samples, 1)
         self.min_samples = _check_int("min_samples", min_samples, 0)
+        self.pad_min_samples = _check_int("pad_min_samples", pad_min_samples, 0)
         self.num_buckets = _check_int("num_buckets", num_buckets, 1)
         self.seed = _check_int("seed", seed, 0)
         self.world_size = _check_int("world_size", world_size, 1)
@@ -120,29 +128,50 @@ class BucketBatchSampler(Sampler[BatchRequest]):
             raise ValueError(
                 f"BucketBatchSampler: lengths must be 1-D, got shape {self.lengths.shape}"
             )
-        eligible = np.flatnonzero(self.lengths >= max(self.min_samples, 1))  # (N',)
-        if eligible.size == 0:
+        floor = max(self.min_samples, 1)
+        shortest = max(self.pad_min_samples, 1) if 0 < self.pad_min_samples < floor else floor
+        self._buckets: list[np.ndarray] = []
+        # each bucket's batches: CROP (to the shortest), PAD (to the longest), SHORT (padded to
+        # the longest rounded up to crop_multiple: items under min_samples)
+        self._kinds: list[int] = []
+        for lo, hi, kind in ((floor, None, CROP if self.crop_to_shortest else PAD),
+                             (shortest, floor, SHORT)):  # the short ones' buckets last
+            keep = self.lengths >= lo if hi is None else (self.lengths >= lo) & (self.lengths < hi)
+            eligible = np.flatnonzero(keep)  # (N',)
+            order = eligible[np.argsort(self.lengths[eligible], kind="stable")]  # by length
+            for bucket in np.array_split(order, min(self.num_buckets, max(order.size, 1))):
+                if bucket.size:
+                    self._buckets.append(bucket)
+                    self._kinds.append(kind)
+        if not self._buckets:
             raise ValueError(
                 f"BucketBatchSampler: none of the {len(self.lengths)} items has at least "
-                f"{max(self.min_samples, 1)} samples"
+                f"{shortest} samples"
             )
-        order = eligible[np.argsort(self.lengths[eligible], kind="stable")]  # (N',) by length
-        buckets = np.array_split(order, min(self.num_buckets, order.size))
-        self._buckets = [b for b in buckets if b.size > 0]
         self._position = 0
         self._batches_per_epoch: dict[int, int] = {}  # per-rank batch count, by epoch
 
     # -- plan -----------------------------------------------------------------------------------
 
-    def _cut(self, lens: np.ndarray) -> np.ndarray:
+    def _rows(self, longest: np.ndarray) -> np.ndarray:
+        """The row length S of short items' batches whose longest items are ``longest``:
+        rounded up to a multiple of ``crop_multiple``, at most ``max_crop_samples``."""
+        q = self.crop_multiple
+        if q > 1:
+            longest = -(-longest // q) * q
+        return np.minimum(longest, self.max_crop_samples)
+
+    def _cut(self, lens: np.ndarray, kind: int) -> np.ndarray:
         """Greedy batch ends over one shuffled bucket: (n_batches,) exclusive end offsets."""
         budget, cap, size = self.max_batch_samples, self.max_crop_samples, lens.size
         if lens.min() >= cap:  # every crop is the cap: fixed batch size, same as the greedy loop
             n = max(1, budget // cap)
             return np.append(np.arange(n, size, n), size)
+        if kind == SHORT:  # the rows its batches will have (crop_multiple)
+            lens = self._rows(lens)
         # the greedy loop, item by item (a batch's crop depends on the items before): plain
         # comparisons, no min()/max() calls, about twice as fast as with them
-        lst, shortest = lens.tolist(), self.crop_to_shortest
+        lst, shortest = lens.tolist(), kind == CROP
         ends: list[int] = []
         n, crop = 1, lst[0]
         for i in range(1, size):
@@ -157,18 +186,22 @@ class BucketBatchSampler(Sampler[BatchRequest]):
         ends.append(size)
         return np.asarray(ends, dtype=np.int64)
 
-    def _groups(self, epoch: int) -> tuple[np.random.Generator, np.ndarray, np.ndarray, np.ndarray]:
-        """Epoch membership: (rng, items (N',) in batch order, batch begins (NB,), ends (NB,))."""
+    def _groups(self, epoch: int) -> tuple[np.random.Generator, np.ndarray, np.ndarray,
+                                            np.ndarray, np.ndarray]:
+        """Epoch membership: (rng, items (N',) in batch order, batch begins (NB,), ends (NB,),
+        kinds (NB,): CROP, PAD or SHORT)."""
         rng = np.random.default_rng([self.seed, epoch])
-        flat, ends, offset = [], [], 0
-        for bucket in self._buckets:
+        flat, ends, kinds, offset = [], [], [], 0
+        for bucket, kind in zip(self._buckets, self._kinds):
             perm = bucket[rng.permutation(bucket.size)]  # (n_b,)
             flat.append(perm)
-            ends.append(self._cut(self.lengths[perm]) + offset)
+            cut = self._cut(self.lengths[perm], kind)
+            ends.append(cut + offset)
+            kinds.append(np.full(cut.size, kind))
             offset += bucket.size
         ends_ = np.concatenate(ends)  # (NB,)
         begins = np.concatenate([[0], ends_[:-1]])  # (NB,)
-        return rng, np.concatenate(flat), begins, ends_
+        return rng, np.concatenate(flat), begins, ends_, np.concatenate(kinds)
 
     def _count(self, epoch: int) -> int:
         """Batches this rank gets in ``epoch`` (all ranks get the same number)."""
@@ -179,18 +212,23 @@ class BucketBatchSampler(Sampler[BatchRequest]):
 
     def _rank_batches(self, epoch: int) -> list[_Plan]:
         """This rank's batches of ``epoch``: (indices, starts, num_samples, lengths) each."""
-        rng, items, begins, ends = self._groups(epoch)
+        rng, items, begins, ends, kinds = self._groups(epoch)
         lens = self.lengths[items]  # (N',)
         size, m = ends - begins, self.batch_multiple  # (NB,)
         kept = np.where(size >= m, size // m * m, size)  # (NB,) a batch's first items it keeps
         dropped = np.arange(lens.size) >= np.repeat(begins + kept, size)  # (N',)
-        reduce = np.minimum if self.crop_to_shortest else np.maximum
-        # the crop over the kept items only: dropped ones cannot be the shortest or longest
-        bound = np.where(dropped, np.iinfo(np.int64).max if self.crop_to_shortest else 0, lens)
-        num = np.minimum(reduce.reduceat(bound, begins), self.max_crop_samples)  # (NB,)
+        # the crop over the kept items only: dropped ones cannot be the shortest or longest;
+        # cropped batches: the shortest, rounded down to crop_multiple; padded: the longest;
+        # short items' batches: the longest rounded up (the rows _cut budgeted)
+        shortest = np.minimum.reduceat(np.where(dropped, np.iinfo(np.int64).max, lens), begins)
         q = self.crop_multiple
-        if q > 1 and self.crop_to_shortest:
-            num = np.where(num >= q, num // q * q, num)
+        crop = np.minimum(shortest, self.max_crop_samples)  # (NB,)
+        if q > 1:
+            crop = np.where(crop >= q, crop // q * q, crop)
+        longest = np.maximum.reduceat(np.where(dropped, 0, lens), begins)  # (NB,)
+        num = np.select([kinds == CROP, kinds == PAD],
+                        [crop, np.minimum(longest, self.max_crop_samples)],
+                        self._rows(longest))  # (NB,)
         item_num = np.repeat(num, ends - begins)  # (N',) crop of each item's batch
         starts = rng.integers(0, np.maximum(lens - item_num, 0) + 1)  # (N',)
         real = np.minimum(lens, item_num)  # (N',)

@@ -104,7 +104,7 @@ class ShardPlan:
         order = np.argsort(shard_of, kind="stable")
         bounds = np.searchsorted(shard_of[order], np.arange(num_shards + 1))
         self.by_shard = [order[bounds[k]:bounds[k + 1]] for k in range(num_shards)]
-        usable = np.where(self.lengths >= max(cfg.min_samples, 1), self.lengths, 0)  # (N,)
+        usable = np.where(self.lengths >= max(cfg.shortest, 1), self.lengths, 0)  # (N,)
         # (num_shards,) usable samples of each shard: what the weights share out
         self.shard_samples = np.bincount(shard_of, weights=usable,
                                          minlength=num_shards).astype(np.int64)
@@ -113,7 +113,7 @@ class ShardPlan:
         for source, held in zip(self.sources, self.source_samples):
             if held == 0:
                 raise ValueError(f"{source.url}: none of its {len(source.cuts)} cuts has at "
-                                 f"least {cfg.min_samples} samples at {cfg.sample_rate} Hz")
+                                 f"least {cfg.shortest} samples at {cfg.sample_rate} Hz")
         total = sum(self.source_samples)
         self.share = [w * total for w in mix.weights]  # usable samples of each source an epoch
         self._samplers: dict[int, BucketBatchSampler | None] = {}
@@ -126,12 +126,13 @@ class ShardPlan:
         if shard not in self._samplers:
             seed = int(np.random.SeedSequence([self.seed, shard]).generate_state(1)[0])
             lengths = self.lengths[self.by_shard[shard]]
-            ok = lengths.size and (lengths >= max(self.cfg.min_samples, 1)).any()
+            ok = lengths.size and (lengths >= max(self.cfg.shortest, 1)).any()
             c = self.cfg
             self._samplers[shard] = BucketBatchSampler(
                 lengths, max_batch_samples=c.max_batch_samples,
                 max_crop_samples=c.max_crop_samples, min_samples=c.min_samples,
-                num_buckets=c.num_buckets, seed=seed, crop_to_shortest=c.crop_to_shortest,
+                pad_min_samples=c.pad_min_samples, num_buckets=c.num_buckets, seed=seed,
+                crop_to_shortest=c.crop_to_shortest,
                 crop_multiple=c.crop_multiple, batch_multiple=c.batch_multiple,
             ) if ok else None
         return self._samplers[shard]
@@ -428,6 +429,7 @@ class ShardStreamDataset(IterableDataset):
             starts=[r.starts[asked[j]] for j in decoded.kept],
             failures=[Rejected(f"{url}#{ids[k]}", reasons[k]) for k in sorted(reasons)],
             position=r.position,
+            padded=bool((decoded.lengths < decoded.waveforms.shape[1]).any()),
         )
 
 

@@ -130,10 +130,11 @@ class PretrainTask(L.LightningModule):
         if isinstance(self.model, Data2VecForPretraining):  # the teacher catches up
             ema_decay = self.model.update_teacher(step, self._schedule_steps)
         extra = {"labels": batch.labels} if self.cfg.model.objective == "hubert" else {}
-        # crops cut to the batch's shortest item are never padded: the host knows it from the
-        # config, so the model need not read the lengths back from the device to find out
+        # crops cut to the batch's shortest item are never padded; short clips' batches
+        # (data.pad_min_samples) are: the loader says which on the host, so the model need not
+        # read the lengths back from the device to find out
         out = self.model(batch.waveforms, batch.lengths, step=step, generator=generator,
-                         padded=not self.cfg.data.crop_to_shortest, **extra)
+                         padded=not self.cfg.data.crop_to_shortest or batch.padded, **extra)
         self.throughput.add(batch.lengths)  # audio of this rank's batches since the last record
         if step % self.cfg.train.log_every:
             return out.loss

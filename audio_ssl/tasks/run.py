@@ -125,12 +125,12 @@ def _read_source(data: str | Path | list, cfg: PretrainConfig, labels: LabelStor
                  progress: bool) -> tuple[list | ShardIndex | ShardMix, list[Rejected]]:
     """The audio of ``data`` (a folder, a manifest, a list, or a shard folder at a path or a
     URL: found by its index; or several shard folders with weights, :func:`read_mix`), and
-    what is left out (files, or cuts shorter than ``data.min_samples``)."""
+    what is left out (files, or cuts shorter than ``data.shortest``)."""
     data = list(data) if isinstance(data, (list, tuple)) else [data]
     specs = [str(d) for d in data]
     weighted = is_weighted(specs)
     if not weighted and not is_shard_folder(specs[0]):
-        return scan(data[0], progress=progress, min_samples=cfg.data.min_samples,
+        return scan(data[0], progress=progress, min_samples=cfg.data.shortest,
                     sample_rate=cfg.data.sample_rate)
     if labels is not None:
         raise ValueError(f"--targets with the shard folder {' '.join(specs)}: HuBERT labels are "
@@ -138,9 +138,9 @@ def _read_source(data: str | Path | list, cfg: PretrainConfig, labels: LabelStor
                          "made of")
     index = read_mix(specs) if weighted else read_index(specs[0])
     sr = cfg.data.sample_rate
-    short = [Rejected(c.path, f"too short: {c.samples_at(sr)} < {cfg.data.min_samples} samples "
+    short = [Rejected(c.path, f"too short: {c.samples_at(sr)} < {cfg.data.shortest} samples "
                               f"at {sr} Hz (cut {c.id})")
-             for c in index.cuts if c.samples_at(sr) < cfg.data.min_samples]
+             for c in index.cuts if c.samples_at(sr) < cfg.data.shortest]
     gone = missing_shards(index)
     if gone:
         log.warning("%d of %d shards of %s are missing; their batches will be skipped (first: %s)",
@@ -281,5 +281,5 @@ def _usable_audio(items: list | ShardIndex | ShardMix,
     usable = items
     if isinstance(items, (ShardIndex, ShardMix)):  # the cuts the plan samples from
         usable = [c for c in items.cuts if c.samples_at(cfg.data.sample_rate)
-                  >= cfg.data.min_samples]
+                  >= cfg.data.shortest]
     return sum(item.duration for item in usable) / 3600, len(usable)

@@ -174,3 +174,58 @@ def test_crop_and_batch_multiples_give_few_shapes():
     shapes = {(len(r.indices), r.num_samples) for e in (0, 1) for r in _epoch(s, e)}
     exact = {(len(r.indices), r.num_samples) for e in (0, 1) for r in _epoch(plain, e)}
     assert len(shapes) * 3 < len(exact)
+
+
+# -- short items kept whole (pad_min_samples) ------------------------------------------------------
+
+
+@pytest.mark.parametrize("crop_multiple, world_size", [(0, 1), (3_200, 1), (3_200, 2)])
+def test_short_items_are_batched_whole_padded_and_apart(crop_multiple, world_size):
+    """Checked item by item against the rule, not against the implementation's own arrays."""
+    rng = np.random.default_rng(4)
+    lengths = rng.integers(500, 60_000, size=300).tolist()
+    kw = dict(min_samples=8_000, pad_min_samples=1_600, crop_multiple=crop_multiple,
+              max_batch_samples=64_000, max_crop_samples=32_000, world_size=world_size)
+    short = {i for i, n in enumerate(lengths) if 1_600 <= n < 8_000}
+    long = {i for i, n in enumerate(lengths) if n >= 8_000}
+    assert len(short) > 30 and len(long) > 100 and any(n < 1_600 for n in lengths)
+    for epoch in (0, 1):
+        seen = Counter()
+        for rank in range(world_size):
+            for r in _epoch(_sampler(lengths, rank=rank, **kw), epoch):
+                members = set(r.indices)
+                assert members <= short or members <= long  # never mixed
+                if members <= long:  # cropped to the shortest, as without pad_min_samples
+                    assert all(n == r.num_samples for n in r.lengths)
+                    continue
+                seen.update(r.indices)
+                assert r.starts == (0,) * len(r.indices)  # whole, never cropped
+                assert r.lengths == tuple(lengths[i] for i in r.indices)
+                assert r.num_samples >= max(r.lengths)
+                if crop_multiple:
+                    assert r.num_samples % crop_multiple == 0
+                    assert r.num_samples - max(r.lengths) < crop_multiple
+                else:
+                    assert r.num_samples == max(r.lengths)
+                assert len(r.indices) == 1 or len(r.indices) * r.num_samples <= 64_000
+        assert set(seen) == short  # every short item, each once (twice where a rank repeats)
+        assert all(c <= 2 for c in seen.values())
+
+
+def test_long_batches_are_the_same_with_or_without_short_items():
+    lengths = _lengths(300, seed=5) + [3_000, 5_000, 7_999] * 20
+    plain = _sampler(lengths)
+    padded = _sampler(lengths, pad_min_samples=2_000)
+    for epoch in (0, 1):
+        a = sorted(r.indices for r in _epoch(plain, epoch))
+        b = sorted(r.indices for r in _epoch(padded, epoch)
+                   if min(lengths[i] for i in r.indices) >= 8_000)
+        assert a == b  # the same batches of long items; their crops and order may differ
+
+
+def test_items_under_pad_min_samples_are_never_sampled():
+    lengths = [1_000, 1_599, 1_600, 5_000, 20_000]
+    got = {i for r in _take(_sampler(lengths, pad_min_samples=1_600), 20) for i in r.indices}
+    assert got == {2, 3, 4}
+    with pytest.raises(ValueError, match="has at least 1600 samples"):
+        _sampler([1_000, 1_500], pad_min_samples=1_600)
