@@ -248,10 +248,11 @@ class DataConfig:
     normalize: bool = False  # zero mean, unit variance per utterance
     max_batch_samples: int = 1_400_000  # per device
     max_crop_samples: int = 250_000
-    min_samples: int = 32_000  # shorter files are skipped (2 s at 16 kHz), unless:
-    # files of pad_min_samples up to min_samples are kept whole, in batches of their own padded
-    # to their longest (the padding masked, as for --no-crop); keyword and command corpora are
-    # made of such clips. 0: skipped, as fairseq
+    # shorter files are skipped (2 s at 16 kHz), unless pad_min_samples keeps them
+    min_samples: int = 32_000
+    # files of pad_min_samples up to min_samples samples are kept whole, batched apart and
+    # padded to their longest (the padding masked): keyword and command corpora are made of such
+    # clips. 0: skipped, as fairseq
     pad_min_samples: int = 0
     num_buckets: int = 20
     num_workers: int = 2

@@ -44,6 +44,10 @@ def add_pretrain(sub) -> None:
     add_device_options(p)
     p.add_argument("--resume", action="store_true",
                    help="continue the run in --output from its last checkpoint")
+    p.add_argument("--auto-resume", action="store_true",
+                   help="continue from --output's last checkpoint when it has one, else start "
+                   "fresh: one command line for the first start and every restart (a "
+                   "preempted or requeued job)")
     p.add_argument("--init", default=None, metavar="CHECKPOINT",
                    help="continue pretraining from this checkpoint's weights (ours, an HF "
                    "Wav2Vec2ForPreTraining folder or a fairseq .pt) on DATA, with a fresh "
@@ -70,8 +74,10 @@ def pretrain_config(args: argparse.Namespace, init=None):
 
 
 def run_pretrain(args: argparse.Namespace) -> int:
-    from audio_ssl.tasks.run import load_init, pretrain
+    from audio_ssl.tasks.run import find_last_checkpoint, load_init, pretrain
 
+    if args.auto_resume:
+        args.resume = find_last_checkpoint(Path(args.output)) is not None
     init = getattr(args, "init", None)
     # read once: its network for the config, its weights for the run
     loaded = load_init(init) if init is not None and not args.resume else None

@@ -223,3 +223,20 @@ def test_best_rq_pretrains_resumes_exactly_and_its_backbone_serves(tmp_path, dat
                  "--to", "hf"]) == 0
     config = json.loads((tmp_path / "hf" / "config.json").read_text())
     assert config["architectures"] == ["Wav2Vec2Model"]
+
+
+def test_auto_resume_starts_fresh_then_continues_with_the_same_losses(tmp_path, data_dir,
+                                                                    capsys):
+    """One command line for the first start and every restart (a requeued job): fresh where
+    --output has no checkpoint, resumed where it has; the split run equals the straight one."""
+    cfg = _config(tmp_path, FAST + "optim: {schedule_steps: 6}\n")
+    common = [str(data_dir / "tiny"), "--config", str(cfg), "--no-progress"]
+    straight, split = tmp_path / "straight", tmp_path / "split"
+    assert main(["pretrain", *common, "--max-steps", "6", "--output", str(straight)]) == 0
+    assert main(["pretrain", *common, "--max-steps", "3", "--output", str(split),
+                 "--auto-resume"]) == 0
+    assert main(["pretrain", *common, "--max-steps", "6", "--output", str(split),
+                 "--auto-resume"]) == 0
+    a, b = _metrics(straight), _metrics(split)
+    assert sorted(a) == sorted(b) == list(range(6))
+    assert [b[s]["train/loss"] for s in range(3, 6)] == [a[s]["train/loss"] for s in range(3, 6)]
