@@ -27,8 +27,10 @@ def add_finetune(sub) -> None:
     )
     f.add_argument("pretrained", nargs="?", default=None,
                    help="pretrained checkpoint (optional with --from-scratch)")
-    f.add_argument("--train", required=True, help="labelled training data")
-    f.add_argument("--valid", required=True, help="labelled validation data")
+    f.add_argument("--train", required=True,
+                   help="labelled training data (or a shard folder, a path or URL, that "
+                   "`audio-ssl shard` made from a manifest with transcripts)")
+    f.add_argument("--valid", required=True, help="labelled validation data (likewise)")
     f.add_argument("--train-split", default=None,
                    help="JSONL: use the rows whose 'split' is this (e.g. train)")
     f.add_argument("--valid-split", default=None,

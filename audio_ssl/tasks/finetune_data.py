@@ -25,7 +25,9 @@ from audio_ssl.data.labelled import (
     read_labelled,
     reference_text,
 )
+from audio_ssl.data.labelled_shards import ShardLabelledDataset, read_labelled_shards
 from audio_ssl.data.manifest import Rejected
+from audio_ssl.data.shards import ShardIndex, is_shard_folder
 from audio_ssl.data.text import TokenError, Vocabulary, ctc_frames_needed, normalize_text
 from audio_ssl.io import atomic_write_text
 from audio_ssl.models.feature_encoder import frame_lengths as conv_frame_lengths
@@ -39,16 +41,21 @@ class Prepared:
     texts: list[str]
     targets: list[list[int]]
     rejected: list[Rejected]
+    shards: ShardIndex | None = None  # the shard folder the items are cuts of, if they are
 
-    def dataset(self, cfg: FinetuneConfig) -> LabelledBatchDataset:
-        return LabelledBatchDataset(self.items, self.targets, sample_rate=cfg.data.sample_rate,
-                                    normalize=cfg.data.normalize)
+    def dataset(self, cfg: FinetuneConfig) -> LabelledBatchDataset | ShardLabelledDataset:
+        d = cfg.data
+        if self.shards is not None:
+            return ShardLabelledDataset(self.shards, self.items, self.targets,
+                                        sample_rate=d.sample_rate, normalize=d.normalize)
+        return LabelledBatchDataset(self.items, self.targets, sample_rate=d.sample_rate,
+                                    normalize=d.normalize)
 
 
 def prepare(items: list[LabelledItem], rejected: list[Rejected], cfg: FinetuneConfig,
-            vocab: Vocabulary) -> Prepared:
+            vocab: Vocabulary, shards: ShardIndex | None = None) -> Prepared:
     """Normalise, encode and length-check each utterance; the bad ones join ``rejected``."""
-    out = Prepared([], [], [], list(rejected))
+    out = Prepared([], [], [], list(rejected), shards)
     convs = cfg.model.encoder.conv_layers
     frames = conv_frame_lengths(torch.tensor([it.samples for it in items] or [0]), convs).tolist()
     for it, n in zip(items, frames):
@@ -81,15 +88,24 @@ def read_sets(train: str | Path, valid: str | Path, cfg: FinetuneConfig,
     error that points to ``rejected_log``."""
     d = cfg.data
     read = dict(sample_rate=d.sample_rate, min_samples=d.min_samples, max_samples=d.max_samples)
-    train_items, train_rejected = read_labelled(train, split=train_split, **read)
-    valid_items, valid_rejected = read_labelled(valid, split=valid_split, **read)
+
+    def read_set(source, split, option):
+        if is_shard_folder(str(source)):
+            if split is not None:
+                raise ValueError(f"{option}-split {split!r}: a shard folder ({source}) has no "
+                                 "splits; shard each split into its own folder")
+            return read_labelled_shards(str(source), **read)
+        return (*read_labelled(source, split=split, **read), None)
+
+    train_items, train_rejected, train_shards = read_set(train, train_split, "--train")
+    valid_items, valid_rejected, valid_shards = read_set(valid, valid_split, "--valid")
     if ctc_vocab is not None:
         vocab = Vocabulary(tuple(ctc_vocab))
     else:
         vocab = Vocabulary.build(t for t in (normalize_text(it.text, cfg.text) for it in train_items)
                                  if t)
-    train_set = prepare(train_items, train_rejected, cfg, vocab)
-    valid_set = prepare(valid_items, valid_rejected, cfg, vocab)
+    train_set = prepare(train_items, train_rejected, cfg, vocab, train_shards)
+    valid_set = prepare(valid_items, valid_rejected, cfg, vocab, valid_shards)
     if not train_set.items:
         raise ValueError(f"no usable training utterance in {train}: see {rejected_log}")
     if not valid_set.items:
@@ -101,16 +117,23 @@ class FinetuneData(L.LightningDataModule):
     """The training stream and the validation pass, each rank's share; the items left out
     (:meth:`LabelledBatchDataset.exclude`) travel in the checkpoint."""
 
-    def __init__(self, train: LabelledBatchDataset, valid: LabelledBatchDataset,
-                 cfg: FinetuneConfig):
+    def __init__(self, train: LabelledBatchDataset | ShardLabelledDataset,
+                 valid: LabelledBatchDataset | ShardLabelledDataset, cfg: FinetuneConfig):
         super().__init__()
         self.train, self.valid, self.cfg = train, valid, cfg
 
-    def dataset(self, split: str) -> LabelledBatchDataset:
+    def dataset(self, split: str) -> LabelledBatchDataset | ShardLabelledDataset:
         return self.train if split == "train" else self.valid
 
     def train_dataloader(self):
         trainer = self.trainer
+        if isinstance(self.train, ShardLabelledDataset):
+            d = self.cfg.data
+            return self.train.train_loader(
+                max_batch_samples=d.max_batch_samples, num_buckets=d.num_buckets,
+                seed=self.cfg.train.seed, rank=trainer.global_rank,
+                world_size=trainer.world_size, position=trainer.lightning_module.batches_seen,
+                num_workers=d.num_workers)
         return make_labelled_loader(
             self.train, max_batch_samples=self.cfg.data.max_batch_samples, train=True,
             seed=self.cfg.train.seed, num_buckets=self.cfg.data.num_buckets,
@@ -120,6 +143,10 @@ class FinetuneData(L.LightningDataModule):
 
     def val_dataloader(self):
         trainer = self.trainer
+        if isinstance(self.valid, ShardLabelledDataset):
+            return self.valid.valid_loader(max_batch_samples=self.cfg.data.max_batch_samples,
+                                           rank=trainer.global_rank,
+                                           world_size=trainer.world_size)
         return make_labelled_loader(self.valid, max_batch_samples=self.cfg.data.max_batch_samples,
                                     train=False, rank=trainer.global_rank,
                                     world_size=trainer.world_size)
