@@ -5,11 +5,13 @@ preset's data section, default tiny), with 0, 2 and 4 loader workers, from
 
 - the folder (or manifest) itself, decoded by path;
 - its shards on the local disk (written here with ``write_shards``, ``--shard-size`` files each);
-- the same shards on S3: moto's ``ThreadedMotoServer`` on 127.0.0.1 in this process, reached
-  through ``AWS_ENDPOINT_URL`` as a real store would be (loopback: no network latency).
+- the same shards on S3: moto's server on 127.0.0.1 in a process of its own (a store's work is
+  not the trainer's: in this process its thread would hold the loader's interpreter lock),
+  reached through ``AWS_ENDPOINT_URL`` as a real store would be (loopback: no network latency).
 
 Each measurement takes ``--batches`` batches from a fresh loader: ``first_batch_s`` is the start
 (workers forked, first shard read), ``audio_s_per_s`` the rate over the batches after the first.
+The sources take turns, ``--repeats`` times; each row is the median of its repeats.
 
 Restore: a synthetic index of ``--restore-cuts`` cuts (1-20 s, shards of 1000, no audio) is
 written as ``index.jsonl.gz``; then, as a resumed run does, the index is read, a fresh
@@ -19,7 +21,7 @@ same for position 0 (the peer). One folder, and a mix of two with weights 0.7 / 
 One JSON line per measurement, then ratio lines (S3 / local shards, local shards / folder,
 restore / fresh start):
 
-    python scripts/bench_data.py --source ../shared/data/ljspeech --batches 120
+    python scripts/bench_data.py --source ../shared/data/ljspeech --batches 600 --repeats 3
 """
 
 from __future__ import annotations
@@ -73,24 +75,34 @@ def take(loader, batches: int, sample_rate: int) -> tuple[float, float, float]:
 
 
 class MotoS3:
-    """moto's S3 server on 127.0.0.1 (a thread of this process), with a bucket, as the
-    environment of every later s3:// read (loader workers fork with it)."""
+    """moto's S3 server on 127.0.0.1 in a child process, with a bucket, as the environment of
+    every later s3:// read (loader workers start with it)."""
 
     def __init__(self, bucket: str) -> None:
-        import logging
+        import socket
+        import subprocess
 
         import boto3
-        from moto.server import ThreadedMotoServer
 
-        logging.getLogger("werkzeug").setLevel(logging.ERROR)  # no line per request
-
-        self.server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-        self.server.start()
-        host, port = self.server.get_host_and_port()
-        self.endpoint = f"http://{host}:{port}"
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
+        self.server = subprocess.Popen(
+            [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.endpoint = f"http://127.0.0.1:{port}"
         os.environ.update(AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing",
                           AWS_DEFAULT_REGION="us-east-1", AWS_ENDPOINT_URL=self.endpoint)
-        boto3.client("s3", endpoint_url=self.endpoint).create_bucket(Bucket=bucket)
+        client = boto3.client("s3", endpoint_url=self.endpoint)
+        deadline = time.time() + 60
+        while True:  # until the server answers
+            try:
+                client.create_bucket(Bucket=bucket)
+                break
+            except Exception:
+                if time.time() > deadline or self.server.poll() is not None:
+                    raise RuntimeError(f"moto's server did not start on port {port}")
+                time.sleep(0.2)
 
     def upload(self, folder: Path, url: str) -> None:
         from audio_ssl.data import storage
@@ -99,8 +111,15 @@ class MotoS3:
         for path in sorted(p for p in folder.rglob("*") if p.is_file()):
             fs.put_file(str(path), f"{prefix}/{path.relative_to(folder)}")
 
+    def cpu_seconds(self) -> float:
+        """CPU time the server has used (user + system), from /proc: on a machine of few cores
+        it is taken from the loader, as a remote store's would not be."""
+        fields = Path(f"/proc/{self.server.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
     def stop(self) -> None:
-        self.server.stop()
+        self.server.terminate()
+        self.server.wait()
 
 
 def throughput(args: argparse.Namespace, cfg, work: Path) -> list[dict]:
@@ -123,16 +142,28 @@ def throughput(args: argparse.Namespace, cfg, work: Path) -> list[dict]:
     try:
         for workers in args.workers:
             wcfg = replace(cfg, num_workers=workers)
-            for name, url in sources.items():
-                if url is None:
-                    loader, _ = make_dataloader(items, wcfg, seed=0)
-                else:
-                    loader, _ = make_shard_dataloader(read_index(url), wcfg, seed=0)
-                first, audio, seconds = take(loader, args.batches, sr)
+            runs: dict[str, list[tuple[float, float, float]]] = {name: [] for name in sources}
+            server_cpu = []  # the S3 server's CPU seconds during each S3 measurement
+            for _ in range(args.repeats):  # the sources in turns
+                for name, url in sources.items():
+                    if url is None:
+                        loader, _ = make_dataloader(items, wcfg, seed=0)
+                    else:
+                        loader, _ = make_shard_dataloader(read_index(url), wcfg, seed=0)
+                    cpu = s3.cpu_seconds() if name == "s3" else 0.0
+                    runs[name].append(take(loader, args.batches, sr))
+                    if name == "s3":
+                        server_cpu.append(round(s3.cpu_seconds() - cpu, 2))
+            for name, measured in runs.items():
+                first, audio, seconds = sorted(measured, key=lambda m: m[1] / m[2])[
+                    len(measured) // 2]  # the median rate
                 rows.append(emit(kind="throughput", source=name, workers=workers,
-                                 batches=args.batches, first_batch_s=round(first, 3),
-                                 audio_s=round(audio, 1), seconds=round(seconds, 3),
-                                 audio_s_per_s=round(audio / seconds, 1)))
+                                 batches=args.batches, repeats=args.repeats,
+                                 first_batch_s=round(first, 3), audio_s=round(audio, 1),
+                                 seconds=round(seconds, 3),
+                                 audio_s_per_s=round(audio / seconds, 1),
+                                 all_audio_s_per_s=[round(a / t, 1) for _, a, t in measured],
+                                 **({"server_cpu_s": server_cpu} if name == "s3" else {})))
     finally:
         if s3 is not None:
             s3.stop()
@@ -204,8 +235,10 @@ def main() -> None:
     p.add_argument("--preset", default="tiny", help="data section of this preset (default: tiny)")
     p.add_argument("--workers", type=int, nargs="+", default=[0, 2, 4],
                    help="loader workers to measure (default: 0 2 4)")
-    p.add_argument("--batches", type=int, default=120,
-                   help="batches per measurement (default: 120)")
+    p.add_argument("--batches", type=int, default=600,
+                   help="batches per measurement (default: 600)")
+    p.add_argument("--repeats", type=int, default=3,
+                   help="measurements of each source, in turns; the median is kept (default: 3)")
     p.add_argument("--shard-size", type=int, default=100, help="files per shard (default: 100)")
     p.add_argument("--restore-cuts", type=int, default=100_000,
                    help="cuts of the synthetic index for the restore timing (default: 100000)")
