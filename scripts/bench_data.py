@@ -99,9 +99,9 @@ class MotoS3:
             try:
                 client.create_bucket(Bucket=bucket)
                 break
-            except Exception:
+            except Exception as e:
                 if time.time() > deadline or self.server.poll() is not None:
-                    raise RuntimeError(f"moto's server did not start on port {port}")
+                    raise RuntimeError(f"moto's server on port {port}: {e}") from None
                 time.sleep(0.2)
 
     def upload(self, folder: Path, url: str) -> None:
