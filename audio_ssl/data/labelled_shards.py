@@ -32,7 +32,7 @@ from audio_ssl.data.collate import load_batch, pad_batch
 from audio_ssl.data.dataset import Batch, _worker_init
 from audio_ssl.data.labelled import LabelledBatch, LabelledItem, NoLabelledDataError, \
     length_batches
-from audio_ssl.data.manifest import Rejected
+from audio_ssl.data.manifest import Rejected, too_short
 from audio_ssl.data.shard_stream import ShardPlan, ShardStreamDataset, ShardUnreadable, \
     fetch_shard
 from audio_ssl.data.shards import ShardCut, ShardIndex, cuts_name, read_index
@@ -56,6 +56,11 @@ def cut_path(index: ShardIndex, cut: ShardCut) -> str:
     return f"{index.shard_url(cut.shard)}#{cut.id}"
 
 
+def _cut_id(path: str) -> str:
+    """The cut id of a :func:`cut_path` (as failures name their cut)."""
+    return path.rsplit("#", 1)[-1]
+
+
 def read_labelled_shards(url: str, *, sample_rate: int = 16_000, min_samples: int = 0,
                          max_samples: int | None = None
                          ) -> tuple[list[LabelledItem], list[Rejected], ShardIndex]:
@@ -71,9 +76,8 @@ def read_labelled_shards(url: str, *, sample_rate: int = 16_000, min_samples: in
         if text is None or not text.strip():
             rejected.append(Rejected(path, "no transcript" if text is None else
                                      "empty transcript"))
-        elif samples < min_samples:
-            rejected.append(Rejected(path, f"too short: {samples / sample_rate:.2f} s < minimum "
-                                           f"{min_samples / sample_rate:.2f} s"))
+        elif (short := too_short(cut, min_samples, sample_rate)) is not None:
+            rejected.append(replace(short, path=path))  # the one rule for short audio
         elif max_samples is not None and samples > max_samples:
             rejected.append(Rejected(path, f"too long: {samples / sample_rate:.2f} s > maximum "
                                            f"{max_samples / sample_rate:.2f} s"))
@@ -114,14 +118,17 @@ class ShardLabelledDataset:
         """Leave ``indices`` out of the batches this process hands on from now on."""
         self.excluded.update(indices)
 
+    def padded_targets(self, indices: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, L) token ids of ``indices``, padded with 0 (the blank), and their (B,) lengths."""
+        return pad_batch([torch.tensor(self.targets[i], dtype=torch.int64) for i in indices],
+                         dtype=torch.int64)
+
     def labelled(self, batch: Batch) -> LabelledBatch:
         """A stream's batch with the targets of its cuts (``batch.paths`` are cut ids)."""
         indices = [self.position[cid] for cid in batch.paths]
-        failed = [self.position[f.path.rsplit("#", 1)[1]] for f in batch.failures
-                  if f.path.rsplit("#", 1)[-1] in self.position]
-        targets, target_lengths = pad_batch(
-            [torch.tensor(self.targets[i], dtype=torch.int64) for i in indices],
-            dtype=torch.int64)  # (B, L), (B,)
+        failed = [self.position[_cut_id(f.path)] for f in batch.failures
+                  if _cut_id(f.path) in self.position]
+        targets, target_lengths = self.padded_targets(indices)  # (B, L), (B,)
         return LabelledBatch(waveforms=batch.waveforms, lengths=batch.lengths, targets=targets,
                              target_lengths=target_lengths, indices=indices,
                              failures=list(batch.failures), failed=failed,
@@ -237,10 +244,8 @@ class _ShardBatches(Dataset):
         kept = [asked[j] for j in decoded.kept]
         failures += [Rejected(data.items[asked[j]].path, reason)
                      for j, reason in decoded.failures]
-        failed = [data.position[f.path.rsplit("#", 1)[1]] for f in failures]
-        targets, target_lengths = pad_batch(
-            [torch.tensor(data.targets[i], dtype=torch.int64) for i in kept],
-            dtype=torch.int64)  # (B, L), (B,)
+        failed = [data.position[_cut_id(f.path)] for f in failures]
+        targets, target_lengths = data.padded_targets(kept)  # (B, L), (B,)
         return LabelledBatch(waveforms=decoded.waveforms, lengths=decoded.lengths,
                              targets=targets, target_lengths=target_lengths, indices=kept,
                              failures=failures, failed=failed, position=k)
