@@ -99,7 +99,7 @@ def load_audio(
     normalize: bool = False,
     start: int = 0,
     num_samples: int | None = None,
-    data: bytes | None = None,
+    data: bytes | memoryview | None = None,
 ) -> torch.Tensor:
     """Decode ``path`` to a mono waveform at ``sample_rate``.
 

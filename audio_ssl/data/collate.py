@@ -51,7 +51,7 @@ class DecodedFiles:
 def load_batch(paths: Sequence[str | os.PathLike], *, sample_rate: int, normalize: bool,
                spans: Sequence[tuple[int, int]] | None = None,
                expected: Sequence[int] | None = None, width: int | None = None,
-               data: Sequence[bytes] | None = None) -> DecodedFiles:
+               data: Sequence[bytes | memoryview] | None = None) -> DecodedFiles:
     """Decode ``paths`` with :func:`~audio_ssl.data.audio.load_audio` and pad them into a batch.
 
     A file that fails is left out with its reason (an :class:`AudioError`'s own, or ``cannot

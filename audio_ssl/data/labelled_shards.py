@@ -211,12 +211,12 @@ class _ShardBatches(Dataset):
     def __init__(self, data: ShardLabelledDataset, groups: list[list[int]],
                  shard_of: dict[str, int]):
         self.data, self.groups, self.shard_of = data, groups, shard_of
-        self._held: tuple[int, dict[str, bytes]] | None = None
+        self._held: tuple[int, dict[str, memoryview]] | None = None
 
     def __len__(self) -> int:
         return len(self.groups)
 
-    def _members(self, shard: int) -> dict[str, bytes]:
+    def _members(self, shard: int) -> dict[str, memoryview]:
         if self._held is None or self._held[0] != shard:
             self._held = None  # free the last shard before fetching the next
             index = self.data.index
@@ -227,7 +227,7 @@ class _ShardBatches(Dataset):
         data = self.data
         group = [i for i in self.groups[k] if i not in data.excluded]
         failures: list[Rejected] = []
-        members: dict[str, bytes] = {}
+        members: dict[str, memoryview] = {}
         if group:
             shard = self.shard_of[data.items[group[0]].id]
             try:

@@ -27,6 +27,7 @@ missing or unreadable (after retries with backoff) is named once and its batches
 
 from __future__ import annotations
 
+import io
 import logging
 import os
 import tarfile
@@ -282,22 +283,22 @@ class ShardUnreadable(RuntimeError):
     """A shard could not be read: missing, or not a tar of audio."""
 
 
-def fetch_shard(url: str, audio_format: str) -> dict[str, bytes]:
-    """{cut id: the audio member's bytes} of the recording tar at ``url``, read from start to
-    end (retried with backoff on transient errors)."""
+def fetch_shard(url: str, audio_format: str) -> dict[str, memoryview]:
+    """{cut id: the audio member's bytes} of the recording tar at ``url``: the whole object read
+    in one request (retried with backoff on transient errors), its members views into it, not
+    copies. A member that runs past the end of the object makes the whole shard unreadable
+    (tarfile checks that each member's data is there before it reads the next header), never a
+    short clip."""
     suffix = f".{audio_format}"
-
-    def read() -> dict[str, bytes]:
-        fs, path = storage.filesystem(url)
-        members: dict[str, bytes] = {}
-        with fs.open(path, "rb") as f, tarfile.open(fileobj=f, mode="r|") as tar:
+    try:
+        data = storage.read_bytes(url)
+        view, members = memoryview(data), {}
+        with tarfile.open(fileobj=io.BytesIO(data), mode="r:") as tar:
             for info in tar:
                 if info.isfile() and info.name.endswith(suffix):
-                    members[info.name[: -len(suffix)]] = tar.extractfile(info).read()
+                    members[info.name[: -len(suffix)]] = view[
+                        info.offset_data: info.offset_data + info.size]
         return members
-
-    try:
-        return storage.with_retries(read, url)
     except FileNotFoundError:
         raise ShardUnreadable("missing: no such file") from None
     except (tarfile.TarError, EOFError, OSError) as e:
@@ -309,7 +310,7 @@ class ShardReader:
     of the one being read; at most ``read_ahead + 1`` are held."""
 
     def __init__(self, index: ShardIndex | ShardMix, *, read_ahead: int = 1,
-                 fetch: Callable[[str, str], dict[str, bytes]] = fetch_shard) -> None:
+                 fetch: Callable[[str, str], dict[str, memoryview]] = fetch_shard) -> None:
         self.index, self.read_ahead, self.fetch = index, max(0, int(read_ahead)), fetch
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="shard-read-ahead")
         self._held: OrderedDict[int, Future] = OrderedDict()
@@ -319,7 +320,7 @@ class ShardReader:
             url = self.index.shard_url(shard)
             self._held[shard] = self._pool.submit(self.fetch, url, self.index.shard_format(shard))
 
-    def get(self, shard: int, upcoming: list[int]) -> dict[str, bytes]:
+    def get(self, shard: int, upcoming: list[int]) -> dict[str, memoryview]:
         """The members of ``shard``, and the next ``upcoming`` shards set fetching; raises
         :class:`ShardUnreadable`."""
         self._submit(shard)
@@ -349,7 +350,7 @@ class ShardStreamDataset(IterableDataset):
 
     def __init__(self, plan: ShardPlan, *, sample_rate: int, normalize: bool, start: int = 0,
                  read_ahead: int = 1,
-                 fetch: Callable[[str, str], dict[str, bytes]] = fetch_shard) -> None:
+                 fetch: Callable[[str, str], dict[str, memoryview]] = fetch_shard) -> None:
         self.plan, self.sample_rate, self.normalize = plan, int(sample_rate), bool(normalize)
         self.start, self.read_ahead, self.fetch = int(start), read_ahead, fetch
 
@@ -402,7 +403,7 @@ class ShardStreamDataset(IterableDataset):
               failed: dict[int, str]) -> Batch:
         r, index = req.request, self.plan.index
         url = index.shard_url(req.shard)
-        members: dict[str, bytes] | None = None
+        members: dict[str, memoryview] | None = None
         shard_failures = []
         if req.shard not in failed:
             try:

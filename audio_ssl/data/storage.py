@@ -10,6 +10,7 @@ with exponential backoff; a missing file is not transient and is raised at once.
 
 from __future__ import annotations
 
+import inspect
 import logging
 import os
 import time
@@ -77,9 +78,21 @@ def with_retries(fn: Callable[[], T], what: str, *, retries: int = RETRIES,
 
 
 def read_bytes(url: str) -> bytes:
-    """The whole object at ``url``, with retries."""
+    """The whole object at ``url`` in one request, with retries.
+
+    One request: s3fs would otherwise ask for the object's size first and split objects over
+    50 MiB into concurrent ranged reads, two round trips where one serves (a shard is read
+    ahead of its use, so one stream's bandwidth is not what limits the loader)."""
     fs, path = filesystem(url)
-    return with_retries(lambda: fs.cat_file(path), url)
+    one = {"max_concurrency": 1} if "max_concurrency" in _parameters(fs.cat_file) else {}
+    return with_retries(lambda: fs.cat_file(path, **one), url)
+
+
+def _parameters(fn: Callable) -> set[str]:
+    try:
+        return set(inspect.signature(fn).parameters)
+    except (TypeError, ValueError):
+        return set()
 
 
 def exists(url: str) -> bool:

@@ -19,7 +19,8 @@ from audio_ssl.config import DataConfig
 from audio_ssl.data import load_audio, storage
 from audio_ssl.data import shard_writer
 from audio_ssl.data.shard_stream import (
-    ShardPlan, ShardStreamDataset, make_shard_dataloader, missing_shards,
+    ShardPlan, ShardStreamDataset, ShardUnreadable, fetch_shard, make_shard_dataloader,
+    missing_shards,
 )
 from audio_ssl.data.shard_writer import write_shards
 from audio_ssl.data.shards import INDEX_NAME, read_index, recording_name
@@ -229,6 +230,41 @@ def test_corrupt_and_missing_shards_are_named_once_and_skipped(tiny_shards, tmp_
             assert len(y) == 0 and y.waveforms.shape == (0, x.waveforms.shape[1])
         else:
             assert x.paths == y.paths and torch.equal(x.waveforms, y.waveforms)
+
+
+def _members_streamed(tar_path: Path, suffix: str) -> dict[str, bytes]:
+    """A second reading of a recording tar: tarfile's sequential stream, member by member."""
+    import tarfile
+
+    with tarfile.open(tar_path, mode="r|") as tar:
+        return {i.name[: -len(suffix)]: tar.extractfile(i).read() for i in tar
+                if i.isfile() and i.name.endswith(suffix)}
+
+
+def test_fetched_members_equal_a_streamed_reading_and_truncation_is_named(tiny_shards,
+                                                                           tmp_path):
+    import tarfile
+
+    index = read_index(str(tiny_shards))
+    seen = 0
+    for shard in range(index.num_shards):
+        fmt = index.shard_format(shard)
+        got = fetch_shard(index.shard_url(shard), fmt)
+        want = _members_streamed(Path(index.shard_url(shard)), f".{fmt}")
+        assert {k: bytes(v) for k, v in got.items()} == want
+        seen += len(got)
+    assert seen == 23
+    # cut inside a member's audio (the second, the last): its header is whole, its bytes not
+    tar = tmp_path / "cut.tar"
+    original = Path(index.shard_url(0)).read_bytes()
+    with tarfile.open(tiny_shards / recording_name(0)) as t:
+        members = t.getmembers()
+    for m in (members[1], members[-1]):
+        tar.write_bytes(original[: m.offset_data + m.size // 2])
+        with pytest.raises(ShardUnreadable, match="^unreadable: ReadError: unexpected end"):
+            fetch_shard(str(tar), index.shard_format(0))
+    with pytest.raises(ShardUnreadable, match="^missing: "):
+        fetch_shard(str(tmp_path / "absent.tar"), index.shard_format(0))
 
 
 # -- object storage (moto's S3 server on loopback) and pretraining --------------------------------
