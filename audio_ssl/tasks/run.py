@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import lightning as L
@@ -13,6 +13,7 @@ import torch
 
 from audio_ssl.config import PretrainConfig, dump
 from audio_ssl.data import Rejected, make_dataloader, scan, write_rejected
+from audio_ssl.data.manifest import too_short
 from audio_ssl.data.shard_mix import ShardMix, is_weighted, read_mix
 from audio_ssl.data.shard_stream import make_shard_dataloader, missing_shards
 from audio_ssl.data.shards import ShardIndex, is_shard_folder, read_index
@@ -138,9 +139,8 @@ def _read_source(data: str | Path | list, cfg: PretrainConfig, labels: LabelStor
                          "made of")
     index = read_mix(specs) if weighted else read_index(specs[0])
     sr = cfg.data.sample_rate
-    short = [Rejected(c.path, f"too short: {c.samples_at(sr)} < {cfg.data.shortest} samples "
-                              f"at {sr} Hz (cut {c.id})")
-             for c in index.cuts if c.samples_at(sr) < cfg.data.shortest]
+    short = [replace(r, reason=f"{r.reason}, cut {c.id}") for c in index.cuts  # the one rule
+             if (r := too_short(c, cfg.data.shortest, sr)) is not None]
     gone = missing_shards(index)
     if gone:
         log.warning("%d of %d shards of %s are missing; their batches will be skipped (first: %s)",

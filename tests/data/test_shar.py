@@ -267,6 +267,26 @@ def test_fetched_members_equal_a_streamed_reading_and_truncation_is_named(tiny_s
         fetch_shard(str(tmp_path / "absent.tar"), index.shard_format(0))
 
 
+def test_shards_leave_out_the_files_a_folder_leaves_out_as_too_short(tiny_shards, data_dir):
+    """Pretraining from shards and from the manifest they were made of: the same files too
+    short, for the same reason (the one rule), the shard's naming its cut too."""
+    from audio_ssl.config import preset
+    from audio_ssl.data import scan
+    from audio_ssl.tasks.run import _read_source
+
+    cfg = preset("tiny")
+    cfg = replace(cfg, data=replace(cfg.data, min_samples=4 * 16_000))  # 4 s: 8 of 23 files
+    _, from_shards = _read_source(str(tiny_shards), cfg, None, progress=False)
+    _, from_manifest = scan(data_dir / "tiny" / "manifest.jsonl", progress=False,
+                            min_samples=4 * 16_000, sample_rate=16_000)
+    want = {r.path: r.reason for r in from_manifest}
+    assert len(want) == 8 and all(r.startswith("too short: ") for r in want.values())
+    index = read_index(str(tiny_shards))
+    cut_of = {c.path: c.id for c in index.cuts}
+    assert {r.path: r.reason for r in from_shards} == {
+        path: f"{reason}, cut {cut_of[path]}" for path, reason in want.items()}
+
+
 # -- object storage (moto's S3 server on loopback) and pretraining --------------------------------
 
 
