@@ -20,7 +20,7 @@ can rebuild it and a resumed run continues at a position without replaying anyth
    order a DataLoader's workers deliver in, round robin.
 
 While a stream reads one shard, a background thread fetches the next (``read_ahead`` shards at
-most are held): a shard is read from start to end, never the whole corpus. A shard that is
+most are held): a shard is read whole, in one request, never the whole corpus. A shard that is
 missing or unreadable (after retries with backoff) is named once and its batches come back empty
 (``B = 0``, the trainer skips them), so positions stay exact and the loss is never silent.
 """

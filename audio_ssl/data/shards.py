@@ -14,7 +14,7 @@ folder for a field, so nothing else lives there), and besides them::
     rejected.jsonl            files left out when sharding, and why
 
 Training plans its batches from the index alone (no audio is opened to plan), and reads each
-shard's tar from start to end once per visit. :mod:`audio_ssl.data.shard_writer` writes the
+shard's tar whole, in one request, once per visit. :mod:`audio_ssl.data.shard_writer` writes the
 folder, :mod:`audio_ssl.data.shard_stream` streams it.
 """
 
