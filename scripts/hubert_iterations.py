@@ -44,6 +44,9 @@ def main() -> int:
     parser.add_argument("--steps", type=int, default=None,
                         help="iteration 2's updates (default: iteration 1's)")
     parser.add_argument("--layer", type=int, default=None, help="skip the choice: this layer")
+    parser.add_argument("--seed", type=int, default=None,
+                        help="iteration 2's training seed (default: the preset's); another seed "
+                             "trains into iter2-sSEED and probes into probe-iter2-sSEED")
     parser.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data")
     args = parser.parse_args()
     task = f"digits={args.data / 'fsdd' / 'manifest.jsonl'}:text"
@@ -61,18 +64,23 @@ def main() -> int:
             str(first), "--layer", str(layer), "--clusters", str(args.clusters), "--output",
             str(targets), "--no-progress"]) != 0:
         raise SystemExit("targets failed")
-    run2 = args.output / "iter2"
+    tag = "" if args.seed is None else f"-s{args.seed}"
+    run2 = args.output / f"iter2{tag}"
     steps = args.steps or summary1["steps"]
     if not (run2 / "summary.json").is_file():
         argv = ["pretrain", str(args.iter1 / "files.lst"), "--objective", "hubert", "--targets",
                 str(targets), "--output", str(run2), "--max-steps", str(steps), "--no-progress"]
+        if args.seed is not None:
+            run2.mkdir(parents=True, exist_ok=True)
+            (run2 / "seed.yaml").write_text(f"train: {{seed: {args.seed}}}\n")
+            argv += ["--config", str(run2 / "seed.yaml")]
         if (run2 / "checkpoints" / "last.ckpt").is_file():
             argv.append("--resume")
         if cli(argv) != 0:
             raise SystemExit("iteration 2 failed")
     summary2 = json.loads((run2 / "summary.json").read_text())
     probe2 = _probe(run2 / "checkpoints" / "last.ckpt", "hubert-iter2", task,
-                    args.output / "probe-iter2")
+                    args.output / f"probe-iter2{tag}")
     rows = []
     for k, (summary, probe, name) in enumerate(
             ((summary1, probe1, "hubert-iter1"), (summary2, probe2, "hubert-iter2")), 1):
@@ -85,8 +93,10 @@ def main() -> int:
                      "digits_std": round(100 * sets[name]["score"]["std"], 1),
                      "digits_sweep": {n: round(100 * v, 1) for n, v in sets[name]["sweep"].items()},
                      "mfcc": round(100 * sets["mfcc"]["score"]["mean"], 1)})
+        if k == 2 and args.seed is not None:
+            rows[-1]["seed"] = args.seed
         print(json.dumps(rows[-1]), flush=True)
-    (args.output / "iterations.json").write_text(json.dumps(rows, indent=1) + "\n")
+    (args.output / f"iterations{tag}.json").write_text(json.dumps(rows, indent=1) + "\n")
     return 0
 
 
