@@ -84,15 +84,25 @@ def read_bytes(url: str) -> bytes:
     50 MiB into concurrent ranged reads, two round trips where one serves (a shard is read
     ahead of its use, so one stream's bandwidth is not what limits the loader)."""
     fs, path = filesystem(url)
-    one = {"max_concurrency": 1} if "max_concurrency" in _parameters(fs.cat_file) else {}
+    one = _one_request(fs)
     return with_retries(lambda: fs.cat_file(path, **one), url)
 
 
-def _parameters(fn: Callable) -> set[str]:
-    try:
-        return set(inspect.signature(fn).parameters)
-    except (TypeError, ValueError):
-        return set()
+_ONE_REQUEST: dict[type, dict[str, int]] = {}
+
+
+def _one_request(fs: Any) -> dict[str, int]:
+    """The keywords that make ``fs.cat_file`` read in one request, looked up once per file
+    system class (shards are read on the loader's hot path). From the instance: fsspec makes an
+    async file system's blocking methods per instance, so the class's ``cat_file`` is not it."""
+    kind = type(fs)
+    if kind not in _ONE_REQUEST:
+        try:
+            takes = "max_concurrency" in inspect.signature(fs.cat_file).parameters
+        except (TypeError, ValueError):
+            takes = False
+        _ONE_REQUEST[kind] = {"max_concurrency": 1} if takes else {}
+    return _ONE_REQUEST[kind]
 
 
 def exists(url: str) -> bool:

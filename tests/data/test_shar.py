@@ -255,9 +255,9 @@ def test_fetched_members_equal_a_streamed_reading_and_truncation_is_named(tiny_s
         seen += len(got)
     assert seen == 23
     # cut inside a member's audio (the second, the last): its header is whole, its bytes not
-    tar = tmp_path / "cut.tar"
-    original = Path(index.shard_url(0)).read_bytes()
-    with tarfile.open(tiny_shards / recording_name(0)) as t:
+    tar, first = tmp_path / "cut.tar", Path(index.shard_url(0))
+    original = first.read_bytes()
+    with tarfile.open(first) as t:
         members = t.getmembers()
     for m in (members[1], members[-1]):
         tar.write_bytes(original[: m.offset_data + m.size // 2])
@@ -294,6 +294,22 @@ FAST = """
 train: {log_every: 1, checkpoint_every: 3}
 data: {num_workers: 0, max_batch_samples: 64000, max_crop_samples: 16000}
 """
+
+
+def test_an_object_is_read_in_one_request(s3, caplog, monkeypatch):
+    """A shard is one GET: no size lookup first, no split into ranged reads, at any size."""
+    import logging
+
+    fs, _ = storage.filesystem("s3://corpus/x")
+    data = np.random.default_rng(0).bytes(3 * 2**20)
+    fs.pipe_file("corpus/x/blob", data)
+    fs.invalidate_cache()
+    caplog.set_level(logging.DEBUG, logger="s3fs")
+    monkeypatch.setattr(fs, "default_block_size", 2**20)  # s3fs's way: a HEAD, 3 ranged GETs
+    assert storage.read_bytes("s3://corpus/x/blob") == data
+    calls = [r.getMessage().split(" - ")[0] for r in caplog.records
+             if r.name == "s3fs" and r.getMessage().startswith("CALL: ")]
+    assert calls == ["CALL: get_object"]
 
 
 @pytest.mark.slow
