@@ -238,6 +238,19 @@ class ModelConfig:
     cpc: CpcConfig = field(default_factory=CpcConfig)
     data2vec: Data2VecConfig = field(default_factory=Data2VecConfig)
 
+    # the backbone's context network, whichever objective built it: CPC's causal network has
+    # its own size (model.cpc), every other objective the Transformer's (model.context). Code
+    # that counts layers or sizes outputs asks these, never model.context directly.
+    @property
+    def context_layers(self) -> int:
+        """Layers of the context network (``layer_1`` .. ``layer_N``; the last is its output)."""
+        return self.cpc.layers if self.objective == "cpc" else self.context.layers
+
+    @property
+    def context_dim(self) -> int:
+        """Width of the context network's input and of each layer's output."""
+        return self.cpc.dim if self.objective == "cpc" else self.context.dim
+
 
 OBJECTIVES: tuple[str, ...] = typing.get_args(typing.get_type_hints(ModelConfig)["objective"])
 

@@ -178,7 +178,7 @@ class LogitStream:
         self.hop, self.field = model.hop, model.receptive_field
         self.w0, self.b0, self.kernel, self.stride = model.conv0
         self.group_norm = model.group_norm
-        self.output = layer_name(model.cfg.context.layers)
+        self.output = layer_name(model.cfg.context_layers)
         self.chunks_run, self.compute_seconds, self.max_chunk_seconds = 0, 0.0, 0.0
         self.reset()
 
@@ -311,7 +311,7 @@ class StreamingTranscriber:
         self.vocab = model.vocab
         self.sample_rate = model.settings.sample_rate
         backbone_model = model.model
-        selection = parse_layers("last", backbone_model.cfg.context.layers)
+        selection = parse_layers("last", backbone_model.cfg.context_layers)
         inference = InferenceModel(backbone_model, selection, model.device,
                                    "bf16" if model.precision.bf16 else "fp32")
         self.frame_seconds = inference.hop / self.sample_rate

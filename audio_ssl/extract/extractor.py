@@ -112,7 +112,7 @@ class FeatureExtractor:
         if onnx:
             from audio_ssl.extract.onnx_model import OnnxInferenceModel
 
-            self.model = OnnxInferenceModel(model, parse_layers(layers, model.cfg.context.layers))
+            self.model = OnnxInferenceModel(model, parse_layers(layers, model.cfg.context_layers))
         else:
             backbone, _ = split_model(model)
             selection = parse_layers(layers, len(backbone.context.layers))

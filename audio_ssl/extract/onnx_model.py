@@ -50,7 +50,7 @@ class OnnxInferenceModel:
 
     def output_shapes(self) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
         channels = self.cfg.encoder.conv_layers[-1][0]
-        return {name: ((channels if name == ENCODER else self.cfg.context.dim,), torch.float32)
+        return {name: ((channels if name == ENCODER else self.cfg.context_dim,), torch.float32)
                 for name in self.selection.names}
 
     def __call__(self, waveforms: torch.Tensor, lengths: torch.Tensor | None = None,

@@ -64,7 +64,7 @@ class FeatureGraph(nn.Module):
         self.backbone = backbone
 
     def output_names(self) -> list[str]:
-        layers = self.backbone.cfg.context.layers
+        layers = self.backbone.cfg.context_layers
         return [ENCODER, *(f"layer_{i}" for i in range(layers + 1)), FRAME_LENGTHS]
 
     def forward(self, waveforms: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, ...]:

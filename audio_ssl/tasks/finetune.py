@@ -213,7 +213,7 @@ class FinetuneTask(L.LightningModule):
         those train at ``optim.backbone_lr_scale`` times the learning rate."""
         if not name.startswith("backbone."):
             return False
-        fresh = top_layer_prefixes(self.cfg.model.context.layers, self.cfg.ctc.reinit_layers,
+        fresh = top_layer_prefixes(self.cfg.model.context_layers, self.cfg.ctc.reinit_layers,
                                    "backbone.")
         return not name.startswith(fresh)
 
@@ -385,9 +385,9 @@ def _check_settings(cfg: FinetuneConfig, pretrained: str | Path | None, *,
                     continues_ctc: bool) -> None:
     """Refuse CTC settings that cannot work with this network (``continues_ctc``: training
     goes on from the CTC model ``pretrained``)."""
-    if not 0 <= cfg.ctc.reinit_layers <= cfg.model.context.layers:
+    if not 0 <= cfg.ctc.reinit_layers <= cfg.model.context_layers:
         raise ValueError(f"ctc.reinit_layers must be between 0 and the network's "
-                         f"{cfg.model.context.layers} context layers, got {cfg.ctc.reinit_layers}")
+                         f"{cfg.model.context_layers} context layers, got {cfg.ctc.reinit_layers}")
     if continues_ctc and cfg.ctc.reinit_layers:
         raise ValueError(f"ctc.reinit_layers is {cfg.ctc.reinit_layers}: expected 0 when "
                          f"continuing the CTC model {pretrained} (it re-initialises layers of a "

@@ -93,6 +93,30 @@ def test_a_stream_whose_context_covers_the_clip_equals_offline(norm, normalize):
     assert all(a.end <= b.start for a, b in zip(finals, finals[1:]))
 
 
+def test_a_cpc_model_streams_what_it_transcribes_offline():
+    """A CTC model on a CPC backbone (3 causal layers, where the unused Transformer settings
+    say 2): the stream reads the causal network's last layer, as the offline forward does.
+    Being causal, it needs no right context: with none, and a layer-norm encoder (no norm
+    over time), every frame is still the offline one."""
+    from dataclasses import replace
+
+    cfg = small_model_config(norm="layer")
+    cfg = replace(cfg, objective="cpc", cpc=config.CpcConfig(dim=64, layers=3, steps=3))
+    torch.manual_seed(0)
+    loaded = LoadedModel(Wav2Vec2ForCTC(cfg, len(VOCAB)).eval(), cfg, list(VOCAB), "audio-ssl",
+                         None, {"data": {"normalize": False, "sample_rate": RATE}})
+    wav = _speechlike(3.3, seed=3)
+    expected, text = _offline(loaded, wav)
+    for right in (10.0, 0.0):
+        stream = StreamingTranscriber(loaded, StreamSettings(0.5, 10.0, right, endpoint_seconds=None),
+                                      device="cpu", precision="32")
+        blocks = [b for start in range(0, wav.numel(), 3000)
+                  for b in stream.logits.feed(wav[start:start + 3000])]
+        assert bool(blocks) == (right == 0.0)  # without right context frames come early
+        streamed = torch.cat(blocks + stream.logits.finish())
+        torch.testing.assert_close(streamed, expected, atol=1e-5, rtol=0)
+
+
 def test_stream_with_limited_context_is_deterministic_and_covers_every_frame():
     loaded = _loaded("group", True)
     wav = _speechlike(4.0, seed=1)

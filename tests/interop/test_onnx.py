@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +19,7 @@ from audio_ssl import config
 from audio_ssl.cli import main
 from audio_ssl.interop.export import save_native
 from audio_ssl.models import Wav2Vec2ForCTC, Wav2Vec2ForPretraining, Wav2Vec2Model
+from audio_ssl.models.cpc import CpcForPretraining
 from tests.conftest import small_model_config
 from tests.interop.interop_helpers import report, waveforms
 
@@ -47,13 +49,18 @@ def _torch_features(model: Wav2Vec2Model, wav: torch.Tensor) -> dict[str, torch.
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
     """{name: (torch model, checkpoint, onnx path)}: the tiny preset's backbone (group-norm
-    encoder), a small layer-norm backbone, and a tiny CTC model."""
+    encoder), a small layer-norm backbone, a tiny CTC model, and a CPC pretraining model (its
+    causal network has 3 layers where the unused Transformer settings say 2; the torch model
+    kept is its backbone)."""
     root = tmp_path_factory.mktemp("onnx")
     torch.manual_seed(0)
+    small = small_model_config(norm="layer")
+    cpc = replace(small, objective="cpc", cpc=config.CpcConfig(dim=64, layers=3, steps=3))
     models = {
         "tiny": Wav2Vec2Model(config.preset("tiny").model),
-        "layer_norm": Wav2Vec2Model(small_model_config(norm="layer")),
+        "layer_norm": Wav2Vec2Model(small),
         "ctc": Wav2Vec2ForCTC(config.preset("tiny").model, len(VOCAB)),
+        "cpc": CpcForPretraining(cpc),
     }
     out = {}
     for name, model in models.items():
@@ -62,11 +69,11 @@ def exported(tmp_path_factory):
                            {"data": {"normalize": True}})
         path = root / f"{name}.onnx"
         assert main(["convert", str(ckpt), str(path)]) == 0
-        out[name] = (model, ckpt, path)
+        out[name] = (model.backbone if name == "cpc" else model, ckpt, path)
     return out
 
 
-@pytest.mark.parametrize("name", ["tiny", "layer_norm"])
+@pytest.mark.parametrize("name", ["tiny", "layer_norm", "cpc"])
 @pytest.mark.parametrize("samples", [ONE_S, LONG])
 def test_every_output_matches_torch(exported, name, samples):
     model, _, path = exported[name]
@@ -74,15 +81,15 @@ def test_every_output_matches_torch(exported, name, samples):
     wav = _clip(samples, seed=samples)
     ref = _torch_features(model, wav)
     got = runner.run(wav[None].numpy())
-    assert list(got) == ["encoder", *(f"layer_{i}" for i in range(model.cfg.context.layers + 1)),
-                         "frame_lengths"]
+    layers = len(model.context.layers)  # the module's own count
+    assert list(got) == ["encoder", *(f"layer_{i}" for i in range(layers + 1)), "frame_lengths"]
     assert int(got["frame_lengths"][0]) == ref["encoder"].shape[0]
     for key, r in ref.items():
         report(f"onnx {name} {samples / 16_000:.1f} s {key}", torch.from_numpy(got[key][0]), r,
                1e-5)
 
 
-@pytest.mark.parametrize("name", ["tiny", "layer_norm"])
+@pytest.mark.parametrize("name", ["tiny", "layer_norm", "cpc"])
 def test_padded_rows_equal_the_clips_alone(exported, name):
     model, _, path = exported[name]
     runner = OnnxModel(path)

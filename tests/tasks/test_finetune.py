@@ -29,10 +29,17 @@ from tests.conftest import small_model_config
 VOCAB = Vocabulary(("<blank>", "|", "a", "b", "c"))
 
 
-def _cfg(**ctc) -> config.FinetuneConfig:
-    """The tiny preset on the small model; channel spans of 8 of its 64 dims (the paper's 64
-    would zero them all)."""
-    cfg = config.finetune_preset("tiny", small_model_config())
+def _small_cpc() -> config.ModelConfig:
+    """A small CPC backbone whose causal network has 3 layers where the Transformer settings
+    (model.context, unused by CPC) say 2: code that counts the wrong network's layers fails."""
+    cfg = small_model_config()
+    return replace(cfg, objective="cpc", cpc=config.CpcConfig(dim=64, layers=3, steps=3))
+
+
+def _cfg(model: config.ModelConfig | None = None, **ctc) -> config.FinetuneConfig:
+    """The tiny preset on the small model (or ``model``); channel spans of 8 of its 64 dims
+    (the paper's 64 would zero them all)."""
+    cfg = config.finetune_preset("tiny", model or small_model_config())
     ctc = {"channel_mask": config.MaskConfig(prob=0.5 / 8, length=8, min_masks=0), **ctc}
     return replace(cfg, ctc=replace(cfg.ctc, **ctc))
 
@@ -75,9 +82,11 @@ def _moved(before: dict[str, torch.Tensor], model: torch.nn.Module) -> set[str]:
     return {k for k, v in model.named_parameters() if not torch.equal(before[k], v)}
 
 
+@pytest.mark.parametrize("backbone", ["wav2vec2", "cpc"])
 @pytest.mark.parametrize("reinit_layers", [0, 1])
-def test_the_right_parameters_move_at_each_stage(reinit_layers):
-    task = FinetuneTask(_cfg(freeze_updates=2, reinit_layers=reinit_layers), VOCAB)
+def test_the_right_parameters_move_at_each_stage(reinit_layers, backbone):
+    model = _small_cpc() if backbone == "cpc" else None
+    task = FinetuneTask(_cfg(model, freeze_updates=2, reinit_layers=reinit_layers), VOCAB)
     optimizer = task.configure_optimizers()["optimizer"]
     batch = _batch()
     moved_by_step = []
@@ -90,28 +99,31 @@ def test_the_right_parameters_move_at_each_stage(reinit_layers):
         optimizer.step()
         moved_by_step.append(_moved(before, task.model))
     head = {"head.weight", "head.bias"}
-    top = f"backbone.context.layers.{task.cfg.model.context.layers - 1}."
+    top = f"backbone.context.layers.{len(task.model.backbone.context.layers) - 1}."
     fresh = head | {k for k, p in task.model.named_parameters()
                     if reinit_layers and k.startswith(top)}
+    assert not reinit_layers or len(fresh) > len(head)
     for step in (0, 1):  # loaded backbone frozen: the head and a re-initialised layer learn
         assert moved_by_step[step] == fresh
     for step in (2, 3):
         moved = moved_by_step[step]
         assert head <= moved
         assert any(k.startswith("backbone.context.") for k in moved)
-        assert "backbone.projection.weight" in moved and "backbone.mask_embedding" in moved
+        assert "backbone.projection.weight" in moved
+        assert backbone == "cpc" or "backbone.mask_embedding" in moved  # CPC has none
         assert not any(k.startswith("backbone.feature_encoder.") for k in moved)  # always frozen
     assert task.lr_scale(0) == pytest.approx(0.01)  # tri-stage starts at 1% of the peak
 
 
-def test_backbone_lr_scale_slows_only_the_loaded_backbone():
-    cfg = _cfg(reinit_layers=1, freeze_updates=0)
+@pytest.mark.parametrize("backbone", ["wav2vec2", "cpc"])
+def test_backbone_lr_scale_slows_only_the_loaded_backbone(backbone):
+    cfg = _cfg(_small_cpc() if backbone == "cpc" else None, reinit_layers=1, freeze_updates=0)
     cfg = replace(cfg, optim=replace(cfg.optim, backbone_lr_scale=0.0))
     task = FinetuneTask(cfg, VOCAB)
     optimizer = task.configure_optimizers()["optimizer"]
     lrs = {id(p): group["initial_lr"]  # the peak; "lr" is the schedule's first value
            for group in optimizer.param_groups for p in group["params"]}
-    top = f"backbone.context.layers.{cfg.model.context.layers - 1}."
+    top = f"backbone.context.layers.{len(task.model.backbone.context.layers) - 1}."
     for name, param in task.model.named_parameters():
         if param.requires_grad:
             fresh = name.startswith(("head.", top))
@@ -306,3 +318,13 @@ def test_ddp_on_two_cpu_processes_keeps_the_loaded_backbone_frozen(tmp_path, dat
     moved = {k for k, v in tuned.items()
              if k.startswith("model.backbone.") and not torch.equal(v, source[k])}
     assert moved and all(k.startswith(top) for k in moved)
+
+
+def test_reinit_layers_is_checked_against_the_network_that_is_built():
+    """CPC's causal network has 3 layers here, the (unused) Transformer settings 2: 3 is
+    allowed, 4 is refused with the count of the layers that exist."""
+    from audio_ssl.tasks.finetune import _check_settings
+
+    _check_settings(_cfg(_small_cpc(), reinit_layers=3), None, continues_ctc=False)
+    with pytest.raises(ValueError, match="between 0 and the network's 3 context layers, got 4"):
+        _check_settings(_cfg(_small_cpc(), reinit_layers=4), None, continues_ctc=False)
