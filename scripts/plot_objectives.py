@@ -75,19 +75,27 @@ def draw(probes: dict[str, list[dict]], costs: list[dict], output: Path) -> None
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
+    fig, axes = plt.subplots(1, 3, figsize=(16, 4.8))
     for ax, (task, bars) in zip(axes[:2], probes.items()):
-        labels = [f"{b['objective']}\n{b['updates']}" + (f" x{b['seeds']}" if b["seeds"] > 1
-                                                          else "") for b in bars]
+        labels = [b["objective"] + (f" x{b['seeds']}" if b["seeds"] > 1 else "") for b in bars]
         x = range(len(bars))
-        ax.bar(x, [b["mean"] for b in bars], yerr=[b["std"] for b in bars], capsize=3,
-               color="tab:blue", label="pretrained")
+        budgets = sorted({b["updates"] for b in bars})
+        shades = dict(zip(budgets, ["tab:cyan", "tab:blue", "navy", "black"]))
+        for updates in budgets:
+            ax.bar([i for i, b in enumerate(bars) if b["updates"] == updates],
+                   [b["mean"] for b in bars if b["updates"] == updates],
+                   color=shades[updates], label=f"pretrained, {updates} updates")
+        several = [(i, b) for i, b in enumerate(bars) if b["seeds"] > 1]
+        if several:  # the spread over pretraining seeds, where there are several
+            ax.errorbar([i for i, _ in several], [b["mean"] for _, b in several],
+                        yerr=[b["std"] for _, b in several], fmt="none", ecolor="tab:orange",
+                        capsize=4, lw=2, label="sd over seeds")
         ax.scatter(x, [b["random"] if b["random"] is not None else float("nan") for b in bars],
                    marker="_", s=300, color="black", zorder=3, label="same network, random")
         mfcc = next((b["mfcc"] for b in bars if b["mfcc"] is not None), None)
         if mfcc is not None:
             ax.axhline(mfcc, color="tab:red", ls="--", lw=1, label=f"MFCC + deltas ({mfcc})")
-        ax.set_xticks(list(x), labels, fontsize=8)
+        ax.set_xticks(list(x), labels, fontsize=8, rotation=40, ha="right")
         ax.set_ylabel("accuracy, % (unseen speakers)")
         ax.set_title(f"{task} probe")
         ax.legend(fontsize=7, loc="lower right")
