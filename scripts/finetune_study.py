@@ -270,6 +270,10 @@ def main() -> int:
     parser.add_argument("--no-tables", action="store_true",
                         help="run only: leave the results table and plot alone")
     args = parser.parse_args()
+    if not args.pretrained.exists() and not args.collect and not args.pack:
+        print(f"finetune_study: --pretrained {args.pretrained}: no such checkpoint (expected a "
+              f"file or folder load_model reads)", file=sys.stderr)
+        return 2
     console.configure()  # each Lightning line once, no advertisement (as the CLI prints)
     args.steps = {k: int(v) for k, v in (s.split("=") for s in args.steps)}
     work = args.output / "data"
