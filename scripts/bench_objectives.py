@@ -23,24 +23,26 @@ import os
 import platform
 import statistics
 import sys
-import time
 from dataclasses import replace
 
 import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+sys.path.insert(0, os.path.dirname(__file__))
 
 from audio_ssl import config  # noqa: E402
 from audio_ssl.models import frame_lengths  # noqa: E402
 from audio_ssl.models.data2vec import Data2VecForPretraining  # noqa: E402
 from audio_ssl.models.pretraining import pretraining_model  # noqa: E402
+from bench_pretrain import time_steps  # noqa: E402
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
 
 def make_step(objective: str, preset: str, batch: int, samples: int, dtype: torch.dtype,
               total_steps: int):
-    """One training update of ``objective``'s pretraining model, as a function of the step."""
+    """One training update of ``objective``'s pretraining model per call (the step counts up,
+    as data2vec's teacher schedule and the masks need)."""
     cfg = replace(config.preset(preset).model, objective=objective)
     torch.manual_seed(0)
     model = pretraining_model(cfg).train()
@@ -52,8 +54,10 @@ def make_step(objective: str, preset: str, batch: int, samples: int, dtype: torc
         frames = int(frame_lengths(torch.tensor([samples]), cfg.encoder.conv_layers)[0])
         extra["labels"] = torch.randint(0, cfg.hubert.clusters, (batch, frames))
     generator = torch.Generator().manual_seed(0)
+    calls = iter(range(total_steps))
 
-    def step(i: int) -> None:
+    def step() -> None:
+        i = next(calls)
         if isinstance(model, Data2VecForPretraining):
             model.update_teacher(i, total_steps)
         with torch.autocast("cpu", dtype=dtype, enabled=dtype != torch.float32):
@@ -87,15 +91,7 @@ def main() -> None:
     for name in names:
         steps[name], params[name] = make_step(name, args.preset, args.batch, samples,
                                               DTYPES[args.dtype], args.warmup + args.repeats)
-    for name, step in steps.items():
-        for i in range(args.warmup):
-            step(i)
-    times: dict[str, list[float]] = {name: [] for name in names}
-    for r in range(args.repeats):
-        for name, step in steps.items():  # alternate
-            start = time.perf_counter()
-            step(args.warmup + r)
-            times[name].append(time.perf_counter() - start)
+    times = time_steps(steps, torch.device("cpu"), args.warmup, args.repeats)  # alternating
     common = {"preset": args.preset, "batch": args.batch, "seconds": args.seconds,
               "dtype": args.dtype, "threads": args.threads, "repeats": args.repeats,
               "torch": torch.__version__, "cpu": platform.processor() or platform.machine()}
