@@ -18,24 +18,29 @@ import json
 import statistics
 import sys
 from pathlib import Path
+from typing import NoReturn
 
-RESULTS = Path(__file__).resolve().parent / "results"
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "scripts" / "results"
+sys.path.insert(0, str(ROOT))
+
+from audio_ssl.io import iter_jsonl  # noqa: E402
+
+
+def fail(message: str) -> NoReturn:
+    """Bad input: one line on stderr, exit 2, no traceback."""
+    print(f"plot_objectives: {message}", file=sys.stderr)
+    raise SystemExit(2)
 
 
 def read_rows(path: Path) -> list[dict]:
     """JSON lines of ``path``; one clear line and exit 2 if it is missing or not JSON lines."""
     try:
-        text = path.read_text()
+        return [row for _, row in iter_jsonl(path)]
     except OSError as err:
-        raise SystemExit(f"plot_objectives: cannot read {path}: {err.strerror}") from None
-    rows = []
-    for number, line in enumerate(text.splitlines(), 1):
-        if line.strip():
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError:
-                raise SystemExit(f"plot_objectives: {path}:{number} is not a JSON line") from None
-    return rows
+        fail(f"cannot read {path}: {err.strerror}")
+    except ValueError as err:  # names the file and line
+        fail(str(err))
 
 
 def probe_bars(rows: list[dict], task: str) -> list[dict]:
@@ -132,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = [row for path in args.study for row in read_rows(path)]
     probes = {task: probe_bars(rows, task) for task in ("digits", "language")}
     if not any(probes.values()):
-        raise SystemExit(f"plot_objectives: no probe rows in {', '.join(map(str, args.study))}")
+        fail(f"no probe rows in {', '.join(map(str, args.study))}")
     costs = cost_bars(read_rows(args.bench))
     for bar in [*probes["digits"], *probes["language"], *costs]:
         print(json.dumps(bar))

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import random
+import re
 
 import numpy as np
 import pytest
@@ -62,7 +63,13 @@ def test_the_figure_is_written_and_bad_rows_are_one_line(tmp_path, capsys):
     assert {"task": "digits", "objective": "cpc", "updates": 400, "seeds": 1, "mean": 58.1,
             "std": 0.0, "random": 30.0, "mfcc": 57.4} in printed
     bench.write_text("{not json\n")
-    with pytest.raises(SystemExit, match=r"bench.jsonl:1 is not a JSON line"):
-        main(["--study", str(study), "--bench", str(bench), "--output", str(out)])
-    with pytest.raises(SystemExit, match=r"cannot read .*missing.jsonl"):
-        main(["--study", str(tmp_path / "missing.jsonl"), "--bench", str(bench)])
+    for argv, pattern in (
+            (["--study", str(study), "--bench", str(bench), "--output", str(out)],
+             r"bench.jsonl:1: not valid JSON"),
+            (["--study", str(tmp_path / "missing.jsonl"), "--bench", str(bench)],
+             r"cannot read .*missing.jsonl")):
+        with pytest.raises(SystemExit) as exit_:
+            main(argv)
+        assert exit_.value.code == 2
+        err = capsys.readouterr().err
+        assert re.search(pattern, err) and len(err.strip().splitlines()) == 1
