@@ -369,6 +369,7 @@ def _tiny() -> PretrainConfig:
             dropout_input=0.0,
             dropout_features=0.0,
             quantize_targets=False,
+            objective="cpc",
         ),
         data=DataConfig(
             normalize=True, max_batch_samples=8 * 32_000, max_crop_samples=32_000,

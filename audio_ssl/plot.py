@@ -115,7 +115,7 @@ def _pretrain_figure(runs: Sequence[Run]):
     panels = [
         ("loss / loss of a uniform guess", "fraction"),
         ("loss terms", ""),
-        ("accuracy (masked frames)", ""),
+        ("accuracy (masked frames; CPC: future frames)", ""),
         ("code and prob perplexity", ""),
         ("cosine of the context to its targets", ""),
         ("Gumbel temperature", ""),
@@ -137,6 +137,13 @@ def _pretrain_figure(runs: Sequence[Run]):
                            ("train/feature_penalty", ":")):
             _curve(axes[1], run, key, c, style=style, label=f"{run.label}: {key[6:]}")
         _curve(axes[2], run, "train/accuracy", c)
+        steps_ahead = sorted({int(key[len("train/accuracy_k"):]) for row in run.rows
+                              for key in row if key.startswith("train/accuracy_k")})
+        for k, style in zip(steps_ahead[:1] + steps_ahead[-1:], ("--", ":")):  # CPC: k = 1, K
+            _curve(axes[1], run, f"train/loss_k{k}", c, style=style,
+                   label=f"{run.label}: loss, k = {k}")
+            _curve(axes[2], run, f"train/accuracy_k{k}", c, style=style,
+                   label=f"{run.label}: k = {k}")
         _curve(axes[3], run, "train/code_perplexity", c, label=f"{run.label}: code")
         _curve(axes[3], run, "train/prob_perplexity", c, style=":", label=f"{run.label}: prob")
         _curve(axes[4], run, "train/positive_cosine", c, label=f"{run.label}: positive")
@@ -205,6 +212,10 @@ def code_usage(checkpoint: str | os.PathLike, data: str | os.PathLike,
         loaded = load_model(checkpoint)
     except CheckpointError as err:
         raise PlotError(str(err)) from err
+    if loaded.config.objective != "wav2vec2":
+        raise PlotError(f"{checkpoint}: trained with the {loaded.config.objective} objective, "
+                        "which has no codebook to plot (wav2vec2 with quantize_targets: true "
+                        "has one)")
     if not loaded.config.quantize_targets:
         raise PlotError(f"{checkpoint}: trained with continuous targets (quantize_targets: "
                         f"false), so it has no codebook to plot")

@@ -76,7 +76,7 @@ def build_models(args, only: str | None = None, dtype: str | None = None):
     from audio_ssl.extract import FeatureExtractor
     from audio_ssl.interop.hf import to_hf
 
-    cfg = config.preset(args.preset).model
+    cfg = replace(config.preset(args.preset).model, objective="wav2vec2")  # HF's network
     cfg = replace(cfg, context=replace(cfg.context, layer_drop=0.0))
     torch.manual_seed(0)
     # inference only on both sides (and torch's FLOP counter, used for the roofline line, fails

@@ -218,7 +218,8 @@ def main() -> None:
     dtype_name = args.dtype or ("bf16" if device.type == "cuda" else "fp32")
     names = ["fp32", "bf16"] if dtype_name == "both" else [dtype_name]
     dtypes = {"fp32": torch.float32, "bf16": torch.bfloat16}
-    cfg = config.preset(args.preset).model
+    # HF has wav2vec 2.0's objective only (tiny's default is CPC)
+    cfg = replace(config.preset(args.preset).model, objective="wav2vec2")
     # same configuration on both sides: no LayerDrop (HF's skips layers the same way, but the
     # draws differ), dropout as in the preset
     cfg = replace(cfg, context=replace(cfg.context, layer_drop=0.0))

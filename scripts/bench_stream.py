@@ -23,6 +23,7 @@ import platform
 import statistics
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -54,6 +55,8 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--minutes", type=float, default=20.0, help="stream length (default: 20)")
     p.add_argument("--preset", default="tiny", choices=["tiny", "base", "large"])
+    p.add_argument("--objective", default="wav2vec2", choices=config.OBJECTIVES,
+                   help="objective whose network is measured (default wav2vec2: the Transformer the documented figures were measured on; tiny's default objective is CPC)")
     p.add_argument("--chunk", type=float, default=1.0, help="seconds per chunk (default: 1.0)")
     p.add_argument("--left", type=float, default=8.0, help="left context s (default: 8.0)")
     p.add_argument("--right", type=float, default=1.28, help="right context s (default: 1.28)")
@@ -71,6 +74,7 @@ def main() -> None:
     loop = torch.cat(clips)  # (S_loop,) the clips once; the stream indexes into it
     del clips
     cfg = config.preset(args.preset)
+    cfg = replace(cfg, model=replace(cfg.model, objective=args.objective))
     torch.manual_seed(args.seed)
     model = Wav2Vec2ForCTC(cfg.model, len(VOCAB))
     loaded = LoadedModel(model, cfg.model, VOCAB, "audio-ssl", None,
@@ -79,7 +83,7 @@ def main() -> None:
                                   device="cpu", precision=args.precision)
     block = round(args.chunk * rate)
     total = round(args.minutes * 60 * rate)
-    print(json.dumps({"measure": "setup", "preset": args.preset,
+    print(json.dumps({"measure": "setup", "preset": args.preset, "objective": args.objective,
                       "parameters": sum(p.numel() for p in model.parameters()),
                       "loop_seconds": round(loop.numel() / rate, 1), "minutes": args.minutes,
                       "chunk": args.chunk, "left": args.left, "right": args.right,

@@ -42,7 +42,8 @@ def run_one(name: str, seed: int, overrides: str, args: argparse.Namespace) -> d
     from scripts.pretrain_shared import shared_files
 
     torch.set_num_threads(args.threads)
-    cfg = config.load(args.preset, overrides=yaml.safe_load(overrides) or {})
+    cfg = config.load(args.preset, overrides={"model": {"objective": args.objective}})
+    cfg = config.merge(cfg, yaml.safe_load(overrides) or {})
     schedule = {"schedule_steps": args.schedule_steps} if args.schedule_steps else {}
     cfg = config.merge(cfg, {"optim": schedule, "train": {"max_steps": args.steps, "log_every": 1, "seed": seed,
                                        "checkpoint_every": 100_000},
@@ -79,6 +80,9 @@ def main() -> int:
                              "the tiny preset's 2,000, so a short run sees the real warm-up")
     parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
     parser.add_argument("--preset", default="tiny")
+    parser.add_argument("--objective", default="wav2vec2",
+                        help="objective under the settings (default wav2vec2, whose plateau "
+                             "docs/studies/plateau.md measured; tiny's default is CPC)")
     parser.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data")
     parser.add_argument("--output", type=Path, default=Path("/tmp/audio_ssl_sweep"))
     parser.add_argument("--threshold", type=float, default=0.9)
@@ -116,7 +120,7 @@ def main() -> int:
                 running.remove(proc)
                 reap(proc)
         cmd = [sys.executable, __file__, "--one", "--steps", str(args.steps), "--seeds", str(seed),
-               "--preset", args.preset, "--data", str(args.data), "--output", str(args.output),
+               "--preset", args.preset, "--objective", args.objective, "--data", str(args.data), "--output", str(args.output),
                "--threshold", str(args.threshold), "--hold", str(args.hold),
                "--threads", str(args.threads), "--schedule-steps", str(args.schedule_steps),
                f"{name}={overrides}"]

@@ -29,6 +29,12 @@ def _auto_precision_is_fp32(monkeypatch):
                         lambda **_: (False, "tests pin auto to fp32 on every CPU"))
 
 
+def tiny_wav2vec2() -> config.ModelConfig:
+    """``tiny``'s network with wav2vec 2.0's objective (the preset's default before CPC became
+    it): the Transformer backbone that HF, fairseq and torchaudio also have."""
+    return replace(config.preset("tiny").model, objective="wav2vec2")
+
+
 def small_model_config(norm: str = "layer", layer_norm_first: bool = True) -> config.ModelConfig:
     """A model of a few hundred thousand parameters, no dropout: fast and deterministic."""
     cfg = config.preset("tiny").model
@@ -42,6 +48,7 @@ def small_model_config(norm: str = "layer", layer_norm_first: bool = True) -> co
         quantizer=replace(cfg.quantizer, groups=2, codes=16, dim=32),
         loss=config.LossConfig(), final_dim=32, dropout_input=0.0, dropout_features=0.0,
         mask=config.MaskConfig(), quantize_targets=True,  # the paper's objective, whatever tiny's
+        objective="wav2vec2",  # the paper's, whatever tiny's default (CPC since item 7)
     )
 
 

@@ -23,12 +23,13 @@ PNG = b"\x89PNG\r\n\x1a\n"
 def runs(tmp_path_factory):
     shared = require_shared(DATA)
     tmp = tmp_path_factory.mktemp("plot")
-    (tmp / "q.yaml").write_text(FAST + "model: {quantize_targets: true}\n")
-    (tmp / "c.yaml").write_text(FAST)
+    (tmp / "q.yaml").write_text(FAST + "model: {objective: wav2vec2, quantize_targets: true}\n")
+    (tmp / "c.yaml").write_text(FAST + "model: {objective: wav2vec2}\n")  # tiny's targets
+    (tmp / "d.yaml").write_text(FAST)  # tiny's default objective: CPC
     (tmp / "ft.yaml").write_text("train: {val_every: 2, log_every: 1}\n"
                                  "data: {num_workers: 0, max_batch_samples: 64000}\n")
     tiny = shared / "tiny"
-    for name, cfg in (("quantized", "q.yaml"), ("continuous", "c.yaml")):
+    for name, cfg in (("quantized", "q.yaml"), ("continuous", "c.yaml"), ("cpc", "d.yaml")):
         assert main(["pretrain", str(tiny), "--output", str(tmp / name), "--max-steps", "4",
                      "--config", str(tmp / cfg), "--quiet"]) == 0
     manifest = tiny / "manifest.jsonl"
@@ -42,13 +43,26 @@ def runs(tmp_path_factory):
 @pytest.mark.slow
 def test_pretraining_runs_overlaid(runs, capsys):
     out = runs / "pre.png"
-    assert main(["plot", str(runs / "quantized"), str(runs / "continuous"), "-o", str(out)]) == 0
+    assert main(["plot", str(runs / "quantized"), str(runs / "continuous"), str(runs / "cpc"),
+                 "-o", str(out)]) == 0
     assert out.read_bytes()[:8] == PNG and out.stat().st_size > 20_000
     assert str(out) in capsys.readouterr().out
     assert load_run(runs / "quantized").kind == "pretrain"
     # default output: RUN_DIR/curves.png
     assert main(["plot", str(runs / "continuous")]) == 0
     assert (runs / "continuous" / "curves.png").read_bytes()[:8] == PNG
+
+
+@pytest.mark.slow
+def test_cpc_run_shows_its_nearest_and_farthest_future_step(runs):
+    from audio_ssl.plot import _pretrain_figure
+
+    fig, axes, _ = _pretrain_figure([load_run(runs / "cpc"), load_run(runs / "continuous")])
+    labels = [line.get_label() for line in axes[2].lines]
+    assert labels == ["cpc", "cpc: k = 1", "cpc: k = 12", "continuous"]
+    assert [line.get_label() for line in axes[1].lines][1:3] == ["cpc: loss, k = 1",
+                                                                 "cpc: loss, k = 12"]
+    fig.clf()
 
 
 @pytest.mark.slow
@@ -79,6 +93,9 @@ def test_what_cannot_be_plotted_is_one_clear_line(runs, data_dir, tmp_path, caps
     ckpt = runs / "continuous" / "checkpoints" / "last.ckpt"
     assert main(["plot", str(ckpt), "--data", str(data_dir / "tiny")]) == 2
     assert "continuous targets" in capsys.readouterr().err
+    cpc = runs / "cpc" / "checkpoints" / "last.ckpt"
+    assert main(["plot", str(cpc), "--data", str(data_dir / "tiny")]) == 2
+    assert "the cpc objective, which has no codebook" in capsys.readouterr().err
     assert main(["plot", str(ckpt)]) == 2
     assert "needs --data" in capsys.readouterr().err
     assert main(["plot", str(runs / "quantized"), str(runs / "ft")]) == 2

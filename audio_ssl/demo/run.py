@@ -1,10 +1,11 @@
 """``audio-ssl demo``: every stage of the workflow on a corpus it makes, each shown working.
 
-Stages: an eSpeak NG spoken-digit corpus (some voices held out) -> pretraining of ``tiny`` with
-a one-line verdict on the plateau -> a PNG of its curves -> extraction of every context layer ->
-a digit probe of those features against MFCCs on the held-out voices -> CTC fine-tuning -> CER
-on the held-out voices with transcripts beside their references -> a summary table of what was
-learned, how long each stage took and where everything is.
+Stages: an eSpeak NG spoken-digit corpus (some voices held out) -> pretraining of ``tiny`` (its
+objective, CPC, unless ``--config`` names another) with a one-line verdict on the plateau -> a
+PNG of its curves -> extraction of every context layer -> a digit probe of those features
+against MFCCs on the held-out voices -> CTC fine-tuning -> CER on the held-out voices with
+transcripts beside their references -> a summary table of what was learned, how long each stage
+took and where everything is.
 
 Run again with the same ``--output``, finished stages are reused and an interrupted one resumes.
 """
@@ -166,9 +167,14 @@ class _Demo:
         tail = [v for step, v in zip(steps, losses) if step > steps[-1] - 50]
         ratio = sum(tail) / len(tail) / uniform
         verdict = "it learned" if ratio < 0.85 else "still near the plateau"
+        nearest = ""  # CPC: how well it tells the next frame from its distractors
+        if "train/accuracy_k1" in last:
+            nearest = (f" (next frame {first['train/accuracy_k1']:.2f} -> "
+                       f"{last['train/accuracy_k1']:.2f})")
         _say(f"      loss {first[key]:.2f} -> {ratio * uniform:.2f} (last 50 updates) = "
              f"{ratio:.2f} x log(K+1) ({uniform:.2f}); below 0.9 x from update {escape}; "
-             f"accuracy {first['train/accuracy']:.2f} -> {last['train/accuracy']:.2f}: {verdict}")
+             f"accuracy {first['train/accuracy']:.2f} -> {last['train/accuracy']:.2f}{nearest}: "
+             f"{verdict}")
         return ("pretrain", f"loss {ratio:.2f} x log(K+1), below 0.9 x from update {escape}",
                 self.checkpoint, True)
 
@@ -178,7 +184,7 @@ class _Demo:
         png = plot_runs([self.out / "pretrain"], self.out / "pretrain.png",
                         title="audio-ssl demo: pretraining")
         _say(f"{tag} plot: the pretraining curves in {png}")
-        return "plot", "loss, accuracy, cosines, lr, grad norm", png, True
+        return "plot", "loss, accuracy, lr, grad norm, throughput", png, True
 
     def extract(self, tag: str):
         from audio_ssl.extract.pipeline import extract_folder

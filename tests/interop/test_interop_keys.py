@@ -8,16 +8,16 @@ from dataclasses import replace
 
 import pytest
 
-from audio_ssl import config
 from audio_ssl.interop.fairseq import fairseq_keymap
 from audio_ssl.interop.hf_weights import hf_keymap
 from audio_ssl.interop.keys import BACKBONE_KEYS, LIBRARIES
 from audio_ssl.interop.torchaudio_format import torchaudio_keymap
 from audio_ssl.models import Wav2Vec2ForCTC, Wav2Vec2Model, pretraining_model
+from tests.conftest import tiny_wav2vec2
 
 
 def _models(norm: str):
-    cfg = config.preset("tiny").model
+    cfg = tiny_wav2vec2()
     cfg = replace(cfg, encoder=replace(cfg.encoder, norm=norm), quantize_targets=True)
     return {"backbone": Wav2Vec2Model(cfg), "pretraining": pretraining_model(cfg),
             "ctc": Wav2Vec2ForCTC(cfg, 5)}

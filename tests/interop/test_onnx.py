@@ -20,7 +20,7 @@ from audio_ssl.cli import main
 from audio_ssl.interop.export import save_native
 from audio_ssl.models import Wav2Vec2ForCTC, Wav2Vec2ForPretraining, Wav2Vec2Model
 from audio_ssl.models.cpc import CpcForPretraining
-from tests.conftest import small_model_config
+from tests.conftest import small_model_config, tiny_wav2vec2
 from tests.interop.interop_helpers import report, waveforms
 
 onnx = pytest.importorskip("onnx")
@@ -57,9 +57,9 @@ def exported(tmp_path_factory):
     small = small_model_config(norm="layer")
     cpc = replace(small, objective="cpc", cpc=config.CpcConfig(dim=64, layers=3, steps=3))
     models = {
-        "tiny": Wav2Vec2Model(config.preset("tiny").model),
+        "tiny": Wav2Vec2Model(tiny_wav2vec2()),
         "layer_norm": Wav2Vec2Model(small),
-        "ctc": Wav2Vec2ForCTC(config.preset("tiny").model, len(VOCAB)),
+        "ctc": Wav2Vec2ForCTC(tiny_wav2vec2(), len(VOCAB)),
         "cpc": CpcForPretraining(cpc),
     }
     out = {}

@@ -27,7 +27,7 @@ from audio_ssl.models.masking import (
 )
 from audio_ssl.models.pretraining import pretraining_model
 from audio_ssl.models.quantizer import perplexity
-from tests.conftest import small_model_config
+from tests.conftest import small_model_config, tiny_wav2vec2
 
 
 def _old_sample_negatives(mask, num_negatives, generator):
@@ -102,7 +102,7 @@ def _reference(model, x, lengths, step, generator, labels=None):
 
 
 def _models():
-    tiny = config.preset("tiny").model
+    tiny = tiny_wav2vec2()
     small = small_model_config("group", False)
     yield "tiny", tiny
     yield "quantized, Gumbel noise", replace(small, dropout_input=0.1)

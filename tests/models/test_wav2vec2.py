@@ -1,8 +1,10 @@
+from dataclasses import replace
+
 import pytest
 import torch
 
 from audio_ssl import config
-from audio_ssl.models import Wav2Vec2ForPretraining, Wav2Vec2Model
+from audio_ssl.models import Wav2Vec2ForPretraining, Wav2Vec2Model, pretraining_model
 from tests.conftest import small_model_config
 
 
@@ -32,8 +34,11 @@ def test_base_preset_matches_hf_parameter_count():
     assert sum(p.numel() for p in model.parameters()) == 95_044_608  # HF Wav2Vec2ForPreTraining
 
 
-def test_tiny_preset_is_a_few_million_parameters():
-    n = sum(p.numel() for p in Wav2Vec2ForPretraining(config.preset("tiny").model).parameters())
+@pytest.mark.parametrize("objective", ["cpc", "wav2vec2"])
+def test_tiny_preset_is_a_few_million_parameters(objective):
+    cfg = config.preset("tiny").model
+    assert cfg.objective == "cpc"  # the default since the objectives study (docs/studies)
+    n = sum(p.numel() for p in pretraining_model(replace(cfg, objective=objective)).parameters())
     assert 1e6 < n < 10e6
 
 
