@@ -189,10 +189,11 @@ def refuse_cpc(model: nn.Module) -> None:
     """One line for a CPC model, which no HF class holds (its context network is causal)."""
     cfg = getattr(model, "cfg", None)
     if getattr(cfg, "objective", None) == "cpc":
-        raise CheckpointError("HF has no CPC architecture; supported: wav2vec2, hubert and "
-                              "best-rq (as Wav2Vec2Model / Wav2Vec2ForPreTraining / "
-                              "Wav2Vec2ForCTC); keep CPC checkpoints as audio-ssl .ckpt or "
-                              "ONNX, or pretrain with --objective wav2vec2 for an HF model")
+        raise CheckpointError("HF has no CPC architecture; supported: wav2vec2, hubert, "
+                              "best-rq, data2vec and reconstruct (as Wav2Vec2Model / "
+                              "Wav2Vec2ForPreTraining / Wav2Vec2ForCTC); keep CPC checkpoints "
+                              "as audio-ssl .ckpt or ONNX, or pretrain with --objective "
+                              "wav2vec2 for an HF model")
 
 
 def save_hf(model: nn.Module, folder: str | Path, vocab: list[str] | None = None,
