@@ -56,7 +56,8 @@ def main() -> None:
     p.add_argument("--minutes", type=float, default=20.0, help="stream length (default: 20)")
     p.add_argument("--preset", default="tiny", choices=["tiny", "base", "large"])
     p.add_argument("--objective", default="wav2vec2", choices=config.OBJECTIVES,
-                   help="objective whose network is measured (default wav2vec2: the Transformer the documented figures were measured on; tiny's default objective is CPC)")
+                   help="objective whose network is measured (default wav2vec2: the "
+                        "Transformer docs/streaming.md measured; tiny's default is CPC)")
     p.add_argument("--chunk", type=float, default=1.0, help="seconds per chunk (default: 1.0)")
     p.add_argument("--left", type=float, default=8.0, help="left context s (default: 8.0)")
     p.add_argument("--right", type=float, default=1.28, help="right context s (default: 1.28)")

@@ -120,7 +120,8 @@ def main() -> int:
                 running.remove(proc)
                 reap(proc)
         cmd = [sys.executable, __file__, "--one", "--steps", str(args.steps), "--seeds", str(seed),
-               "--preset", args.preset, "--objective", args.objective, "--data", str(args.data), "--output", str(args.output),
+               "--preset", args.preset, "--objective", args.objective, "--data", str(args.data),
+               "--output", str(args.output),
                "--threshold", str(args.threshold), "--hold", str(args.hold),
                "--threads", str(args.threads), "--schedule-steps", str(args.schedule_steps),
                f"{name}={overrides}"]
