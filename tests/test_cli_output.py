@@ -67,3 +67,15 @@ def test_quiet_and_verbose(tmp_path, data_dir):
     _assert_clean([line for line in loud if not set(line) <= set("-─━┃┡┩│└┘┏┓┳╇┴ ")])
     assert sum("GPU available" in line for line in loud) == 1
     assert any("Trainable params" in line for line in loud)
+
+
+def test_objective_help_names_each_presets_own_default():
+    """`audio-ssl pretrain --help` says which objective each preset trains, as the presets do."""
+    import re
+
+    from audio_ssl import config
+    from audio_ssl.cli.pretrain import OBJECTIVE_HELP
+
+    for name in config.PRESETS:
+        objective = config.preset(name).model.objective
+        assert re.search(rf"\b{objective} for [a-z ,]*\b{name}\b", OBJECTIVE_HELP), name

@@ -10,7 +10,8 @@ from audio_ssl.cli.options import COUNT, add_device_options, at_least
 from audio_ssl.config import OBJECTIVES
 
 OBJECTIVE_HELP = (
-    "self-supervised objective (default: the preset's, wav2vec2): wav2vec 2.0's contrastive loss; "
+    "self-supervised objective (default: the preset's: cpc for tiny, wav2vec2 for base and "
+    "large): wav2vec 2.0's contrastive loss; "
     "HuBERT's masked prediction of k-means labels (needs --targets); BEST-RQ's masked prediction "
     "of fixed random-projection codes of the log-mel; reconstruct: L1 regression of the masked "
     "frames' normalised log-mel (TERA / Mockingjay style); CPC / wav2vec (v1): a causal context "
