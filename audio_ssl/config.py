@@ -484,6 +484,9 @@ class CTCConfig:
     freeze_feature_encoder: bool = True  # fairseq feature_grad_mult 0.0
     freeze_updates: int = 0  # updates with the loaded backbone frozen (freeze_finetune_updates)
     reinit_layers: int = 0  # top context layers left at random weights (not loaded; not fairseq)
+    # frames the CTC head reads around each frame (odd): 1 a linear head (wav2vec 2.0, HF);
+    # 3, 5, ...: a centred convolution first, the future a causal backbone (CPC) has not heard
+    head_kernel: int = 1
     # dynamic chunk training (WeNet's), for streaming (--chunk-train): per batch a chunk size,
     # each frame attending to its own chunk and chunk_left chunks before it (the positional
     # convolution still reads its kernel's reach)

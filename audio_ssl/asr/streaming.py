@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -165,12 +166,13 @@ class LogitStream:
 
     Args:
         model: the backbone's inference forward, computing the last context layer.
-        head: the CTC head (context vectors (T, D) -> logits (T, V)).
+        head: the CTC head (context vectors (T, D) -> logits (T, V)): ``head_logits``.
         normalize: the model expects zero-mean unit-variance audio.
         chunk_frames, left_frames, right_frames: as :meth:`StreamSettings.frames`.
     """
 
-    def __init__(self, model: InferenceModel, head: torch.nn.Module, *, normalize: bool,
+    def __init__(self, model: InferenceModel, head: Callable[[torch.Tensor], torch.Tensor], *,
+                 normalize: bool,
                  chunk_frames: int, left_frames: int, right_frames: int):
         self.model, self.head, self.normalize = model, head, bool(normalize)
         self.conv_layers = model.cfg.encoder.conv_layers
@@ -316,7 +318,7 @@ class StreamingTranscriber:
                                    "bf16" if model.precision.bf16 else "fp32")
         self.frame_seconds = inference.hop / self.sample_rate
         chunk, left, right = settings.frames(1.0 / self.frame_seconds)
-        self.logits = LogitStream(inference, backbone_model.head,
+        self.logits = LogitStream(inference, backbone_model.head_logits,
                                   normalize=model.settings.normalize_audio, chunk_frames=chunk,
                                   left_frames=left, right_frames=right)
         self.endpoint_frames = (None if settings.endpoint_seconds is None

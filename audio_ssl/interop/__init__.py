@@ -49,9 +49,11 @@ def _load_native(path: Path, checkpoint: dict) -> LoadedModel:
     vocab = checkpoint.get(VOCAB_KEY)
     backbone_only = checkpoint.get(ARCHITECTURE_KEY) == "Wav2Vec2Model" or (
         vocab is None and state and not any(k.startswith("backbone.") for k in state))
+    mix = state.get("mix.weight")  # a CTC head over several frames (ctc.head_kernel)
     model = build_model(model_cfg, len(vocab) if vocab is not None else None,
                         pretraining=not backbone_only,
-                        final_dropout=float(checkpoint.get(FINAL_DROPOUT_KEY, 0.0)))
+                        final_dropout=float(checkpoint.get(FINAL_DROPOUT_KEY, 0.0)),
+                        head_kernel=1 if mix is None or mix.ndim != 3 else int(mix.shape[-1]))
     load_exact(model, state, str(path))
     return LoadedModel(model, model_cfg, list(vocab) if vocab is not None else None,
                        "audio-ssl", path, dict(run_cfg))

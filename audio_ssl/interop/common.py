@@ -77,12 +77,12 @@ class LoadedModel:
 
 
 def build_model(cfg: ModelConfig, vocab_size: int | None, pretraining: bool,
-                final_dropout: float = 0.0) -> nn.Module:
+                final_dropout: float = 0.0, head_kernel: int = 1) -> nn.Module:
     """CTC model when ``vocab_size`` is given, else the pretraining model or the bare backbone."""
     from audio_ssl.models import Wav2Vec2ForCTC, Wav2Vec2Model, pretraining_model
 
     if vocab_size is not None:
-        return Wav2Vec2ForCTC(cfg, vocab_size, final_dropout)
+        return Wav2Vec2ForCTC(cfg, vocab_size, final_dropout, head_kernel)
     return pretraining_model(cfg) if pretraining else Wav2Vec2Model(cfg)
 
 

@@ -212,6 +212,11 @@ def save_hf(model: nn.Module, folder: str | Path, vocab: list[str] | None = None
     from audio_ssl.models import PRETRAINING_MODELS, Wav2Vec2ForPretraining
 
     refuse_cpc(model)
+    if getattr(model, "mix", None) is not None:
+        raise ValueError(f"a CTC head over {model.head_kernel} frames (ctc.head_kernel) has no "
+                         "place in HF's Wav2Vec2ForCTC, whose head is linear; export it with "
+                         "`audio-ssl convert CKPT MODEL.onnx`, or fine-tune with "
+                         "ctc.head_kernel 1")
     if isinstance(model, PRETRAINING_MODELS) and (
             not isinstance(model, Wav2Vec2ForPretraining) or model.quantizer is None):
         model = model.backbone

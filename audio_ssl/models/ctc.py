@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from audio_ssl.config import ModelConfig
@@ -28,19 +29,50 @@ def top_layer_prefixes(layers: int, n: int, prefix: str = "") -> tuple[str, ...]
 class Wav2Vec2ForCTC(nn.Module):
     """Backbone -> dropout -> linear over ``vocab_size`` tokens (index 0 is the CTC blank).
 
+    ``head_kernel`` > 1 (odd) puts a centred convolution over that many context frames before
+    the linear map, added to its input through a GELU (``mix``): for a causal backbone (CPC's),
+    whose frame t has heard nothing after t, it gives the head ``(head_kernel - 1) / 2`` frames
+    of what follows, as wav2vec (v1) fed its features to a convolutional acoustic model. Padded
+    frames are zeroed before it, so a frame reads what it would read alone. 1 (the default):
+    the linear head of wav2vec 2.0 and HF.
+
     The backbone keeps the attribute name of :class:`Wav2Vec2ForPretraining`, so a pretrained
     state dict loads into it with ``load_backbone``.
     """
 
-    def __init__(self, cfg: ModelConfig, vocab_size: int, final_dropout: float = 0.0):
+    def __init__(self, cfg: ModelConfig, vocab_size: int, final_dropout: float = 0.0,
+                 head_kernel: int = 1):
         super().__init__()
         if vocab_size < 2:
             raise ValueError(f"vocab_size must be at least 2 (blank and one token), got {vocab_size}")
+        if not isinstance(head_kernel, int) or head_kernel < 1 or head_kernel % 2 == 0:
+            raise ValueError(f"ctc.head_kernel is {head_kernel!r}: expected an odd number of "
+                             "frames, at least 1 (1: a linear head)")
         self.cfg = cfg
         self.vocab_size = vocab_size
         self.backbone = backbone_model(cfg)  # CPC: its causal context network's output
         self.dropout = nn.Dropout(final_dropout)
-        self.head = nn.Linear(self.backbone.projection.out_features, vocab_size)
+        dim = self.backbone.projection.out_features
+        self.mix = (nn.Conv1d(dim, dim, head_kernel, padding=head_kernel // 2)
+                    if head_kernel > 1 else None)
+        self.head = nn.Linear(dim, vocab_size)
+
+    @property
+    def head_kernel(self) -> int:
+        return 1 if self.mix is None else self.mix.kernel_size[0]
+
+    def head_logits(self, context: torch.Tensor,
+                    padding_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Context vectors (B, T, D), or (T, D) of one utterance, -> logits (B, T, V) / (T, V).
+        ``padding_mask``: (B, T), True = padded (None: nothing is)."""
+        x = self.dropout(context)
+        if self.mix is None:
+            return self.head(x)
+        if padding_mask is not None:
+            x = x.masked_fill(padding_mask[..., None], 0.0)
+        y = x[None] if x.ndim == 2 else x  # (B, T, D)
+        y = y + F.gelu(self.mix(y.transpose(1, 2)).transpose(1, 2))
+        return self.head(y[0] if x.ndim == 2 else y)
 
     def load_backbone(self, state_dict: dict[str, torch.Tensor], *, keep_random_layers: int = 0,
                       ) -> None:
@@ -81,5 +113,5 @@ class Wav2Vec2ForCTC(nn.Module):
         extra = {k: v for k, v in (("padded", padded), ("chunk_mask", chunk_mask)) if v is not None}
         out = self.backbone(waveforms, lengths, mask=mask, generator=generator,
                             return_layers=return_layers, channel_mask=channel_mask, **extra)
-        logits = self.head(self.dropout(out.context))  # (B, T, V)
+        logits = self.head_logits(out.context, out.padding_mask)  # (B, T, V)
         return CTCOutput(logits, out.frame_lengths, out.padding_mask, out.hidden_states)

@@ -74,7 +74,8 @@ class FinetuneTask(L.LightningModule):
         super().__init__()
         self.cfg = cfg
         self.vocab = vocab
-        self.model = Wav2Vec2ForCTC(cfg.model, len(vocab), cfg.ctc.final_dropout)
+        self.model = Wav2Vec2ForCTC(cfg.model, len(vocab), cfg.ctc.final_dropout,
+                                    cfg.ctc.head_kernel)
         if cfg.ctc.freeze_feature_encoder:
             self.model.backbone.feature_encoder.requires_grad_(False)
         # what the first ctc.freeze_updates leave untrained: the loaded, otherwise trainable ones
@@ -368,6 +369,15 @@ def _settings(pretrained: str | Path | None, from_scratch: bool, preset: str,
     and, continuing a CTC model, its own text settings unless others are given."""
     model_cfg, state, ctc_vocab, run, normalize, init = _initial_weights(pretrained, from_scratch)
     cfg = load_finetune(preset, config_yaml, overrides, model=model_cfg)
+    if ctc_vocab is not None:  # continuing a CTC model: its head, unless another is named
+        mix = state.get("mix.weight")
+        kernel = 1 if mix is None else int(mix.shape[-1])
+        if cfg.ctc.head_kernel == 1 and kernel > 1:
+            cfg = merge(cfg, {"ctc": {"head_kernel": kernel}})
+        elif cfg.ctc.head_kernel != kernel:
+            raise ValueError(f"ctc.head_kernel is {cfg.ctc.head_kernel}: the CTC model "
+                             f"{pretrained} reads {kernel} frame(s) per output; continuing it "
+                             "keeps its head")
     _check_settings(cfg, pretrained, continues_ctc=ctc_vocab is not None)
     if pretrained is None:  # the preset's network: its pretraining preset's audio rule
         from audio_ssl.config import preset as pretrain_preset
@@ -397,6 +407,10 @@ def _check_settings(cfg: FinetuneConfig, pretrained: str | Path | None, *,
         raise ValueError(f"ctc.chunk_frames is {cfg.ctc.chunk_frames} and ctc.chunk_full_prob "
                          f"{cfg.ctc.chunk_full_prob}: expected 1 <= low <= high frames and a "
                          "probability in [0, 1]")
+    kernel = cfg.ctc.head_kernel
+    if not isinstance(kernel, int) or isinstance(kernel, bool) or kernel < 1 or kernel % 2 == 0:
+        raise ValueError(f"ctc.head_kernel is {kernel!r}: expected an odd number of frames, at "
+                         "least 1 (1: a linear head)")
     if not cfg.optim.backbone_lr_scale >= 0:
         raise ValueError(f"optim.backbone_lr_scale is {cfg.optim.backbone_lr_scale}: expected "
                          "0 or more (a fraction of optim.lr)")
