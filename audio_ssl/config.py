@@ -495,6 +495,17 @@ class CTCConfig:
     chunk_left: int = 4  # chunks before its own a frame attends to (-1: all)
     chunk_full_prob: float = 0.5  # batches that keep full attention
 
+    def __post_init__(self) -> None:
+        check_head_kernel(self.head_kernel)
+
+
+def check_head_kernel(value: Any) -> int:
+    """``ctc.head_kernel`` as given, or a ValueError naming it: an odd number of frames >= 1."""
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1 or value % 2 == 0:
+        raise ValueError(f"ctc.head_kernel is {value!r}: expected an odd number of frames, at "
+                         "least 1 (1: a linear head)")
+    return value
+
 
 @dataclass(frozen=True)
 class FinetuneDataConfig:

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from audio_ssl.config import ModelConfig
+from audio_ssl.config import ModelConfig, check_head_kernel
 from audio_ssl.models.cpc import backbone_model
 
 
@@ -45,9 +45,7 @@ class Wav2Vec2ForCTC(nn.Module):
         super().__init__()
         if vocab_size < 2:
             raise ValueError(f"vocab_size must be at least 2 (blank and one token), got {vocab_size}")
-        if not isinstance(head_kernel, int) or head_kernel < 1 or head_kernel % 2 == 0:
-            raise ValueError(f"ctc.head_kernel is {head_kernel!r}: expected an odd number of "
-                             "frames, at least 1 (1: a linear head)")
+        check_head_kernel(head_kernel)
         self.cfg = cfg
         self.vocab_size = vocab_size
         self.backbone = backbone_model(cfg)  # CPC: its causal context network's output

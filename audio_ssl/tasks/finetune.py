@@ -407,10 +407,6 @@ def _check_settings(cfg: FinetuneConfig, pretrained: str | Path | None, *,
         raise ValueError(f"ctc.chunk_frames is {cfg.ctc.chunk_frames} and ctc.chunk_full_prob "
                          f"{cfg.ctc.chunk_full_prob}: expected 1 <= low <= high frames and a "
                          "probability in [0, 1]")
-    kernel = cfg.ctc.head_kernel
-    if not isinstance(kernel, int) or isinstance(kernel, bool) or kernel < 1 or kernel % 2 == 0:
-        raise ValueError(f"ctc.head_kernel is {kernel!r}: expected an odd number of frames, at "
-                         "least 1 (1: a linear head)")
     if not cfg.optim.backbone_lr_scale >= 0:
         raise ValueError(f"optim.backbone_lr_scale is {cfg.optim.backbone_lr_scale}: expected "
                          "0 or more (a fraction of optim.lr)")

@@ -157,19 +157,20 @@ def test_onnx_and_the_stream_give_the_torch_logits(tmp_path):
     torch.testing.assert_close(streamed, expected, atol=1e-5, rtol=0)
 
 
-def test_fine_tuning_builds_it_and_checks_it():
+def test_fine_tuning_builds_it_and_checks_it(tmp_path):
     """`finetune` builds the head the config names, trained at the head's rate; an even kernel
-    is refused in one line."""
-    from audio_ssl.tasks.finetune import FinetuneTask, _check_settings
+    or a fraction is refused when the config is read, naming the setting."""
+    from audio_ssl.tasks.finetune import FinetuneTask
 
     cfg = config.finetune_preset("tiny", _cpc())
     task = FinetuneTask(replace(cfg, ctc=replace(cfg.ctc, head_kernel=3)), Vocabulary(tuple(VOCAB)))
     assert task.model.head_kernel == 3
     names = [n for n, _ in task.model.named_parameters() if n.startswith("mix.")]
     assert names == ["mix.weight", "mix.bias"] and not task.is_pretrained("mix.weight")
-    with pytest.raises(ValueError, match="ctc.head_kernel is 2: expected an odd number"):
-        _check_settings(replace(cfg, ctc=replace(cfg.ctc, head_kernel=2)), None,
-                        continues_ctc=False)
+    for bad in ("2", "1.5", "0", "true"):
+        (tmp_path / "bad.yaml").write_text(f"ctc: {{head_kernel: {bad}}}\n")
+        with pytest.raises((ValueError, TypeError), match="head_kernel"):
+            config.load_finetune("tiny", tmp_path / "bad.yaml", model=_cpc())
 
 
 @pytest.mark.slow
