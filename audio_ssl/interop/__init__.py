@@ -41,6 +41,7 @@ FINAL_DROPOUT_KEY = "audio_ssl_final_dropout"  # CTC head dropout, when known
 
 def _load_native(path: Path, checkpoint: dict) -> LoadedModel:
     from audio_ssl.interop.common import LoadedModel, build_model, load_exact
+    from audio_ssl.models.ctc import head_kernel_of
 
     run_cfg = checkpoint[CONFIG_KEY]
     model_cfg = merge(ModelConfig(), run_cfg.get("model", {}))
@@ -49,11 +50,10 @@ def _load_native(path: Path, checkpoint: dict) -> LoadedModel:
     vocab = checkpoint.get(VOCAB_KEY)
     backbone_only = checkpoint.get(ARCHITECTURE_KEY) == "Wav2Vec2Model" or (
         vocab is None and state and not any(k.startswith("backbone.") for k in state))
-    mix = state.get("mix.weight")  # a CTC head over several frames (ctc.head_kernel)
     model = build_model(model_cfg, len(vocab) if vocab is not None else None,
                         pretraining=not backbone_only,
                         final_dropout=float(checkpoint.get(FINAL_DROPOUT_KEY, 0.0)),
-                        head_kernel=1 if mix is None or mix.ndim != 3 else int(mix.shape[-1]))
+                        head_kernel=head_kernel_of(state))
     load_exact(model, state, str(path))
     return LoadedModel(model, model_cfg, list(vocab) if vocab is not None else None,
                        "audio-ssl", path, dict(run_cfg))

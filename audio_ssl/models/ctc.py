@@ -26,6 +26,13 @@ def top_layer_prefixes(layers: int, n: int, prefix: str = "") -> tuple[str, ...]
     return tuple(f"{prefix}context.layers.{i}." for i in range(layers - n, layers))
 
 
+def head_kernel_of(state: dict[str, torch.Tensor]) -> int:
+    """The ``head_kernel`` of a :class:`Wav2Vec2ForCTC` state dict (keys without ``model.``):
+    its ``mix`` convolution's width, 1 without one."""
+    mix = state.get("mix.weight")
+    return 1 if mix is None or mix.ndim != 3 else int(mix.shape[-1])
+
+
 class Wav2Vec2ForCTC(nn.Module):
     """Backbone -> dropout -> linear over ``vocab_size`` tokens (index 0 is the CTC blank).
 

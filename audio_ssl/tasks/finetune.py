@@ -36,7 +36,7 @@ from audio_ssl.io import check_run_folder, make_run_folder
 from audio_ssl.asr.decode import greedy_decode
 from audio_ssl.interop import CONFIG_KEY, VOCAB_KEY
 from audio_ssl.losses.ctc import ctc_loss
-from audio_ssl.models.ctc import Wav2Vec2ForCTC, top_layer_prefixes
+from audio_ssl.models.ctc import Wav2Vec2ForCTC, head_kernel_of, top_layer_prefixes
 from audio_ssl.models.masking import chunk_attention_mask, compute_span_mask, draw_chunk
 from audio_ssl.tasks.finetune_data import (
     SELECTION_KEYS,
@@ -370,8 +370,7 @@ def _settings(pretrained: str | Path | None, from_scratch: bool, preset: str,
     model_cfg, state, ctc_vocab, run, normalize, init = _initial_weights(pretrained, from_scratch)
     cfg = load_finetune(preset, config_yaml, overrides, model=model_cfg)
     if ctc_vocab is not None:  # continuing a CTC model: its head, unless another is named
-        mix = state.get("mix.weight")
-        kernel = 1 if mix is None else int(mix.shape[-1])
+        kernel = head_kernel_of(state)
         if cfg.ctc.head_kernel == 1 and kernel > 1:
             cfg = merge(cfg, {"ctc": {"head_kernel": kernel}})
         elif cfg.ctc.head_kernel != kernel:
