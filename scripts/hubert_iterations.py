@@ -42,7 +42,9 @@ def main() -> int:
     parser.add_argument("--output", type=Path, required=True)
     parser.add_argument("--clusters", type=int, default=500)
     parser.add_argument("--steps", type=int, default=None,
-                        help="iteration 2's updates (default: iteration 1's)")
+                        help="iteration 2's updates (default: iteration 1's; the paper gives its "
+                             "second iteration 1.6x the first's: 400k against 250k); another "
+                             "budget trains into iter2[-sSEED]-Nsteps")
     parser.add_argument("--layer", type=int, default=None, help="skip the choice: this layer")
     parser.add_argument("--seed", type=int, default=None,
                         help="iteration 2's training seed (default: the preset's); another seed "
@@ -64,9 +66,11 @@ def main() -> int:
             str(first), "--layer", str(layer), "--clusters", str(args.clusters), "--output",
             str(targets), "--no-progress"]) != 0:
         raise SystemExit("targets failed")
-    tag = "" if args.seed is None else f"-s{args.seed}"
-    run2 = args.output / f"iter2{tag}"
     steps = args.steps or summary1["steps"]
+    # another seed or budget than iteration 1's gets its own folders beside the first ones
+    tag = ("" if args.seed is None else f"-s{args.seed}") + (
+        "" if steps == summary1["steps"] else f"-{steps}steps")
+    run2 = args.output / f"iter2{tag}"
     if not (run2 / "summary.json").is_file():
         argv = ["pretrain", str(args.iter1 / "files.lst"), "--objective", "hubert", "--targets",
                 str(targets), "--output", str(run2), "--max-steps", str(steps), "--no-progress"]
