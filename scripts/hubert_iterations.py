@@ -40,7 +40,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--iter1", type=Path, required=True, help="iteration 1's run folder")
     parser.add_argument("--output", type=Path, required=True)
-    parser.add_argument("--clusters", type=int, default=500)
+    parser.add_argument("--clusters", type=int, default=500,
+                        help="k-means clusters of the layer (default: the paper's 500); another "
+                             "count trains into iter2[-sSEED]-kN")
     parser.add_argument("--steps", type=int, default=None,
                         help="iteration 2's updates (default: iteration 1's; the paper gives its "
                              "second iteration 1.6x the first's: 400k against 250k); another "
@@ -67,9 +69,10 @@ def main() -> int:
             str(targets), "--no-progress"]) != 0:
         raise SystemExit("targets failed")
     steps = args.steps or summary1["steps"]
-    # another seed or budget than iteration 1's gets its own folders beside the first ones
+    # another seed, budget or cluster count gets its own folders beside the first ones
     tag = ("" if args.seed is None else f"-s{args.seed}") + (
-        "" if steps == summary1["steps"] else f"-{steps}steps")
+        "" if steps == summary1["steps"] else f"-{steps}steps") + (
+        "" if args.clusters == 500 else f"-k{args.clusters}")
     run2 = args.output / f"iter2{tag}"
     if not (run2 / "summary.json").is_file():
         argv = ["pretrain", str(args.iter1 / "files.lst"), "--objective", "hubert", "--targets",
