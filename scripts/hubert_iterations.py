@@ -22,6 +22,8 @@ import json
 import sys
 from pathlib import Path
 
+import yaml
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
@@ -63,17 +65,23 @@ def main() -> int:
         inner = {name: score for name, score in sweep.items() if name != "layer_0"}
         layer = int(max(inner, key=inner.get).split("_")[1])
     targets = args.output / f"targets-layer{layer}-{args.clusters}"
-    # a rerun of `targets` reuses its centres and skips the files already labelled
-    if cli(["targets", str(args.iter1 / "files.lst"), "--kind", "layer", "--checkpoint",
-            str(first), "--layer", str(layer), "--clusters", str(args.clusters), "--output",
-            str(targets), "--no-progress"]) != 0:
-        raise SystemExit("targets failed")
     steps = args.steps or summary1["steps"]
     # another seed, budget or cluster count gets its own folders beside the first ones
     tag = ("" if args.seed is None else f"-s{args.seed}") + (
         "" if steps == summary1["steps"] else f"-{steps}steps") + (
         "" if args.clusters == 500 else f"-k{args.clusters}")
     run2 = args.output / f"iter2{tag}"
+    if (run2 / "config.yaml").is_file():  # a run of another layer would be reused silently
+        trained_on = yaml.safe_load((run2 / "config.yaml").read_text())["data"]["targets"]
+        if Path(trained_on).resolve() != targets.resolve():
+            print(f"{run2} was trained on {trained_on}, not {targets}: give this layer "
+                  "another --output", file=sys.stderr)
+            return 2
+    # a rerun of `targets` reuses its centres and skips the files already labelled
+    if cli(["targets", str(args.iter1 / "files.lst"), "--kind", "layer", "--checkpoint",
+            str(first), "--layer", str(layer), "--clusters", str(args.clusters), "--output",
+            str(targets), "--no-progress"]) != 0:
+        raise SystemExit("targets failed")
     if not (run2 / "summary.json").is_file():
         argv = ["pretrain", str(args.iter1 / "files.lst"), "--objective", "hubert", "--targets",
                 str(targets), "--output", str(run2), "--max-steps", str(steps), "--no-progress"]

@@ -43,3 +43,29 @@ def test_objectives_study_reports_the_mean_of_the_last_logged_losses(tmp_path):
     assert last_losses(metrics) == round(float(np.mean(losses[-20:])), 4)
     assert last_losses(metrics) != round(float(losses[-1]), 4)
     assert last_losses(metrics, count=100) == round(float(np.mean(losses)), 4)
+
+
+def test_hubert_iterations_refuses_an_iteration_2_trained_on_another_layer(tmp_path):
+    """A second layer into the same --output would reuse the first layer's iteration 2 (its
+    folder is named by seed, budget and clusters) and report it under the new layer's name: one
+    line, exit 2, before any clustering or pretraining."""
+    import json
+
+    iter1, out = tmp_path / "iter1", tmp_path / "chain"
+    iter1.mkdir()
+    (iter1 / "summary.json").write_text(json.dumps({"steps": 2000}))
+    sweep = {"layer_0": 0.6, "layer_1": 0.5, "layer_2": 0.55}
+    probe = {"tasks": {"digits": {"sets": {"hubert-iter1": {"sweep": sweep}}}}}
+    (out / "probe-iter1").mkdir(parents=True)
+    (out / "probe-iter1" / "results.json").write_text(json.dumps(probe))
+    (out / "iter2-s1").mkdir()
+    trained_on = out / "targets-layer2-500"
+    (out / "iter2-s1" / "config.yaml").write_text(f"data:\n  targets: {trained_on}\n")
+    done = subprocess.run([sys.executable, str(ROOT / "scripts" / "hubert_iterations.py"),
+                           "--iter1", str(iter1), "--layer", "1", "--seed", "1",
+                           "--output", str(out)], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and str(trained_on) in lines[0] and "targets-layer1-500" in lines[0]
+    assert "Traceback" not in done.stderr
+    assert sorted(p.name for p in out.iterdir()) == ["iter2-s1", "probe-iter1"]  # nothing new
