@@ -29,6 +29,8 @@ sys.path.insert(0, str(ROOT))
 
 from audio_ssl.cli import main as cli  # noqa: E402
 
+PAPER_CLUSTERS = 500  # HuBERT's second-iteration k-means, on 960 h
+
 
 def _probe(checkpoint: Path, name: str, task: str, output: Path) -> dict:
     if not (output / "results.json").is_file():
@@ -42,7 +44,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--iter1", type=Path, required=True, help="iteration 1's run folder")
     parser.add_argument("--output", type=Path, required=True)
-    parser.add_argument("--clusters", type=int, default=500,
+    parser.add_argument("--clusters", type=int, default=PAPER_CLUSTERS,
                         help="k-means clusters of the layer (default: the paper's 500); another "
                              "count trains into iter2[-sSEED]-kN")
     parser.add_argument("--steps", type=int, default=None,
@@ -69,7 +71,7 @@ def main() -> int:
     # another seed, budget or cluster count gets its own folders beside the first ones
     tag = ("" if args.seed is None else f"-s{args.seed}") + (
         "" if steps == summary1["steps"] else f"-{steps}steps") + (
-        "" if args.clusters == 500 else f"-k{args.clusters}")
+        "" if args.clusters == PAPER_CLUSTERS else f"-k{args.clusters}")
     run2 = args.output / f"iter2{tag}"
     if (run2 / "config.yaml").is_file():  # a run of another layer would be reused silently
         trained_on = yaml.safe_load((run2 / "config.yaml").read_text())["data"]["targets"]
