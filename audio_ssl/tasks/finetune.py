@@ -28,7 +28,8 @@ from lightning.pytorch.callbacks import Callback
 from torchmetrics import MeanMetric
 from torchmetrics.text import CharErrorRate, WordErrorRate
 
-from audio_ssl.config import FinetuneConfig, dump, load_finetune, merge, to_dict
+from audio_ssl.config import FinetuneConfig, dump, finetune_preset, merge, to_dict
+from audio_ssl.config_io import overlay
 from audio_ssl.data.labelled import LabelledBatch
 from audio_ssl.data.manifest import Rejected
 from audio_ssl.data.text import Vocabulary
@@ -368,15 +369,15 @@ def _settings(pretrained: str | Path | None, from_scratch: bool, preset: str,
     overrides over the checkpoint's network, with audio normalised as that network heard it
     and, continuing a CTC model, its own text settings unless others are given."""
     model_cfg, state, ctc_vocab, run, normalize, init = _initial_weights(pretrained, from_scratch)
-    cfg = load_finetune(preset, config_yaml, overrides, model=model_cfg)
-    if ctc_vocab is not None:  # continuing a CTC model: its head, unless another is named
+    base = finetune_preset(preset, model_cfg)
+    if ctc_vocab is not None:  # continuing a CTC model: its head is the default ...
         kernel = head_kernel_of(state)
-        if cfg.ctc.head_kernel == 1 and kernel > 1:
-            cfg = merge(cfg, {"ctc": {"head_kernel": kernel}})
-        elif cfg.ctc.head_kernel != kernel:
-            raise ValueError(f"ctc.head_kernel is {cfg.ctc.head_kernel}: the CTC model "
-                             f"{pretrained} reads {kernel} frame(s) per output; continuing it "
-                             "keeps its head")
+        base = merge(base, {"ctc": {"head_kernel": kernel}})
+    cfg = overlay(base, config_yaml, overrides)
+    if ctc_vocab is not None and cfg.ctc.head_kernel != kernel:  # ... and one named must agree
+        raise ValueError(f"ctc.head_kernel is {cfg.ctc.head_kernel}: the CTC model "
+                         f"{pretrained} reads {kernel} frame(s) per output; continuing it "
+                         "keeps its head")
     _check_settings(cfg, pretrained, continues_ctc=ctc_vocab is not None)
     if pretrained is None:  # the preset's network: its pretraining preset's audio rule
         from audio_ssl.config import preset as pretrain_preset

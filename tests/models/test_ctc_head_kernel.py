@@ -176,7 +176,8 @@ def test_fine_tuning_builds_it_and_checks_it(tmp_path):
 @pytest.mark.slow
 def test_continuing_a_ctc_model_keeps_its_head(tmp_path, data_dir, capsys):
     """From the command line: continuing a CTC model with a 3-frame head keeps it (the
-    config does not name one); a config naming 5 gets one line and exit 2, nothing run."""
+    config does not name one); a config naming 5, or naming 1 (the default for a new head, so
+    it must be told from not naming one), gets one line and exit 2, nothing run."""
     from audio_ssl.cli import main
 
     letters = ["<blank>", "|", "'", *"abcdefghijklmnopqrstuvwxyz"]  # tiny's transcripts
@@ -200,3 +201,9 @@ def test_continuing_a_ctc_model_keeps_its_head(tmp_path, data_dir, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "ctc.head_kernel is 5" in err[0] and "reads 3 frame(s)" in err[0]
     assert not (tmp_path / "five").exists()
+    (tmp_path / "one.yaml").write_text(fast.replace("ctc: {", "ctc: {head_kernel: 1, "))
+    assert main(["finetune", str(ckpt), "--output", str(tmp_path / "one"), "--config",
+                 str(tmp_path / "one.yaml"), *common]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "ctc.head_kernel is 1" in err[0] and "reads 3 frame(s)" in err[0]
+    assert not (tmp_path / "one").exists()
