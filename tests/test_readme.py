@@ -50,9 +50,12 @@ def test_demo_runs_every_stage(tmp_path, capsys):
         assert stage in printed
     assert "x log(K+1)" in printed and "CER" in printed and "MFCC" in printed
     for path in ("corpus/manifest.jsonl", "pretrain/checkpoints/last.ckpt", "pretrain.png",
-                 "features/index.jsonl", "finetune/checkpoints/best.ckpt",
+                 "features/index.jsonl", "finetune/checkpoints/last.ckpt",
                  "finetune/test_report.jsonl"):
         assert (out / path).is_file(), path
+    from audio_ssl.interop import load_model  # CPC, tiny's objective: the 5-frame CTC head
+
+    assert load_model(out / "finetune" / "checkpoints" / "last.ckpt").model.head_kernel == 5
     # a second run reuses what is finished
     assert printed.count("finished before") == 0
     assert main(args) == 0
@@ -61,6 +64,19 @@ def test_demo_runs_every_stage(tmp_path, capsys):
     assert main([*args, "--seed", "1"]) == 2
     err = capsys.readouterr().err
     assert "other settings (seed)" in err and str(out) in err
+
+
+def test_demo_head_hears_ahead_only_on_a_causal_network(tmp_path):
+    """The demo's CTC head reads 5 frames on CPC (causal: each letter would otherwise hear
+    nothing after it) and 1, HF's and fairseq's linear head, on wav2vec 2.0's Transformer."""
+    from audio_ssl.demo.run import DemoSettings, _Demo, finetune_overrides
+
+    (tmp_path / "w2v.yaml").write_text("model: {objective: wav2vec2}\n")
+    assert _Demo(DemoSettings(output=tmp_path / "a")).head_kernel() == 5
+    assert _Demo(DemoSettings(output=tmp_path / "b", config=tmp_path / "w2v.yaml")) \
+        .head_kernel() == 1
+    assert finetune_overrides(600, 0)["ctc"]["head_kernel"] == 1  # the studies' recipe as was
+    assert finetune_overrides(600, 0, head_kernel=5)["ctc"]["head_kernel"] == 5
 
 
 def test_top_level_help_lists_each_command_once(capsys):
