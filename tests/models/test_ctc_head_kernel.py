@@ -195,15 +195,11 @@ def test_continuing_a_ctc_model_keeps_its_head(tmp_path, data_dir, capsys):
                  str(tmp_path / "fast.yaml"), *common]) == 0
     assert load_model(tmp_path / "more" / "checkpoints" / "last.ckpt").model.head_kernel == 3
     capsys.readouterr()
-    (tmp_path / "five.yaml").write_text(fast.replace("ctc: {", "ctc: {head_kernel: 5, "))
-    assert main(["finetune", str(ckpt), "--output", str(tmp_path / "five"), "--config",
-                 str(tmp_path / "five.yaml"), *common]) == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "ctc.head_kernel is 5" in err[0] and "reads 3 frame(s)" in err[0]
-    assert not (tmp_path / "five").exists()
-    (tmp_path / "one.yaml").write_text(fast.replace("ctc: {", "ctc: {head_kernel: 1, "))
-    assert main(["finetune", str(ckpt), "--output", str(tmp_path / "one"), "--config",
-                 str(tmp_path / "one.yaml"), *common]) == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "ctc.head_kernel is 1" in err[0] and "reads 3 frame(s)" in err[0]
-    assert not (tmp_path / "one").exists()
+    for named in (5, 1):  # 1 too: named, it must be told from the default
+        (tmp_path / f"k{named}.yaml").write_text(
+            fast.replace("ctc: {", f"ctc: {{head_kernel: {named}, "))
+        assert main(["finetune", str(ckpt), "--output", str(tmp_path / f"k{named}"), "--config",
+                     str(tmp_path / f"k{named}.yaml"), *common]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and f"ctc.head_kernel is {named}" in err[0]
+        assert "reads 3 frame(s)" in err[0] and not (tmp_path / f"k{named}").exists()
