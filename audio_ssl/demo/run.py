@@ -108,6 +108,10 @@ class _Demo:
         self.report = _Report()
         self.manifest = self.out / "corpus" / "manifest.jsonl"
         self.checkpoint = self.out / "pretrain" / "checkpoints" / "last.ckpt"
+        # the CTC model transcribed: the last checkpoint, not the best, since fine-tuning
+        # validates on the unseen voices (to show the curve) and choosing by it would choose on
+        # the test
+        self.ctc_checkpoint = self.out / "finetune" / "checkpoints" / "last.ckpt"
         self.features = self.out / "features"
         self.rows: list[dict] = []
 
@@ -218,19 +222,18 @@ class _Demo:
 
         s, run = self.s, self.out / "finetune"
         _say(f"{tag} fine-tune: CTC on the train voices' transcripts, {s.finetune_steps} updates")
-        last = run / "checkpoints" / "last.ckpt"
-        if _finished(run, s.finetune_steps) and last.is_file():
+        if _finished(run, s.finetune_steps) and self.ctc_checkpoint.is_file():
             _say("      (finished before: reused)")
         else:
             finetune(self.checkpoint, self.manifest, self.manifest, run, train_split="train",
                      valid_split="test", progress=s.progress,
-                     resume=(run / "checkpoints" / "last.ckpt").is_file(),
+                     resume=self.ctc_checkpoint.is_file(),
                      accelerator=s.accelerator,
                      overrides=finetune_overrides(s.finetune_steps, s.seed,
                                                   head_kernel=self.head_kernel()))
         _, history = load_run(run).series("valid/cer")
         return ("fine-tune", f"{s.finetune_steps} CTC updates, valid CER " + " -> ".join(
-            f"{100 * cer:.0f} %" for cer in history), last, True)
+            f"{100 * cer:.0f} %" for cer in history), self.ctc_checkpoint, True)
 
     def head_kernel(self) -> int:
         """Frames the CTC head reads: 5 on CPC's causal network, so each letter hears 40 ms of
@@ -244,15 +247,13 @@ class _Demo:
         from audio_ssl.asr.transcribe import evaluate
 
         run = self.out / "finetune"
-        # the last checkpoint, not the best: fine-tuning validates on these same unseen voices
-        # (to show the curve), so choosing by it would choose on the test
-        last = run / "checkpoints" / "last.ckpt"
         _say(f"{tag} transcribe the held-out voices: greedy, and beam search with the train "
              "transcripts' words and a bigram LM of them (audio-ssl lm)")
         lm, lexicon = _train_lm(self.rows, run)
-        greedy = evaluate(last, self.manifest, split="test", report=run / "test_report.jsonl")
-        beam = evaluate(last, self.manifest, split="test", report=run / "test_report_lm.jsonl",
-                        lm=lm, lexicon=lexicon)
+        greedy = evaluate(self.ctc_checkpoint, self.manifest, split="test",
+                          report=run / "test_report.jsonl")
+        beam = evaluate(self.ctc_checkpoint, self.manifest, split="test",
+                        report=run / "test_report_lm.jsonl", lm=lm, lexicon=lexicon)
         with_lm = {u.path: u.hypothesis for u in beam.utterances}
         shown = sorted(greedy.utterances, key=lambda u: u.path)[:6]
         width = max(len(u.reference) for u in shown)
