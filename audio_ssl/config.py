@@ -507,6 +507,21 @@ def check_head_kernel(value: Any) -> int:
     return value
 
 
+MIN_SPEED, MAX_SPEED = 0.5, 2.0  # data.speed_factors accepted (Kaldi's are 0.9 and 1.1)
+
+
+def check_speed_factors(factors: Any) -> tuple[float, ...]:
+    """``data.speed_factors`` as given, or a ValueError naming the first that is not a speed
+    between :data:`MIN_SPEED` and :data:`MAX_SPEED`."""
+    for k, f in enumerate(factors):
+        if isinstance(f, bool) or not isinstance(f, (int, float)) or not (
+                MIN_SPEED <= f <= MAX_SPEED):
+            raise ValueError(f"data.speed_factors[{k}] is {f!r}: expected a speed between "
+                             f"{MIN_SPEED} and {MAX_SPEED} (1.0 as recorded, 1.1 ten per cent "
+                             "faster)")
+    return tuple(factors)
+
+
 @dataclass(frozen=True)
 class FinetuneDataConfig:
     sample_rate: int = 16_000
@@ -516,6 +531,14 @@ class FinetuneDataConfig:
     min_samples: int = 400  # shorter ones too (one frame of the BASE conv stack)
     num_buckets: int = 20
     num_workers: int = 2
+    # speed perturbation of training utterances (Kaldi's, ESPnet's, lhotse's): each time an
+    # utterance is drawn it plays at one of these speeds, chosen uniformly (tempo and pitch
+    # together; list 1.0 to keep some as recorded), e.g. [0.9, 1.0, 1.1]; () none. A speed
+    # that would leave too few frames for the transcript is not used for that utterance
+    speed_factors: tuple[float, ...] = ()
+
+    def __post_init__(self) -> None:
+        check_speed_factors(self.speed_factors)
 
 
 @dataclass(frozen=True)

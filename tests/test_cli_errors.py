@@ -32,6 +32,7 @@ def files(tmp_path_factory) -> dict[str, Path]:
     (root / "val0.yaml").write_text("train: {val_every: 0}\n")
     (root / "reinit9.yaml").write_text("ctc: {reinit_layers: 9}\n")
     (root / "lrscale.yaml").write_text("optim: {backbone_lr_scale: -0.1}\n")
+    (root / "speed3.yaml").write_text("data: {speed_factors: [0.9, 3]}\n")
     (root / "a_file").write_text("I am a file\n")
     (root / "labelled.tsv").write_text("missing.flac\thello\n")
     return {"root": root, "good": good, **{p.stem: p for p in root.iterdir()}}
@@ -68,6 +69,9 @@ def _cases(f: dict[str, Path], data: Path) -> list[tuple[str, list[str], str]]:
          "ctc.reinit_layers is 1: expected 0 when continuing the CTC model"),
         ("backbone_lr_scale -0.1", ["finetune", str(f["good"]), *ft, "-o", str(out), "--config",
                                     str(f["lrscale"])], "optim.backbone_lr_scale is -0.1"),
+        ("speed_factors 3", ["finetune", str(f["good"]), *ft, "-o", str(out), "--config",
+                             str(f["speed3"])],
+         "data.speed_factors[1] is 3.0: expected a speed between 0.5 and 2.0"),
         ("finetune --max-steps 0", ["finetune", str(f["good"]), *ft, "-o", str(out),
                                     "--max-steps", "0"], "train.max_steps (--max-steps) is 0"),
         ("finetune --devices 0", ["finetune", str(f["good"]), *ft, "-o", str(out),

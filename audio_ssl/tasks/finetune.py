@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +31,7 @@ from torchmetrics.text import CharErrorRate, WordErrorRate
 
 from audio_ssl.config import FinetuneConfig, dump, finetune_preset, merge, to_dict
 from audio_ssl.config_io import overlay
+from audio_ssl.data.augment import perturbed_lengths, speed_perturb
 from audio_ssl.data.labelled import LabelledBatch
 from audio_ssl.data.manifest import Rejected
 from audio_ssl.data.text import Vocabulary
@@ -137,6 +139,35 @@ class FinetuneTask(L.LightningModule):
             return None
         return chunk_attention_mask(num_frames, chunk, ctc.chunk_left, device)
 
+    def speeds(self, batch: LabelledBatch, step: int) -> torch.Tensor | None:
+        """The speed of each row (B,) of the training batch of update ``step`` under
+        ``data.speed_factors`` (None: off), drawn uniformly on the host from a pure function of
+        the step and rank; a row whose transcript would not fit the frames of its faster self
+        keeps its own speed."""
+        factors = self.cfg.data.speed_factors
+        if not factors:
+            return None
+        seed = step_seed(self.cfg.train.seed, step, self.global_rank) + 2  # not chunks' or masks'
+        pick = torch.randint(len(factors), (len(batch),),
+                             generator=torch.Generator().manual_seed(seed))  # (B,)
+        speeds = torch.tensor(factors, dtype=torch.float64)[pick]  # (B,)
+        targets = batch.targets.cpu()  # (B, L)
+        repeats = (targets[:, 1:] == targets[:, :-1]) & (targets[:, 1:] != self.vocab.blank)
+        needed = batch.target_lengths.cpu() + repeats.sum(1)  # ctc_frames_needed per row
+        frames = self.model.backbone.frame_lengths(
+            perturbed_lengths(batch.lengths, speeds, self.cfg.data.sample_rate))  # (B,)
+        return torch.where(frames.cpu() >= needed, speeds, 1.0)
+
+    def perturb(self, batch: LabelledBatch, step: int) -> LabelledBatch:
+        """The training batch of update ``step`` with each row at its :meth:`speeds` (the batch
+        itself when speed perturbation is off)."""
+        speeds = self.speeds(batch, step)
+        if speeds is None or bool((speeds == 1.0).all()):
+            return batch
+        waveforms, lengths = speed_perturb(batch.waveforms, batch.lengths, speeds,
+                                           self.cfg.data.sample_rate)  # (B, S'), (B,)
+        return replace(batch, waveforms=waveforms, lengths=lengths)
+
     def forward_ctc(self, batch: LabelledBatch, *, train: bool, step: int = 0,
                     generator: torch.Generator | None = None):
         """Logits (B, T, V), frame lengths (B,) and the CTC loss of one batch. ``train``: with
@@ -167,6 +198,7 @@ class FinetuneTask(L.LightningModule):
         seed = step_seed(self.cfg.train.seed, step, self.global_rank)
         torch.manual_seed(seed)  # dropout
         generator = torch.Generator(device=self.device).manual_seed(seed)
+        batch = self.perturb(batch, step)
         logits, frames, loss = self.forward_ctc(batch, train=True, step=step, generator=generator)
         rows = (~loss.kept).nonzero().flatten().tolist()
         items = self.trainer.datamodule.train.items

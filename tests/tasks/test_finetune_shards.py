@@ -98,12 +98,13 @@ class _Crash(Exception):
 @pytest.mark.slow
 def test_finetuning_from_shards_resumes_exactly(shards, tmp_path, monkeypatch):
     """A run that dies after its checkpoint of update 4 (two loader workers, validation every
-    2 updates) and is resumed trains updates 4 and 5 on the same batches, to the same weights."""
+    2 updates, speed perturbation) and is resumed trains updates 4 and 5 on the same batches at
+    the same speeds, to the same weights."""
     from audio_ssl.tasks import finetune as finetune_module
 
     pretrained = _pretrained(tmp_path)
     cfg = tmp_path / "fast.yaml"
-    cfg.write_text(FAST.replace("num_workers: 0", "num_workers: 2"))
+    cfg.write_text(FAST.replace("num_workers: 0", "num_workers: 2, speed_factors: [0.9, 1.1]"))
     common = dict(preset="tiny", config_yaml=cfg, progress=False,
                   overrides={"train": {"max_steps": 6}})
     seen: dict[str, list] = {"straight": [], "split": []}
@@ -113,7 +114,8 @@ def test_finetuning_from_shards_resumes_exactly(shards, tmp_path, monkeypatch):
     def record(self, batch, batch_idx):
         if self.global_step == crash["at"]:
             raise _Crash
-        seen[crash["run"]].append((self.global_step, batch.position, list(batch.indices)))
+        seen[crash["run"]].append((self.global_step, batch.position, list(batch.indices),
+                                   self.speeds(batch, self.global_step).tolist()))
         return step(self, batch, batch_idx)
 
     monkeypatch.setattr(finetune_module.FinetuneTask, "training_step", record)
@@ -126,7 +128,8 @@ def test_finetuning_from_shards_resumes_exactly(shards, tmp_path, monkeypatch):
     crash.update(at=None)
     finetune(pretrained, shards, shards, split, resume=True, **common)
     assert [r[0] for r in seen["split"]] == [0, 1, 2, 3, 4, 5]  # resumed after update 4
-    assert seen["split"] == seen["straight"]  # the same (step, position, utterances)
+    assert seen["split"] == seen["straight"]  # the same (step, position, utterances, speeds)
+    assert {f for r in seen["straight"] for f in r[3]} == {0.9, 1.1}
     a, b = _metrics(straight), _metrics(split)
     assert sorted(a) == sorted(b) == list(range(6))
     assert [b[s]["train/loss"] for s in range(6)] == [a[s]["train/loss"] for s in range(6)]
