@@ -10,7 +10,7 @@ a slightly different rate: with few labelled utterances, more of what a voice ca
 
 The resampler is :func:`torchaudio.functional.resample` with its defaults, the one that reads
 audio (:mod:`audio_ssl.data.audio`); a batch is resampled one factor at a time, all its rows of
-that factor in one call, on the batch's device.
+that factor in one call, on the batch's device, in fp32 whatever the autocast around it.
 """
 
 from __future__ import annotations
@@ -65,12 +65,14 @@ def speed_perturb(waveforms: torch.Tensor, lengths: torch.Tensor, factors: torch
         width = int(lengths[rows].max())
         part = waveforms[rows, :width]  # (b, S_rate)
         if rate != sr:
-            part = AF.resample(part, rate, sr)  # (b, ceil(S_rate * sr / rate))
+            # fp32 under mixed precision too: autocast would run the sinc convolution in bf16
+            with torch.autocast(waveforms.device.type, enabled=False):
+                part = AF.resample(part.float(), rate, sr)  # (b, ceil(S_rate * sr / rate))
         n = min(part.shape[1], out.shape[1])
         index = torch.tensor(rows, device=waveforms.device)  # (b,)
         inside = (torch.arange(n, device=waveforms.device)
                   < new_lengths[rows].to(waveforms.device)[:, None])  # (b, n)
-        out[index, :n] = torch.where(inside, part[:, :n], 0.0)
+        out[index, :n] = torch.where(inside, part[:, :n], 0.0).to(out.dtype)
     return out, new_lengths.to(lengths.device)
 
 

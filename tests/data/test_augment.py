@@ -48,6 +48,15 @@ def test_each_row_is_what_resampling_it_alone_gives():
     assert torch.equal(perturbed_lengths(lens, factors, SR), new)
 
 
+def test_mixed_precision_resamples_in_fp32():
+    waveforms, lens = _padded([16_000, 12_000])
+    factors = torch.tensor([0.9, 1.1])
+    plain, _ = speed_perturb(waveforms, lens, factors, SR)
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # as training's bf16-mixed step is
+        mixed, _ = speed_perturb(waveforms, lens, factors, SR)
+    assert mixed.dtype == torch.float32 and torch.equal(mixed, plain)
+
+
 def test_a_tone_played_faster_is_higher_and_shorter():
     t = np.arange(SR) / SR
     tone = torch.tensor(np.sin(2 * np.pi * 440.0 * t), dtype=torch.float32)[None]  # (1, S)
