@@ -232,7 +232,7 @@ class _Demo:
                      overrides=finetune_overrides(s.finetune_steps, s.seed,
                                                   head_kernel=self.head_kernel()))
         _, history = load_run(run).series("valid/cer")
-        return ("fine-tune", f"{s.finetune_steps} CTC updates, valid CER " + " -> ".join(
+        return ("fine-tune", f"{s.finetune_steps} CTC updates, CER on unseen voices " + " -> ".join(
             f"{100 * cer:.0f} %" for cer in history), self.ctc_checkpoint, True)
 
     def head_kernel(self) -> int:
