@@ -1,7 +1,9 @@
-"""Study scripts refuse bad input in one line with exit 2, as the CLI does."""
+"""Study scripts refuse bad input in one line with exit 2, as the CLI does; benchmark scripts
+print JSON lines."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -69,3 +71,14 @@ def test_hubert_iterations_refuses_an_iteration_2_trained_on_another_layer(tmp_p
     assert len(lines) == 1 and str(trained_on) in lines[0] and "targets-layer1-500" in lines[0]
     assert "Traceback" not in done.stderr
     assert sorted(p.name for p in out.iterdir()) == ["iter2-s1", "probe-iter1"]  # nothing new
+
+
+def test_bench_speed_perturb_prints_json_lines_and_a_ratio():
+    script = ROOT / "scripts" / "bench_speed_perturb.py"
+    out = subprocess.run([sys.executable, str(script), "--repeats", "2", "--batch", "2",
+                          "--seconds", "1"], capture_output=True, text=True, check=True).stdout
+    rows = [json.loads(line) for line in out.splitlines()]
+    assert [r["repeat"] for r in rows[:-1]] == [0, 1]
+    summary = rows[-1]
+    assert summary["ratio_perturb_to_update"] == round(
+        summary["perturb_ms_median"] / summary["update_ms_median"], 4) > 0
