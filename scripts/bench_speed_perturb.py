@@ -87,7 +87,8 @@ def main() -> None:
         "summary": True, "preset": args.preset, "objective": model_cfg.objective,
         "batch": args.batch, "seconds": args.seconds, "speeds": args.speeds,
         "threads": torch.get_num_threads(), "cpu": platform.processor() or platform.machine(),
-        "torch": torch.__version__, "update_ms_median": upd, "perturb_ms_median": per,
+        "torch": torch.__version__, "update_ms_median": round(upd, 2),
+        "perturb_ms_median": round(per, 2),
         "ratio_perturb_to_update": round(per / upd, 4)}), flush=True)
 
 
