@@ -18,6 +18,9 @@ from __future__ import annotations
 import torch
 import torchaudio.functional as AF
 
+from audio_ssl.data.audio import resampled_length
+
+
 def speed_rate(factor: float, sample_rate: int) -> int:
     """The rate the waveform is read at so that resampling it to ``sample_rate`` plays it at
     ``factor`` times its speed (rounded to whole hertz)."""
@@ -26,13 +29,12 @@ def speed_rate(factor: float, sample_rate: int) -> int:
 
 def perturbed_lengths(lengths: torch.Tensor, factors: torch.Tensor,
                       sample_rate: int) -> torch.Tensor:
-    """Samples (B,) of each row after :func:`speed_perturb`: ``ceil(length * sr / rate)``, in
-    integers, as :func:`torchaudio.functional.resample` gives."""
-    rates = torch.tensor([speed_rate(f, sample_rate) for f in factors.tolist()],
-                         dtype=torch.int64)  # (B,)
-    lengths = lengths.long().cpu()
-    out = -(-lengths * int(sample_rate) // rates)  # (B,)
-    return torch.where(rates == int(sample_rate), lengths, out)
+    """Samples (B,) of each row after :func:`speed_perturb`, on the host: ``ceil(length * sr /
+    rate)`` (:func:`~audio_ssl.data.audio.resampled_length`, what the resampler gives)."""
+    sr = int(sample_rate)
+    return torch.tensor([resampled_length(n, speed_rate(f, sr), sr)
+                         for n, f in zip(lengths.tolist(), factors.tolist())],
+                        dtype=torch.int64)  # (B,)
 
 
 def speed_perturb(waveforms: torch.Tensor, lengths: torch.Tensor, factors: torch.Tensor,
