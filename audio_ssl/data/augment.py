@@ -55,7 +55,8 @@ def speed_perturb(waveforms: torch.Tensor, lengths: torch.Tensor, factors: torch
     if (waveforms.dim() != 2 or lengths.shape != (waveforms.shape[0],)
             or factors.shape != lengths.shape):
         raise ValueError(f"expected waveforms (B, S), lengths (B,) and factors (B,); got "
-                         f"{tuple(waveforms.shape)}, {tuple(lengths.shape)}, {tuple(factors.shape)}")
+                         f"{tuple(waveforms.shape)}, {tuple(lengths.shape)}, "
+                         f"{tuple(factors.shape)}")
     if waveforms.shape[0] == 0:
         return waveforms, lengths
     sr = int(sample_rate)

@@ -38,7 +38,7 @@ from audio_ssl.data.text import Vocabulary
 from audio_ssl.io import check_run_folder, make_run_folder
 from audio_ssl.asr.decode import greedy_decode
 from audio_ssl.interop import CONFIG_KEY, VOCAB_KEY
-from audio_ssl.losses.ctc import ctc_loss
+from audio_ssl.losses.ctc import ctc_loss, frames_needed
 from audio_ssl.models.ctc import Wav2Vec2ForCTC, head_kernel_of, top_layer_prefixes
 from audio_ssl.models.masking import chunk_attention_mask, compute_span_mask, draw_chunk
 from audio_ssl.tasks.finetune_data import (
@@ -151,9 +151,7 @@ class FinetuneTask(L.LightningModule):
         pick = torch.randint(len(factors), (len(batch),),
                              generator=torch.Generator().manual_seed(seed))  # (B,)
         speeds = torch.tensor(factors, dtype=torch.float64)[pick]  # (B,)
-        targets = batch.targets.cpu()  # (B, L)
-        repeats = (targets[:, 1:] == targets[:, :-1]) & (targets[:, 1:] != self.vocab.blank)
-        needed = batch.target_lengths.cpu() + repeats.sum(1)  # ctc_frames_needed per row
+        needed = frames_needed(batch.targets.cpu(), batch.target_lengths.cpu())  # (B,)
         frames = self.model.backbone.frame_lengths(
             perturbed_lengths(batch.lengths, speeds, self.cfg.data.sample_rate))  # (B,)
         return torch.where(frames.cpu() >= needed, speeds, 1.0)
